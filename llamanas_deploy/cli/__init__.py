@@ -1,0 +1,73 @@
+"""The `llamanas` command. Sub-commands are imported only when invoked, so `--help` is instant.
+
+Adding a command is one line in `COMMANDS`: name -> "module:attribute" of a click command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+import click
+
+from ..errors import BadInputError, LlamanasError
+
+COMMANDS = {
+    "space": ("llamanas_deploy.cli.space_cmd:space", "Show a search space or sample sub-networks from it."),
+    "subnet": ("llamanas_deploy.cli.subnet_cmd:subnet", "Cost of a sub-network, or extract it as a model."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in sorted(COMMANDS)])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="llamanas-deploy")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """llamanas: hardware-aware LLaMA-NAS, from device profile to ONNX Runtime artifact."""
+    ctx.obj = {"debug": debug}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: exit 0 on success, 2 on bad input (one line), 1 on anything else."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="llamanas", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2)
+    except BadInputError as err:
+        _fail(err, 2, debug)
+    except (LlamanasError, Exception) as err:  # noqa: BLE001 - the CLI's one place for errors
+        _fail(err, 1, debug)
+    sys.exit(0)
+
+
+def _fail(err: Exception, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    prefix = "error" if isinstance(err, LlamanasError) else f"error ({type(err).__name__})"
+    click.echo(f"{prefix}: {message}", err=True)
+    sys.exit(code)

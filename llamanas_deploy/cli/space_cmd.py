@@ -1,0 +1,56 @@
+"""`llamanas space show|sample`."""
+
+from __future__ import annotations
+
+import click
+
+from ..space import load_space
+from .common import emit, json_option
+
+
+@click.group()
+def space() -> None:
+    """Show a search space or sample sub-networks from it."""
+
+
+@space.command()
+@click.argument("name")
+@json_option
+def show(name: str, as_json: bool) -> None:
+    """Show space NAME (built-in name or space JSON file)."""
+    s = load_space(name)
+    result = s.to_dict() | {"id": s.id, "num_points": s.num_points, "num_distinct": s.num_distinct}
+    emit(result, as_json, _render)
+
+
+def _render(r: dict) -> str:
+    dims = "\n".join(
+        f"  {key}: {spec['choices']} (keep {spec['policy']} units)" for key, spec in r["layer_dims"].items()
+    )
+    return (
+        f"space {r['name']} ({r['id']}): {r['description']}\n"
+        f"  super-network: {r['super_network']['num_hidden_layers']} layers, "
+        f"intermediate size {r['super_network']['intermediate_size']}\n"
+        f"  depth: {r['depth']['choices']} (keep {r['depth']['policy']} layers)\n{dims}\n"
+        f"  points: {r['num_points']:,} (depth choices x widths^layers, as the paper counts)\n"
+        f"  distinct sub-networks: {r['num_distinct']:,}"
+    )
+
+
+@space.command()
+@click.argument("name")
+@click.option("-n", "--num", "n", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--strategy",
+    type=click.Choice(["stratified", "random"]),
+    default="stratified",
+    show_default=True,
+    help="stratified: smallest and largest first, then depth x total-width strata.",
+)
+def sample(name: str, n: int, seed: int, strategy: str) -> None:
+    """Print N sub-network configs of space NAME, one JSON object per line."""
+    s = load_space(name)
+    configs = s.sample_stratified(n, seed) if strategy == "stratified" else s.sample_random(n, seed)
+    for cfg in configs:
+        click.echo(cfg.to_json())

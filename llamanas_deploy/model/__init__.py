@@ -1,0 +1,1 @@
+"""Super-network and sub-network models (torch is imported only when these are used)."""

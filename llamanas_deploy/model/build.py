@@ -1,0 +1,158 @@
+"""Build, load and save LLaMA models whose decoder layers may have different MLP widths.
+
+transformers' `LlamaForCausalLM` holds one `intermediate_size` for all layers and its
+`from_pretrained` fails on a sliced checkpoint, so the project builds the model itself:
+the skeleton is a real `LlamaForCausalLM` whose MLP modules are swapped for ones of the
+right width, and weights come from safetensors files only (never pickles).
+
+A saved sub-network's `config.json` records `intermediate_sizes` (one per kept layer) and
+a `llamanas` block (kept layers, space, source super-network).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import BadInputError
+from .families import ModelShape, family_for, read_config_dict
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def layer_widths(config_dict: dict[str, Any]) -> list[int]:
+    """Per-layer MLP widths recorded in a config (a plain checkpoint has one width for all)."""
+    sizes = config_dict.get("intermediate_sizes")
+    layers = int(config_dict["num_hidden_layers"])
+    if sizes is None:
+        return [int(config_dict["intermediate_size"])] * layers
+    if len(sizes) != layers:
+        raise BadInputError(f"config: intermediate_sizes has {len(sizes)} entries for {layers} layers")
+    return [int(s) for s in sizes]
+
+
+def hf_config_for(config_dict: dict[str, Any], intermediate_sizes: list[int], source: str):
+    """The transformers config of a model with these per-layer widths."""
+    family = family_for(config_dict.get("model_type", "<missing>"), source)
+    cfg = dict(config_dict)
+    cfg.update(
+        num_hidden_layers=len(intermediate_sizes),
+        intermediate_size=max(intermediate_sizes),
+        intermediate_sizes=list(intermediate_sizes),
+    )
+    return family.hf_config(cfg)
+
+
+def build_skeleton(hf_config, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
+    """An uninitialized model (memory allocated, values undefined) with per-layer MLP widths."""
+    family = family_for(hf_config.model_type, "config")
+    sizes = list(hf_config.intermediate_sizes)
+    with torch.device("meta"):
+        model = family.causal_lm_class()(hf_config)
+        for layer, size in zip(model.model.layers, sizes):
+            if size != hf_config.intermediate_size:
+                layer.mlp = type(layer.mlp)(_with_width(hf_config, size))
+    model.to_empty(device=device)
+    # non-persistent buffers (rotary frequencies) were on the meta device: rebuild them
+    with torch.device(device):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_config)
+    model.tie_weights()
+    return model.to(dtype).eval()
+
+
+def _with_width(hf_config, size: int):
+    cfg = copy.copy(hf_config)
+    cfg.intermediate_size = size
+    return cfg
+
+
+def init_random_(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Cheap random weights (norm scales at 1): enough for timing, where values do not matter."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif param.dim() == 1:
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32) * std)
+    return model
+
+
+def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a (possibly sharded) safetensors checkpoint."""
+    from safetensors.torch import load_file
+
+    index = model_dir / INDEX_NAME
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [model_dir / s for s in shards]
+    elif (model_dir / WEIGHTS_NAME).is_file():
+        files = [model_dir / WEIGHTS_NAME]
+    else:
+        found = sorted(p.name for p in model_dir.iterdir())
+        hint = " (pickled .bin checkpoints are never loaded; convert them to safetensors)" if any(
+            n.endswith(".bin") for n in found
+        ) else ""
+        raise BadInputError(f"{model_dir}: no {WEIGHTS_NAME} or {INDEX_NAME}{hint}")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise BadInputError(f"{file}: cannot read safetensors weights ({err})") from None
+    return state
+
+
+def load_model(
+    name_or_path: str | Path, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, dict[str, Any], Path]:
+    """Load a super-network checkpoint or a saved sub-network; returns (model, config dict, directory)."""
+    config_dict, config_path = read_config_dict(name_or_path)
+    model_dir = config_path.parent
+    hf_config = hf_config_for(config_dict, layer_widths(config_dict), str(config_path))
+    model = build_skeleton(hf_config, dtype=dtype)
+    state = read_state_dict(model_dir)
+    expected = model.state_dict()
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    missing = [k for k in expected if k not in state and not (hf_config.tie_word_embeddings and k in tied)]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise BadInputError(
+            f"{model_dir}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    bad = [k for k, t in state.items() if tuple(t.shape) != tuple(expected[k].shape)]
+    if bad:
+        k = bad[0]
+        raise BadInputError(
+            f"{model_dir}: tensor {k} has shape {tuple(state[k].shape)}, config.json implies {tuple(expected[k].shape)}"
+        )
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    model.tie_weights()
+    return model, config_dict, model_dir
+
+
+def save_model(model: nn.Module, out_dir: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
+    """Write `config.json` + `model.safetensors`; the config records per-layer MLP widths."""
+    from safetensors.torch import save_model as save_safetensors
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_dict()
+    config["intermediate_sizes"] = [layer.mlp.down_proj.in_features for layer in model.model.layers]
+    config["num_hidden_layers"] = len(model.model.layers)
+    config.update(extra_config or {})
+    save_safetensors(model, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def shape_of(model: nn.Module) -> ModelShape:
+    return ModelShape.from_config_dict(model.config.to_dict(), "model")

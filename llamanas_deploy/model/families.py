@@ -1,0 +1,120 @@
+"""Model families: one small adapter per architecture, and the shape record read from `config.json`.
+
+Adding a family (say, one whose MLP projections are named differently) is one more
+`ModelFamily` in `FAMILIES`; nothing else keys on the family name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInputError
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+BUILTIN_MODELS = {"tiny": ASSETS_DIR / "tiny"}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    model_types: tuple[str, ...]
+    mlp_projections: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+
+    def hf_config(self, config_dict: dict[str, Any]):
+        from transformers import AutoConfig
+
+        kwargs = {k: v for k, v in config_dict.items() if k != "model_type"}
+        return AutoConfig.for_model(config_dict["model_type"], **kwargs)
+
+    def causal_lm_class(self):
+        from transformers import LlamaForCausalLM
+
+        return LlamaForCausalLM
+
+
+FAMILIES = (ModelFamily("llama", ("llama",)),)
+
+
+def family_for(model_type: str, source: str) -> ModelFamily:
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    supported = sorted(t for f in FAMILIES for t in f.model_types)
+    raise BadInputError(f"{source}: model_type '{model_type}' is not supported (supported: {supported})")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a LLaMA-family `config.json` that costs and slicing depend on."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    tie_word_embeddings: bool
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict[str, Any], source: str) -> "ModelShape":
+        family_for(cfg.get("model_type", "<missing>"), source)
+        try:
+            heads = int(cfg["num_attention_heads"])
+            hidden = int(cfg["hidden_size"])
+            return cls(
+                model_type=cfg["model_type"],
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=hidden,
+                num_hidden_layers=int(cfg["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+                head_dim=int(cfg.get("head_dim") or hidden // heads),
+                intermediate_size=int(cfg["intermediate_size"]),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                attention_bias=bool(cfg.get("attention_bias", False)),
+                mlp_bias=bool(cfg.get("mlp_bias", False)),
+            )
+        except KeyError as err:
+            raise BadInputError(f"{source}: missing field {err} in the model config") from None
+        except (TypeError, ValueError) as err:
+            raise BadInputError(f"{source}: malformed model config ({err})") from None
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A built-in model name (`tiny`) or a path to a checkpoint directory or a `config.json`."""
+    return BUILTIN_MODELS.get(str(name_or_path), Path(name_or_path))
+
+
+def read_config_dict(name_or_path: str | Path) -> tuple[dict[str, Any], Path]:
+    """Read `config.json` from a model directory, a config file, or a built-in model name."""
+    path = resolve_model_path(name_or_path)
+    config_path = path / "config.json" if path.is_dir() else path
+    if not config_path.is_file():
+        raise BadInputError(f"{name_or_path}: no such model directory or config.json")
+    try:
+        cfg = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{config_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(cfg, dict):
+        raise BadInputError(f"{config_path}: expected a JSON object")
+    return cfg, config_path
+
+
+def read_shape(name_or_path: str | Path) -> ModelShape:
+    cfg, config_path = read_config_dict(name_or_path)
+    return ModelShape.from_config_dict(cfg, str(config_path))

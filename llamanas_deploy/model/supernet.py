@@ -1,0 +1,146 @@
+"""The super-network, and its sub-networks: as views (no copy) or extracted as standalone models."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..space import SearchSpace
+from ..subnet_config import SubnetConfig
+from .build import build_skeleton, hf_config_for, init_random_, load_model, save_model
+from .families import ModelShape, read_config_dict
+
+
+class SlicedMLP(nn.Module):
+    """A view of an MLP that uses only its first `size` neurons; weights are shared, not copied."""
+
+    def __init__(self, mlp: nn.Module, size: int):
+        super().__init__()
+        self.mlp = mlp
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, m = self.size, self.mlp
+        gate = F.linear(x, m.gate_proj.weight[:s], _head(m.gate_proj.bias, s))
+        up = F.linear(x, m.up_proj.weight[:s], _head(m.up_proj.bias, s))
+        return F.linear(m.act_fn(gate) * up, m.down_proj.weight[:, :s], m.down_proj.bias)
+
+
+def _head(bias: torch.Tensor | None, size: int) -> torch.Tensor | None:
+    return None if bias is None else bias[:size]
+
+
+@dataclass
+class SuperNetwork:
+    model: nn.Module
+    config: dict[str, Any]
+    source: Path
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> "SuperNetwork":
+        """Load a local checkpoint directory (or a built-in name such as `tiny`); never downloads."""
+        return cls(*load_model(name_or_path, dtype=dtype))
+
+    @classmethod
+    def random(cls, name_or_path: str | Path, seed: int = 0) -> "SuperNetwork":
+        """The whole super-network with random weights, from `config.json` alone (small models only)."""
+        config, config_path = read_config_dict(name_or_path)
+        hf_config = hf_config_for(config, [config["intermediate_size"]] * config["num_hidden_layers"], str(config_path))
+        return cls(init_random_(build_skeleton(hf_config), seed), config, config_path.parent)
+
+    @property
+    def shape(self) -> ModelShape:
+        return ModelShape.from_config_dict(self.config, str(self.source))
+
+    def check_space(self, space: SearchSpace) -> None:
+        space.check_super_network(self.model.config, str(self.source))
+
+    def weights_sha256(self) -> str:
+        """Hash of the weights as loaded (dtype included): identifies the super-network in manifests."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    @contextmanager
+    def activate(self, subnet: SubnetConfig) -> Iterator[nn.Module]:
+        """Temporarily turn the model into `subnet` (views of the shared weights); restored on exit.
+
+        Gradients flow into the super-network's weights, which is what one-shot fine-tuning needs.
+        """
+        inner = self.model.model
+        all_layers, depth = inner.layers, self.model.config.num_hidden_layers
+        kept = [all_layers[i] for i in subnet.kept_layers]
+        saved = [(layer, layer.mlp, layer.self_attn.layer_idx) for layer in kept]
+        for new_index, (layer, size) in enumerate(zip(kept, subnet.intermediate_sizes)):
+            if size != layer.mlp.down_proj.in_features:
+                layer.mlp = SlicedMLP(layer.mlp, size)
+            layer.self_attn.layer_idx = new_index
+        inner.layers = nn.ModuleList(kept)
+        self.model.config.num_hidden_layers = subnet.num_layers
+        try:
+            yield self.model
+        finally:
+            for layer, mlp, index in saved:
+                layer.mlp, layer.self_attn.layer_idx = mlp, index
+            inner.layers = all_layers
+            self.model.config.num_hidden_layers = depth
+
+    def extract(self, subnet: SubnetConfig) -> nn.Module:
+        """A standalone model holding copies of exactly the kept weights, layers renumbered."""
+        hf_config = hf_config_for(self.config, list(subnet.intermediate_sizes), str(self.source))
+        dtype = next(self.model.parameters()).dtype
+        model = build_skeleton(hf_config, dtype=dtype)
+        source = self.model.state_dict()
+        state = {}
+        for name in model.state_dict():
+            if name.startswith("model.layers."):
+                new_index, rest = name[len("model.layers.") :].split(".", 1)
+                old_index = subnet.kept_layers[int(new_index)]
+                tensor = source[f"model.layers.{old_index}.{rest}"]
+                tensor = _slice_mlp(rest, tensor, subnet.intermediate_sizes[int(new_index)])
+            else:
+                tensor = source[name]
+            state[name] = tensor.clone()
+        model.load_state_dict(state)
+        model.tie_weights()
+        return model.eval()
+
+    def save_subnet(self, subnet: SubnetConfig, out_dir: str | Path, space: SearchSpace | None = None) -> Path:
+        """Extract `subnet` and write it as a directory the project's loader reads back exactly."""
+        meta = {
+            "subnet": subnet.to_dict(),
+            "subnet_id": subnet.id,
+            "kept_layers": list(subnet.kept_layers),
+            "super_network": {"path": str(self.source), "num_hidden_layers": self.config["num_hidden_layers"]},
+        }
+        if space is not None:
+            meta["space_id"] = space.id
+        return save_model(self.extract(subnet), out_dir, {"llamanas": meta})
+
+
+def _slice_mlp(param_name: str, tensor: torch.Tensor, size: int) -> torch.Tensor:
+    if param_name.startswith(("mlp.gate_proj.", "mlp.up_proj.")):
+        return tensor[:size]
+    if param_name == "mlp.down_proj.weight":
+        return tensor[:, :size]
+    return tensor
+
+
+def random_subnet_model(name_or_path: str | Path, subnet: SubnetConfig, seed: int = 0) -> nn.Module:
+    """Only the sub-network, with random weights, from `config.json`: memory of one sub-network.
+
+    Latency does not depend on weight values, so this is how a 7B-shaped space is profiled
+    without its checkpoint.
+    """
+    config, config_path = read_config_dict(name_or_path)
+    hf_config = hf_config_for(config, list(subnet.intermediate_sizes), str(config_path))
+    return init_random_(build_skeleton(hf_config), seed)

@@ -1,0 +1,321 @@
+"""Search spaces: elastic depth and elastic per-layer widths of a LLaMA super-network.
+
+A space is a small JSON file (built-in ones live in `llamanas_deploy/spaces/`)::
+
+    {
+      "schema_version": 1,
+      "name": "tiny",
+      "super_network": {"num_hidden_layers": 8, "intermediate_size": 768},
+      "depth": {"choices": [4, 5, 6, 7, 8], "policy": "first"},
+      "layer_dims": {"intermediate_sizes": {"choices": [192, 384, 576, 768], "policy": "first"}}
+    }
+
+`layer_dims` is keyed by the sub-network config's per-layer field, so a further elastic
+dimension (attention heads) is one more entry there; callers go through `validate`,
+`encode`, `decode` and the samplers, which iterate over `layer_dims`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import BadInputError
+from .subnet_config import SubnetConfig
+
+SPACE_SCHEMA_VERSION = 1
+BUILTIN_DIR = Path(__file__).parent / "spaces"
+LAYER_POLICIES = ("first", "uniform")
+NEURON_POLICIES = ("first",)
+SUPPORTED_LAYER_DIMS = ("intermediate_sizes",)
+
+
+@dataclass(frozen=True)
+class LayerDim:
+    """One elastic per-layer dimension: its config key, allowed values and which units are kept."""
+
+    key: str
+    choices: tuple[int, ...]
+    policy: str = "first"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    max_layers: int
+    max_intermediate_size: int
+    depth_choices: tuple[int, ...]
+    layer_policy: str
+    layer_dims: tuple[LayerDim, ...]
+    description: str = ""
+
+    # ---- identity -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SPACE_SCHEMA_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "super_network": {"num_hidden_layers": self.max_layers, "intermediate_size": self.max_intermediate_size},
+            "depth": {"choices": list(self.depth_choices), "policy": self.layer_policy},
+            "layer_dims": {d.key: {"choices": list(d.choices), "policy": d.policy} for d in self.layer_dims},
+        }
+
+    @property
+    def id(self) -> str:
+        """`name-<hash>`: the hash covers everything but the description, so edits are caught."""
+        content = {k: v for k, v in self.to_dict().items() if k != "description"}
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.name}-{digest}"
+
+    # ---- size -----------------------------------------------------------------------
+    @property
+    def num_points(self) -> int:
+        """Size of the encoded space, counted as the paper does: depth choices x widths^max_layers."""
+        per_layer = math.prod(len(d.choices) for d in self.layer_dims)
+        return len(self.depth_choices) * per_layer**self.max_layers
+
+    @property
+    def num_distinct(self) -> int:
+        """Distinct sub-networks: widths of dropped layers do not count."""
+        per_layer = math.prod(len(d.choices) for d in self.layer_dims)
+        return sum(per_layer**depth for depth in self.depth_choices)
+
+    @property
+    def smallest(self) -> SubnetConfig:
+        return self._uniform_subnet(min(self.depth_choices), 0)
+
+    @property
+    def largest(self) -> SubnetConfig:
+        return self._uniform_subnet(max(self.depth_choices), -1)
+
+    def _uniform_subnet(self, depth: int, choice_index: int) -> SubnetConfig:
+        sizes = (self.dim("intermediate_sizes").choices[choice_index],) * depth
+        return SubnetConfig(depth, sizes, self.kept_layers(depth)).canonical()
+
+    def dim(self, key: str) -> LayerDim:
+        return next(d for d in self.layer_dims if d.key == key)
+
+    # ---- layers ---------------------------------------------------------------------
+    def kept_layers(self, depth: int) -> tuple[int, ...]:
+        """Super-network layers kept at this depth under the space's layer-drop policy."""
+        if self.layer_policy == "first" or depth == self.max_layers:
+            return tuple(range(depth))
+        if depth == 1:
+            return (0,)
+        # "uniform": evenly spaced, always keeping the first and the last layer
+        return tuple(int(round(i * (self.max_layers - 1) / (depth - 1))) for i in range(depth))
+
+    # ---- validation -----------------------------------------------------------------
+    def validate(self, cfg: SubnetConfig, source: str = "sub-network") -> SubnetConfig:
+        """Return `cfg` (canonical) if it belongs to this space, else raise `BadInputError`."""
+        if cfg.num_layers not in self.depth_choices:
+            raise BadInputError(
+                f"{source}: num_layers {cfg.num_layers} is not in {_set(self.depth_choices)} (space {self.name})"
+            )
+        for dim in self.layer_dims:
+            for i, value in enumerate(getattr(cfg, dim.key)):
+                if value not in dim.choices:
+                    noun = dim.key.rstrip("s").replace("_", " ")
+                    raise BadInputError(f"{source}: layer {i}: {noun} {value} is not in {_set(dim.choices)}")
+        for layer in cfg.kept_layers:
+            if layer >= self.max_layers:
+                raise BadInputError(
+                    f"{source}: layer index {layer} is out of range: the super-network has {self.max_layers} layers"
+                )
+        return cfg.canonical()
+
+    # ---- integer encoding (pymoo) ---------------------------------------------------
+    @property
+    def encoding_upper_bounds(self) -> np.ndarray:
+        """Inclusive upper bound of each gene; every lower bound is 0."""
+        genes = [len(self.depth_choices) - 1]
+        for dim in self.layer_dims:
+            genes += [len(dim.choices) - 1] * self.max_layers
+        return np.array(genes, dtype=np.int64)
+
+    def encode(self, cfg: SubnetConfig) -> np.ndarray:
+        """Gene 0 picks the depth; then `max_layers` genes per layer dimension (unused ones are 0)."""
+        cfg = self.validate(cfg)
+        if cfg.kept_layers != self.kept_layers(cfg.num_layers):
+            raise BadInputError(
+                f"sub-network keeps layers {list(cfg.kept_layers)}, which the '{self.layer_policy}' "
+                f"layer policy of space {self.name} cannot encode"
+            )
+        genes = [self.depth_choices.index(cfg.num_layers)]
+        for dim in self.layer_dims:
+            idx = [dim.choices.index(v) for v in getattr(cfg, dim.key)]
+            genes += idx + [0] * (self.max_layers - len(idx))
+        return np.array(genes, dtype=np.int64)
+
+    def decode(self, genes: np.ndarray) -> SubnetConfig:
+        genes = np.asarray(genes)
+        expected = len(self.encoding_upper_bounds)
+        if genes.shape != (expected,):
+            raise BadInputError(f"encoding has shape {genes.shape}, expected ({expected},)")
+        genes = np.clip(np.rint(genes).astype(np.int64), 0, self.encoding_upper_bounds)
+        depth = self.depth_choices[genes[0]]
+        values = {}
+        for k, dim in enumerate(self.layer_dims):
+            start = 1 + k * self.max_layers
+            values[dim.key] = tuple(dim.choices[g] for g in genes[start : start + depth])
+        return SubnetConfig(depth, layers=self.kept_layers(depth), **values).canonical()
+
+    # ---- sampling -------------------------------------------------------------------
+    def sample_random(self, n: int, seed: int = 0) -> list[SubnetConfig]:
+        """`n` distinct sub-networks: depth uniform, then every layer's width uniform."""
+        rng = np.random.default_rng(seed)
+        return self._take_unique(n, (self._random_one(rng) for _ in iter(int, 1)))
+
+    def sample_stratified(self, n: int, seed: int = 0, width_bins: int = 4) -> list[SubnetConfig]:
+        """`n` distinct sub-networks covering depth x total-width strata, smallest and largest first.
+
+        Deterministic for a seed, and `sample_stratified(n)` is a prefix of `sample_stratified(n + k)`,
+        so a profile can be extended later with the same seed.
+        """
+        return self._take_unique(n, self._iter_stratified(seed, width_bins))
+
+    def _iter_stratified(self, seed: int, width_bins: int) -> Iterator[SubnetConfig]:
+        rng = np.random.default_rng(seed)
+        yield self.smallest
+        yield self.largest
+        strata = [(depth, b) for depth in self.depth_choices for b in range(width_bins)]
+        while True:
+            for i in rng.permutation(len(strata)):
+                depth, b = strata[i]
+                target = rng.uniform(b / width_bins, (b + 1) / width_bins)
+                yield self._subnet_near(depth, target, rng)
+
+    def _subnet_near(self, depth: int, target: float, rng: np.random.Generator) -> SubnetConfig:
+        """Per-layer choices whose mean index fraction is `target` in expectation (stochastic rounding)."""
+        values = {}
+        for dim in self.layer_dims:
+            top = len(dim.choices) - 1
+            idx = np.floor(target * top + rng.uniform(size=depth)).astype(int).clip(0, top)
+            values[dim.key] = tuple(dim.choices[i] for i in idx)
+        return SubnetConfig(depth, layers=self.kept_layers(depth), **values).canonical()
+
+    def _random_one(self, rng: np.random.Generator) -> SubnetConfig:
+        depth = self.depth_choices[rng.integers(len(self.depth_choices))]
+        values = {d.key: tuple(d.choices[i] for i in rng.integers(len(d.choices), size=depth)) for d in self.layer_dims}
+        return SubnetConfig(depth, layers=self.kept_layers(depth), **values).canonical()
+
+    def _take_unique(self, n: int, stream: Iterator[SubnetConfig]) -> list[SubnetConfig]:
+        n = min(n, self.num_distinct)
+        seen: dict[str, SubnetConfig] = {}
+        misses = 0
+        for cfg in stream:
+            if len(seen) >= n or misses > 10_000:
+                break
+            if cfg.id in seen:
+                misses += 1
+                continue
+            seen[cfg.id] = cfg
+            misses = 0
+        return list(seen.values())
+
+    # ---- super-network compatibility --------------------------------------------------
+    def check_super_network(self, hf_config: Any, source: str) -> None:
+        """Refuse a super-network whose shape does not match this space."""
+        layers = getattr(hf_config, "num_hidden_layers", None)
+        width = getattr(hf_config, "intermediate_size", None)
+        if layers != self.max_layers or width != self.max_intermediate_size:
+            raise BadInputError(
+                f"{source}: super-network has {layers} layers and intermediate size {width}, but space "
+                f"{self.name} expects {self.max_layers} layers and intermediate size {self.max_intermediate_size}"
+            )
+
+
+def _set(values: tuple[int, ...]) -> str:
+    return "{" + ", ".join(str(v) for v in values) + "}"
+
+
+def builtin_spaces() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.json"))
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """A built-in space by name (`tiny`, `llama2-7b-paper`) or a space JSON file."""
+    path = BUILTIN_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        path = Path(name_or_path)
+    if not path.is_file():
+        raise BadInputError(
+            f"space '{name_or_path}': no such built-in space ({', '.join(builtin_spaces())}) and no such file"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    return space_from_dict(data, str(path))
+
+
+def space_from_dict(data: Any, source: str) -> SearchSpace:
+    """Parse and validate a space description; every problem names `source`."""
+
+    def fail(msg: str) -> BadInputError:
+        return BadInputError(f"{source}: {msg}")
+
+    if not isinstance(data, dict):
+        raise fail("a search space must be a JSON object")
+    allowed = {"schema_version", "name", "description", "super_network", "depth", "layer_dims"}
+    if set(data) - allowed:
+        raise fail(f"unknown key(s) {sorted(set(data) - allowed)}; allowed: {sorted(allowed)}")
+    if data.get("schema_version", SPACE_SCHEMA_VERSION) != SPACE_SCHEMA_VERSION:
+        raise fail(f"schema_version {data['schema_version']} is not supported (expected {SPACE_SCHEMA_VERSION})")
+    try:
+        name = data["name"]
+        sn = data["super_network"]
+        max_layers, max_width = sn["num_hidden_layers"], sn["intermediate_size"]
+        depth = _choices(data["depth"]["choices"], "depth.choices", fail)
+        layer_policy = data["depth"].get("policy", "first")
+        raw_dims = data["layer_dims"]
+    except (KeyError, TypeError) as err:
+        raise fail(f"missing or malformed field {err}") from None
+    if not isinstance(name, str) or not name:
+        raise fail("name must be a non-empty string")
+    if layer_policy not in LAYER_POLICIES:
+        raise fail(f"depth.policy '{layer_policy}' is not one of {list(LAYER_POLICIES)}")
+    if max(depth) > max_layers:
+        raise fail(f"depth choice {max(depth)} exceeds the super-network's {max_layers} layers")
+    if not isinstance(raw_dims, dict) or "intermediate_sizes" not in raw_dims:
+        raise fail("layer_dims must be an object with at least 'intermediate_sizes'")
+    dims = []
+    for key, spec in raw_dims.items():
+        if key not in SUPPORTED_LAYER_DIMS:
+            raise fail(f"elastic dimension '{key}' is not supported (supported: {list(SUPPORTED_LAYER_DIMS)})")
+        if not isinstance(spec, dict) or "choices" not in spec:
+            raise fail(f"layer_dims.{key} must be an object with 'choices'")
+        policy = spec.get("policy", "first")
+        if policy not in NEURON_POLICIES:
+            raise fail(f"layer_dims.{key}.policy '{policy}' is not one of {list(NEURON_POLICIES)}")
+        dims.append(LayerDim(key, _choices(spec["choices"], f"layer_dims.{key}.choices", fail), policy))
+    widths = dims[0].choices
+    if max(widths) > max_width:
+        raise fail(f"intermediate size {max(widths)} exceeds the super-network's {max_width}")
+    return SearchSpace(
+        name=name,
+        max_layers=max_layers,
+        max_intermediate_size=max_width,
+        depth_choices=depth,
+        layer_policy=layer_policy,
+        layer_dims=tuple(dims),
+        description=str(data.get("description", "")),
+    )
+
+
+def _choices(value: Any, field: str, fail) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise fail(f"{field} must be a non-empty list of positive integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise fail(f"{field} has duplicates: {value}")
+    return tuple(sorted(value))
