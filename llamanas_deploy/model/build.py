@@ -121,8 +121,11 @@ def load_model(
     model = build_skeleton(hf_config, dtype=dtype)
     state = read_state_dict(model_dir)
     expected = model.state_dict()
-    tied = getattr(model, "_tied_weights_keys", None) or {}
-    missing = [k for k in expected if k not in state and not (hf_config.tie_word_embeddings and k in tied)]
+    tied = tied_weight_keys(model)
+    for key, source in tied.items():  # a tied checkpoint may store the shared tensor under either name
+        if source not in state and key in state:
+            state[source] = state.pop(key)
+    missing = [k for k in expected if k not in state and k not in tied]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise BadInputError(
@@ -141,7 +144,7 @@ def load_model(
 
 def save_model(model: nn.Module, out_dir: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
     """Write `config.json` + `model.safetensors`; the config records per-layer MLP widths."""
-    from safetensors.torch import save_model as save_safetensors
+    from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,9 +152,19 @@ def save_model(model: nn.Module, out_dir: str | Path, extra_config: dict[str, An
     config["intermediate_sizes"] = [layer.mlp.down_proj.in_features for layer in model.model.layers]
     config["num_hidden_layers"] = len(model.model.layers)
     config.update(extra_config or {})
-    save_safetensors(model, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+    # a tied tensor is stored once, under its source name (as transformers does)
+    tied = tied_weight_keys(model)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in tied}
+    save_file(state, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def tied_weight_keys(model: nn.Module) -> dict[str, str]:
+    """{tied parameter name: the name it shares its tensor with}; empty when embeddings are untied."""
+    if not model.config.tie_word_embeddings:
+        return {}
+    return dict(getattr(model, "_tied_weights_keys", None) or {})
 
 
 def shape_of(model: nn.Module) -> ModelShape:
