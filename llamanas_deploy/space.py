@@ -252,6 +252,8 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise BadInputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: not a UTF-8 text file") from None
     return space_from_dict(data, str(path))
 
 
@@ -268,15 +270,16 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
         raise fail(f"unknown key(s) {sorted(set(data) - allowed)}; allowed: {sorted(allowed)}")
     if data.get("schema_version", SPACE_SCHEMA_VERSION) != SPACE_SCHEMA_VERSION:
         raise fail(f"schema_version {data['schema_version']} is not supported (expected {SPACE_SCHEMA_VERSION})")
-    try:
-        name = data["name"]
-        sn = data["super_network"]
-        max_layers, max_width = sn["num_hidden_layers"], sn["intermediate_size"]
-        depth = _choices(data["depth"]["choices"], "depth.choices", fail)
-        layer_policy = data["depth"].get("policy", "first")
-        raw_dims = data["layer_dims"]
-    except (KeyError, TypeError) as err:
-        raise fail(f"missing or malformed field {err}") from None
+    for key, inner in (("super_network", ("num_hidden_layers", "intermediate_size")), ("depth", ("choices",))):
+        if not isinstance(data.get(key), dict) or not all(k in data[key] for k in inner):
+            raise fail(f"{key} must be an object with {list(inner)}, got {data.get(key)!r}")
+    if "name" not in data or "layer_dims" not in data:
+        raise fail("missing field 'name' or 'layer_dims'")
+    name, raw_dims = data["name"], data["layer_dims"]
+    max_layers = _positive_int(data["super_network"]["num_hidden_layers"], "super_network.num_hidden_layers", fail)
+    max_width = _positive_int(data["super_network"]["intermediate_size"], "super_network.intermediate_size", fail)
+    depth = _choices(data["depth"]["choices"], "depth.choices", fail)
+    layer_policy = data["depth"].get("policy", "first")
     if not isinstance(name, str) or not name:
         raise fail("name must be a non-empty string")
     if layer_policy not in LAYER_POLICIES:
@@ -295,7 +298,7 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
         if policy not in NEURON_POLICIES:
             raise fail(f"layer_dims.{key}.policy '{policy}' is not one of {list(NEURON_POLICIES)}")
         dims.append(LayerDim(key, _choices(spec["choices"], f"layer_dims.{key}.choices", fail), policy))
-    widths = dims[0].choices
+    widths = next(d.choices for d in dims if d.key == "intermediate_sizes")
     if max(widths) > max_width:
         raise fail(f"intermediate size {max(widths)} exceeds the super-network's {max_width}")
     return SearchSpace(
@@ -307,6 +310,12 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
         layer_dims=tuple(dims),
         description=str(data.get("description", "")),
     )
+
+
+def _positive_int(value: Any, field: str, fail) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise fail(f"{field} must be a positive integer, got {value!r}")
+    return value
 
 
 def _choices(value: Any, field: str, fail) -> tuple[int, ...]:

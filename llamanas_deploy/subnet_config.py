@@ -38,7 +38,7 @@ class SubnetConfig:
                 raise BadInputError(
                     f"layers has {len(self.layers)} entries, expected num_layers = {self.num_layers}"
                 )
-            if list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
+            if list(self.layers) != sorted(set(self.layers)) or min(self.layers, default=0) < 0:
                 raise BadInputError(f"layers must be distinct, increasing and >= 0, got {list(self.layers)}")
 
     @property
@@ -99,24 +99,15 @@ class SubnetConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "SubnetConfig":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise BadInputError(f"{path}: cannot read sub-network config ({err.strerror})") from None
-        return cls.from_json(text, str(path))
+        return cls.from_json(_read_text(path, "sub-network config"), str(path))
 
 
 def read_subnets(path: str | Path) -> list[SubnetConfig]:
     """Read one config (a JSON object) or many (JSON lines, as `llamanas space sample` prints)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise BadInputError(f"{path}: cannot read sub-network configs ({err.strerror})") from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) > 1 and all(line.lstrip().startswith("{") and line.rstrip().endswith("}") for line in lines):
-        return [SubnetConfig.from_json(line, f"{path}:{i}") for i, line in enumerate(lines, 1)]
+    text = _read_text(path, "sub-network configs")
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) > 1 and all(line.lstrip().startswith("{") and line.rstrip().endswith("}") for _, line in lines):
+        return [SubnetConfig.from_json(line, f"{path}:{i}") for i, line in lines]
     return [SubnetConfig.from_json(text, str(path))]
 
 
@@ -134,9 +125,7 @@ def read_subnet_arg(value: str) -> SubnetConfig:
     if not index.isdigit():
         raise BadInputError(f"{value}: the part after '#' must be an index into the front, got '{index}'")
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise BadInputError(f"{path}: cannot read front file ({err.strerror})") from None
+        data = json.loads(_read_text(path, "front file"))
     except json.JSONDecodeError as err:
         raise BadInputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
     entries = data.get("front") if isinstance(data, dict) else data
@@ -148,6 +137,15 @@ def read_subnet_arg(value: str) -> SubnetConfig:
     if isinstance(entry, dict) and "subnet" in entry:
         entry = entry["subnet"]
     return SubnetConfig.from_dict(entry, f"{value}")
+
+
+def _read_text(path: str | Path, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise BadInputError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: cannot read {what} (not a UTF-8 text file)") from None
 
 
 def _is_int(value: Any) -> bool:

@@ -26,20 +26,28 @@ WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 
 
-def layer_widths(config_dict: dict[str, Any]) -> list[int]:
+def layer_widths(config_dict: dict[str, Any], source: str = "config") -> list[int]:
     """Per-layer MLP widths recorded in a config (a plain checkpoint has one width for all)."""
+    shape = ModelShape.from_config_dict(config_dict, source)
     sizes = config_dict.get("intermediate_sizes")
-    layers = int(config_dict["num_hidden_layers"])
     if sizes is None:
-        return [int(config_dict["intermediate_size"])] * layers
-    if len(sizes) != layers:
-        raise BadInputError(f"config: intermediate_sizes has {len(sizes)} entries for {layers} layers")
-    return [int(s) for s in sizes]
+        return [shape.intermediate_size] * shape.num_hidden_layers
+    if (
+        not isinstance(sizes, list)
+        or len(sizes) != shape.num_hidden_layers
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
+    ):
+        raise BadInputError(
+            f"{source}: intermediate_sizes must list {shape.num_hidden_layers} positive integers "
+            f"(one per layer), got {sizes!r}"
+        )
+    return list(sizes)
 
 
 def hf_config_for(config_dict: dict[str, Any], intermediate_sizes: list[int], source: str):
     """The transformers config of a model with these per-layer widths."""
-    family = family_for(config_dict.get("model_type", "<missing>"), source)
+    ModelShape.from_config_dict(config_dict, source)  # refuses other families and incomplete configs
+    family = family_for(config_dict["model_type"], source)
     cfg = dict(config_dict)
     cfg.update(
         num_hidden_layers=len(intermediate_sizes),
@@ -117,7 +125,8 @@ def load_model(
     """Load a super-network checkpoint or a saved sub-network; returns (model, config dict, directory)."""
     config_dict, config_path = read_config_dict(name_or_path)
     model_dir = config_path.parent
-    hf_config = hf_config_for(config_dict, layer_widths(config_dict), str(config_path))
+    source = str(config_path)
+    hf_config = hf_config_for(config_dict, layer_widths(config_dict, source), source)
     model = build_skeleton(hf_config, dtype=dtype)
     state = read_state_dict(model_dir)
     expected = model.state_dict()

@@ -76,7 +76,7 @@ class ModelShape:
         try:
             heads = int(cfg["num_attention_heads"])
             hidden = int(cfg["hidden_size"])
-            return cls(
+            shape = cls(
                 model_type=cfg["model_type"],
                 vocab_size=int(cfg["vocab_size"]),
                 hidden_size=hidden,
@@ -91,8 +91,21 @@ class ModelShape:
             )
         except KeyError as err:
             raise BadInputError(f"{source}: missing field {err} in the model config") from None
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, ZeroDivisionError) as err:
             raise BadInputError(f"{source}: malformed model config ({err})") from None
+        shape._check(source)
+        return shape
+
+    def _check(self, source: str) -> None:
+        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+        for name in sizes + ("num_key_value_heads", "head_dim", "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"{source}: {name} must be a positive integer, got {getattr(self, name)}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise BadInputError(
+                f"{source}: num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -110,6 +123,8 @@ def read_config_dict(name_or_path: str | Path) -> tuple[dict[str, Any], Path]:
         cfg = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise BadInputError(f"{config_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{config_path}: not a UTF-8 text file") from None
     if not isinstance(cfg, dict):
         raise BadInputError(f"{config_path}: expected a JSON object")
     return cfg, config_path

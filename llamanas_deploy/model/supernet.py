@@ -14,7 +14,7 @@ from torch import nn
 
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
-from .build import build_skeleton, hf_config_for, init_random_, load_model, save_model
+from .build import build_skeleton, hf_config_for, init_random_, layer_widths, load_model, save_model
 from .families import ModelShape, read_config_dict
 
 
@@ -52,7 +52,8 @@ class SuperNetwork:
     def random(cls, name_or_path: str | Path, seed: int = 0) -> "SuperNetwork":
         """The whole super-network with random weights, from `config.json` alone (small models only)."""
         config, config_path = read_config_dict(name_or_path)
-        hf_config = hf_config_for(config, [config["intermediate_size"]] * config["num_hidden_layers"], str(config_path))
+        source = str(config_path)
+        hf_config = hf_config_for(config, layer_widths(config, source), source)
         return cls(init_random_(build_skeleton(hf_config), seed), config, config_path.parent)
 
     @property
