@@ -192,11 +192,14 @@ class SearchSpace:
                 yield self._subnet_near(depth, target, rng)
 
     def _subnet_near(self, depth: int, target: float, rng: np.random.Generator) -> SubnetConfig:
-        """Per-layer choices whose mean index fraction is `target` in expectation (stochastic rounding)."""
+        """Per-layer choices whose mean index fraction is `target` in expectation.
+
+        Each layer's index is Binomial(top, target): the right mean, and every choice stays
+        possible in every layer, so mixed layers (smallest next to largest) are sampled too.
+        """
         values = {}
         for dim in self.layer_dims:
-            top = len(dim.choices) - 1
-            idx = np.floor(target * top + rng.uniform(size=depth)).astype(int).clip(0, top)
+            idx = rng.binomial(len(dim.choices) - 1, target, size=depth)
             values[dim.key] = tuple(dim.choices[i] for i in idx)
         return SubnetConfig(depth, layers=self.kept_layers(depth), **values).canonical()
 
