@@ -1,0 +1,26 @@
+"""Registry of profiler backends: name -> "module:Class", imported only when used.
+
+Adding a backend is one file in this folder (a `base.Backend` subclass, see its docstring)
+and one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ...errors import BadInputError
+from ..base import Backend
+
+BACKENDS = {
+    "torch": "llamanas_deploy.profile.backends.torch_backend:TorchBackend",
+    "torch-compile": "llamanas_deploy.profile.backends.torch_compile_backend:TorchCompileBackend",
+    "ipex": "llamanas_deploy.profile.backends.ipex_backend:IpexBackend",
+}
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as `name`; `BadInputError` for an unknown name."""
+    if name not in BACKENDS:
+        raise BadInputError(f"--backend {name}: unknown backend (known: {', '.join(sorted(BACKENDS))})")
+    module, attribute = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)

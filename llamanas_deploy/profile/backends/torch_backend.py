@@ -1,0 +1,148 @@
+"""`torch`: PyTorch eager on the CPU or a CUDA GPU, fp32 or bf16.
+
+Prefill runs the prompt and computes logits for its last position only (as generation
+does); decode runs one token against a KV cache of exactly `context_len` tokens (the cache
+is cut back after every step, untimed); generate is a greedy loop: prefill, then
+`gen_len - 1` decode steps, so `gen_len` tokens come out per sequence.
+On CUDA, times come from CUDA events and peak memory from the caching allocator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import LlamanasError
+from ...subnet_config import SubnetConfig
+from ..base import Backend, BackendUnavailable, MemoryProbe, Shapes, Workload
+from ..weights import subnet_model, weights_source
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    precisions = ("fp32", "bf16")
+    devices = ("cpu", "cuda")
+
+    @classmethod
+    def check_available(cls, device: str, precision: str) -> None:
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"--device cuda: this torch ({torch.__version__}) sees no CUDA GPU")
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        import torch
+
+        super().__init__(*args, **kwargs)
+        torch.set_num_threads(self.threads)
+        self._dtype = getattr(torch, DTYPES[self.precision])
+        self._source = weights_source(self.model, self.weights)
+        self._net = None
+
+    @property
+    def weights_source(self) -> str:
+        return self._source
+
+    # ---- one sub-network -------------------------------------------------------------------
+    def load(self, subnet: SubnetConfig) -> int:
+        net = subnet_model(self.model, subnet, self._dtype, self._source, self.seed).to(self.device)
+        self._vocab = net.config.vocab_size
+        nbytes = sum(p.numel() * p.element_size() for p in net.parameters())
+        self._net = self.prepare(net)
+        return nbytes
+
+    def prepare(self, net):
+        """Hook for subclasses that transform the eager model (compile, optimize)."""
+        return net
+
+    def unload(self) -> None:
+        self._net = None
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # ---- workloads -------------------------------------------------------------------------
+    def prefill(self, shapes: Shapes) -> Workload:
+        ids = self._tokens(shapes.batch_size, shapes.prompt_len)
+        return Workload(run=lambda: self._forward(ids, None, logits_to_keep=1))
+
+    def decode(self, shapes: Shapes) -> Workload:
+        cache = self._forward(self._tokens(shapes.batch_size, shapes.context_len), None, logits_to_keep=1).cache
+        step = self._tokens(shapes.batch_size, 1)
+
+        def cut_back() -> None:
+            extra = cache.get_seq_length() - shapes.context_len
+            if extra:
+                cache.crop(-extra)
+            if cache.get_seq_length() != shapes.context_len:
+                raise LlamanasError(f"KV cache holds {cache.get_seq_length()} tokens, expected {shapes.context_len}")
+
+        return Workload(run=lambda: self._forward(step, cache), reset=cut_back)
+
+    def generate(self, shapes: Shapes) -> Workload:
+        prompt = self._tokens(shapes.batch_size, shapes.prompt_len)
+
+        def run() -> None:
+            out = self._forward(prompt, None, logits_to_keep=1)
+            for _ in range(shapes.gen_len - 1):
+                token = out.logits[:, -1:].argmax(dim=-1)
+                out = self._forward(token, out.cache)
+
+        return Workload(run=run)
+
+    def _tokens(self, batch: int, length: int):
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randint(0, self._vocab, (batch, length), generator=gen).to(self.device)
+
+    def _forward(self, ids, cache, logits_to_keep: int = 0):
+        import torch
+
+        with torch.inference_mode():
+            return self._net(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=logits_to_keep)
+
+    # ---- device hooks ----------------------------------------------------------------------
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def time_ms(self, workload: Workload) -> float:
+        if self.device != "cuda":
+            return super().time_ms(workload)
+        import torch
+
+        if workload.reset is not None:
+            workload.reset()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        workload.run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    def memory_probe(self) -> MemoryProbe:
+        return CudaMemoryProbe() if self.device == "cuda" else super().memory_probe()
+
+
+class CudaMemoryProbe(MemoryProbe):
+    """Peak bytes held by torch's CUDA caching allocator above the starting level."""
+
+    def start(self) -> None:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        self._baseline = torch.cuda.memory_allocated()
+
+    def peak_mib(self) -> float:
+        import torch
+
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - self._baseline) / 1024**2

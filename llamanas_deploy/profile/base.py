@@ -1,0 +1,251 @@
+"""The backend interface: a backend says how to run one sub-network; the base measures it.
+
+A backend subclass implements five things, and nothing about timing or statistics:
+
+    class MyBackend(Backend):
+        name = "my-backend"
+        precisions = ("fp32",)
+        devices = ("cpu",)
+
+        @classmethod
+        def check_available(cls, device, precision): ...  # raise BackendUnavailable if it cannot run here
+        def load(self, subnet) -> int: ...                 # build/compile the sub-network; return model bytes
+        def prefill(self, shapes) -> Workload: ...         # one prompt of shapes.prompt_len tokens
+        def decode(self, shapes) -> Workload: ...          # one token with a KV cache of context_len tokens
+        def generate(self, shapes) -> Workload: ...        # prompt, then gen_len tokens at batch_size
+        def unload(self): ...                              # drop the sub-network (one in memory at a time)
+
+then adds one line to `backends.BACKENDS`. A `Workload` is `run` (timed) plus an optional
+`reset` (untimed, called before every run — e.g. cut the KV cache back to `context_len`
+so every decode step sees the same cache). `Backend.measure(subnet, shapes, protocol)`
+owns the rest: warm-up, repeats, re-measuring noisy figures (`stats`), peak memory, and
+the figures of one record. Devices other than the CPU override `synchronize` (wait for
+queued work before a clock is read), or `time_ms` and `memory_probe` as a whole.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from ..errors import BadInputError
+from ..subnet_config import SubnetConfig
+from .stats import Measurement, Protocol, measure
+
+MIB = 1024**2
+
+
+class BackendUnavailable(BadInputError):
+    """The backend cannot run on this machine (missing package, no such device)."""
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """The workload's sizes: batch, prompt (prefill), cached context (decode), generated tokens."""
+
+    batch_size: int = 1
+    prompt_len: int = 128
+    context_len: int = 128
+    gen_len: int = 32
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """`run` is timed; `reset`, when given, runs untimed before every `run`."""
+
+    run: Callable[[], Any]
+    reset: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class SubnetMeasurement:
+    """The figures of one sub-network, as they go into its record."""
+
+    prefill_ms: Measurement
+    decode_ms: Measurement
+    throughput_tok_s: Measurement
+    peak_mem_mib: float
+    model_bytes: int
+    weights: str
+
+    @property
+    def flagged(self) -> bool:
+        return any(m.flagged for m in (self.prefill_ms, self.decode_ms, self.throughput_tok_s))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prefill_ms": self.prefill_ms.to_dict(),
+            "decode_ms": self.decode_ms.to_dict(),
+            "throughput_tok_s": self.throughput_tok_s.to_dict(),
+            "peak_mem_mib": self.peak_mem_mib,
+            "model_bytes": self.model_bytes,
+            "weights": self.weights,
+            "flagged": self.flagged,
+        }
+
+
+class Backend:
+    """Base of all backends; see the module docstring for what a subclass writes."""
+
+    name: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    # samples per set, relative to the protocol's `repeats`: a decode step is short and noisy,
+    # a whole generation is long and averages itself
+    decode_repeat_factor: ClassVar[float] = 2.0
+    generate_repeat_factor: ClassVar[float] = 0.5
+
+    def __init__(self, model: str | Path, precision: str, device: str, threads: int, weights: str = "auto", seed: int = 0):
+        self.model = model
+        self.precision = precision
+        self.device = device
+        self.threads = threads
+        self.weights = weights
+        self.seed = seed
+
+    # ---- what a backend implements ---------------------------------------------------------
+    @classmethod
+    def check_available(cls, device: str, precision: str) -> None:
+        """Raise `BackendUnavailable` (one line) when this backend cannot run here."""
+
+    def load(self, subnet: SubnetConfig) -> int:
+        raise NotImplementedError
+
+    def prefill(self, shapes: Shapes) -> Workload:
+        raise NotImplementedError
+
+    def decode(self, shapes: Shapes) -> Workload:
+        raise NotImplementedError
+
+    def generate(self, shapes: Shapes) -> Workload:
+        raise NotImplementedError
+
+    def unload(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def weights_source(self) -> str:
+        """Where the loaded weights came from ("checkpoint" or "random"); recorded with the figures."""
+        return "random"
+
+    # ---- device hooks ------------------------------------------------------------------------
+    def synchronize(self) -> None:
+        """Wait until queued device work is done (a no-op on the CPU)."""
+
+    def time_ms(self, workload: Workload) -> float:
+        """Wall time of one `run`, synchronized on both ends; `reset` is not timed."""
+        if workload.reset is not None:
+            workload.reset()
+        self.synchronize()
+        start = time.perf_counter()
+        workload.run()
+        self.synchronize()
+        return (time.perf_counter() - start) * 1e3
+
+    def memory_probe(self) -> "MemoryProbe":
+        return CpuRssProbe()
+
+    # ---- what the base owns -----------------------------------------------------------------
+    @classmethod
+    def validate(cls, device: str, precision: str) -> None:
+        """Refuse a device or precision this backend does not have, then check availability."""
+        if device not in cls.devices:
+            raise BackendUnavailable(f"--device {device}: backend {cls.name} runs on {list(cls.devices)}")
+        if precision not in cls.precisions:
+            raise BadInputError(f"--precision {precision}: backend {cls.name} supports {list(cls.precisions)}")
+        cls.check_available(device, precision)
+
+    def measure(self, subnet: SubnetConfig, shapes: Shapes, protocol: Protocol) -> SubnetMeasurement:
+        """Load one sub-network, measure prefill, decode and throughput, unload it."""
+        probe = self.memory_probe()
+        probe.start()
+        model_bytes = self.load(subnet)
+        try:
+            prefill = measure(self._sampler(self.prefill(shapes)), protocol)
+            decode = measure(self._sampler(self.decode(shapes)), protocol.scaled(round(protocol.repeats * self.decode_repeat_factor)))
+            tokens = shapes.batch_size * shapes.gen_len
+            generate = self._sampler(self.generate(shapes))
+            throughput = measure(lambda: tokens * 1e3 / generate(), protocol.scaled(round(protocol.repeats * self.generate_repeat_factor)))
+            peak = probe.peak_mib()
+            source = self.weights_source
+        finally:
+            self.unload()
+            probe.stop()
+        return SubnetMeasurement(prefill, decode, throughput, peak, model_bytes, source)
+
+    def _sampler(self, workload: Workload) -> Callable[[], float]:
+        return lambda: self.time_ms(workload)
+
+
+# ---- peak memory ------------------------------------------------------------------------------
+class MemoryProbe:
+    """Peak memory growth between `start` and `peak_mib`."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def peak_mib(self) -> float:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Return freed memory to the system so the next sub-network starts from a low baseline."""
+        release_freed_memory()
+
+
+class CpuRssProbe(MemoryProbe):
+    """Growth of the process's peak resident set (Linux: VmHWM, reset through /proc/self/clear_refs).
+
+    Freed memory is handed back to the system first (`malloc_trim`), so the baseline is not
+    inflated by what the previous sub-network left behind. Without /proc the process-wide
+    `ru_maxrss` is used, which only grows: figures are then upper bounds.
+    """
+
+    def start(self) -> None:
+        release_freed_memory()
+        self._baseline = _rss_kib("VmRSS")
+        _reset_peak_rss()
+
+    def peak_mib(self) -> float:
+        return max(0.0, (_rss_kib("VmHWM") - self._baseline) / 1024)
+
+
+def release_freed_memory() -> None:
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
+def _rss_kib(field: str) -> int:
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB elsewhere
+
+
+def _reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: VmHWM / ru_maxrss stays process-wide (an upper bound)

@@ -1,0 +1,306 @@
+"""The files of a hardware profile: `fingerprint.json` and the append-only `measurements.jsonl`.
+
+Layout and record fields are in docs/CONTRACTS.md. Reading: `read_profile(dir) -> Profile`.
+Writing: `ProfileWriter.open(dir, target, fingerprint)`, then `append(record)` per measured
+sub-network. Crash safety:
+
+- each record is one line written with a single `write`, then flushed and fsynced, so a
+  record is either complete or missing its final newline;
+- on open, a last line without its newline (the process died mid-write) is cut off, so a
+  half-written record is never kept or built upon; readers skip it the same way;
+- a profile whose `fingerprint.json` names another device is never appended to;
+- a lock file keeps two writers out of one profile at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import BadInputError
+from ..subnet_config import SubnetConfig
+from .fingerprint import current_fingerprint, describe
+
+__all__ = ["Profile", "MeasurementRecord", "ProfileWriter", "read_profile", "current_fingerprint", "record_key"]
+
+SCHEMA_VERSION = 1
+FINGERPRINT_FILE = "fingerprint.json"
+MEASUREMENTS_FILE = "measurements.jsonl"
+LOCK_FILE = ".lock"
+FIGURES = ("prefill_ms", "decode_ms", "throughput_tok_s")
+# `fit --metric` names -> record fields
+METRICS = {
+    "decode_ms": "decode_ms",
+    "prefill_ms": "prefill_ms",
+    "throughput": "throughput_tok_s",
+    "throughput_tok_s": "throughput_tok_s",
+    "peak_mem": "peak_mem_mib",
+    "peak_mem_mib": "peak_mem_mib",
+}
+REQUIRED_FIELDS = (
+    "schema_version", "target", "fingerprint_id", "space_id", "subnet", "subnet_id", "backend",
+    "precision", "device", "threads", "shapes", *FIGURES, "peak_mem_mib", "model_bytes", "flagged", "timestamp",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MeasurementRecord:
+    """One measured sub-network; `raw` is the JSON object exactly as stored."""
+
+    subnet: SubnetConfig
+    raw: dict[str, Any]
+
+    @property
+    def backend(self) -> str:
+        return self.raw["backend"]
+
+    @property
+    def precision(self) -> str:
+        return self.raw["precision"]
+
+    @property
+    def space_id(self) -> str:
+        return self.raw["space_id"]
+
+    @property
+    def shapes(self) -> dict[str, int]:
+        return self.raw["shapes"]
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.raw["flagged"])
+
+    @property
+    def key(self) -> str:
+        return record_key(self.raw)
+
+    def value(self, metric: str) -> float:
+        """The kept figure of `metric` (a `fit --metric` name or a record field): the median for timings."""
+        if metric not in METRICS:
+            raise BadInputError(f"metric '{metric}' is not one of {sorted(METRICS)}")
+        entry = self.raw[METRICS[metric]]
+        return float(entry["median"] if isinstance(entry, dict) else entry)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.raw)
+
+
+@dataclass
+class Profile:
+    """A profile directory as read: its fingerprint and its complete records."""
+
+    path: Path
+    fingerprint: dict[str, Any]
+    records: list[MeasurementRecord] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return self.fingerprint["target"]
+
+    def filter(
+        self,
+        backend: str | None = None,
+        precision: str | None = None,
+        space_id: str | None = None,
+        device: str | None = None,
+        shapes: dict[str, int] | None = None,
+    ) -> list[MeasurementRecord]:
+        """Records matching every criterion that is given."""
+        wanted = {"backend": backend, "precision": precision, "space_id": space_id, "device": device, "shapes": shapes}
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        return [r for r in self.records if all(r.raw.get(k) == v for k, v in wanted.items())]
+
+
+def record_key(raw: dict[str, Any]) -> str:
+    """What makes two records the same measurement (a rerun skips keys already present)."""
+    parts = [raw.get(k) for k in ("subnet_id", "model_id", "backend", "precision", "device", "threads")]
+    return json.dumps(parts + [raw.get("shapes")], sort_keys=True)
+
+
+# ---- reading ------------------------------------------------------------------------------
+def read_profile(path: str | Path) -> Profile:
+    """Read a profile directory; `BadInputError` names the file (and line) of anything corrupt."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BadInputError(f"{path}: no such profile directory")
+    fingerprint = read_fingerprint(path / FINGERPRINT_FILE)
+    records = []
+    measurements = path / MEASUREMENTS_FILE
+    if measurements.is_file():
+        for number, line in _complete_lines(measurements):
+            records.append(_parse_record(line, f"{measurements}:{number}", fingerprint["fingerprint_id"]))
+    return Profile(path, fingerprint, records)
+
+
+def read_fingerprint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise BadInputError(f"{path}: missing; a profile directory needs its {FINGERPRINT_FILE}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadInputError(f"{path}: not valid JSON ({err})") from None
+    missing = [k for k in ("schema_version", "target", "fingerprint_id", "device") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise BadInputError(f"{path}: not a fingerprint file (missing {missing})")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise BadInputError(f"{path}: schema_version {data['schema_version']} is not supported (expected {SCHEMA_VERSION})")
+    return data
+
+
+def _complete_lines(path: Path) -> Iterable[tuple[int, str]]:
+    """Numbered non-empty lines, without a final line that lacks its newline (a torn write)."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")[:-1]  # the last piece is "" for a complete file, or a torn record
+    return [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+
+
+def _parse_record(line: str, source: str, fingerprint_id: str) -> MeasurementRecord:
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{source}: not valid JSON ({err.msg})") from None
+    if not isinstance(raw, dict):
+        raise BadInputError(f"{source}: a record must be a JSON object")
+    missing = [k for k in REQUIRED_FIELDS if k not in raw]
+    if missing:
+        raise BadInputError(f"{source}: record is missing {missing}")
+    if raw["schema_version"] != SCHEMA_VERSION:
+        raise BadInputError(f"{source}: schema_version {raw['schema_version']} is not supported (expected {SCHEMA_VERSION})")
+    if raw["fingerprint_id"] != fingerprint_id:
+        raise BadInputError(
+            f"{source}: record measured on device {raw['fingerprint_id']}, but the profile's device is {fingerprint_id}"
+        )
+    for name in FIGURES:
+        if not isinstance(raw[name], dict) or not all(k in raw[name] for k in ("median", "iqr", "cv", "n")):
+            raise BadInputError(f"{source}: {name} must be an object with median, iqr, cv, n")
+    subnet = SubnetConfig.from_dict(raw["subnet"], f"{source}: subnet")
+    if subnet.id != raw["subnet_id"]:
+        raise BadInputError(f"{source}: subnet_id {raw['subnet_id']} does not match its subnet (id {subnet.id})")
+    return MeasurementRecord(subnet, raw)
+
+
+# ---- writing ------------------------------------------------------------------------------
+class ProfileWriter:
+    """Appends records to one profile directory; use as a context manager (holds the lock)."""
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any], keys: set[str], dropped_bytes: int):
+        self.path = path
+        self.fingerprint = fingerprint
+        self.keys = keys
+        self.dropped_bytes = dropped_bytes
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, target: str, fingerprint: dict[str, Any]) -> "ProfileWriter":
+        """Open (or create) the profile of `target` at `path` for this device; refuse a foreign one."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        writer = cls(path, {}, set(), 0)
+        writer._lock()
+        try:
+            writer.fingerprint = _ensure_fingerprint(path / FINGERPRINT_FILE, target, fingerprint)
+            writer.dropped_bytes = _drop_torn_tail(path / MEASUREMENTS_FILE)
+            writer.keys = {r.key for r in read_profile(path).records}
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+
+    def __enter__(self) -> "ProfileWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def target(self) -> str:
+        return self.fingerprint["target"]
+
+    @property
+    def fingerprint_id(self) -> str:
+        return self.fingerprint["fingerprint_id"]
+
+    def has(self, raw: dict[str, Any]) -> bool:
+        return record_key(raw) in self.keys
+
+    def append(self, raw: dict[str, Any]) -> None:
+        """Write one record as one line, flushed and fsynced before returning."""
+        missing = [k for k in REQUIRED_FIELDS if k not in raw]
+        if missing:
+            raise ValueError(f"record is missing {missing}")
+        line = (json.dumps(raw, separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.path / MEASUREMENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.keys.add(record_key(raw))
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        import fcntl
+
+        self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise BadInputError(f"{self.path}: another process is writing this profile right now") from None
+
+
+def _ensure_fingerprint(path: Path, target: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The stored fingerprint if it is this device's; a new file if there is none; else refuse."""
+    if not path.is_file():
+        data = {"schema_version": SCHEMA_VERSION, "target": target, **fingerprint}
+        _write_atomic(path, json.dumps(data, indent=2) + "\n")
+        return data
+    stored = read_fingerprint(path)
+    if stored["fingerprint_id"] != fingerprint["fingerprint_id"]:
+        diff = _identity_diff(stored["device"], fingerprint["device"])
+        raise BadInputError(
+            f"{path}: profile '{stored['target']}' was measured on another device "
+            f"(fingerprint {stored['fingerprint_id']}, this machine {fingerprint['fingerprint_id']}: {diff}); "
+            f"refusing to mix measurements, use a new --target or --out"
+        )
+    if stored["target"] != target:
+        raise BadInputError(f"{path}: this directory holds target '{stored['target']}', not '{target}'")
+    return stored
+
+
+def _identity_diff(stored: dict[str, Any], here: dict[str, Any]) -> str:
+    from .fingerprint import IDENTITY_KEYS
+
+    diffs = [f"{k} {stored.get(k)!r} vs {here.get(k)!r}" for k in IDENTITY_KEYS if stored.get(k) != here.get(k)]
+    return "; ".join(diffs[:2]) or f"stored device {describe(stored)}"
+
+
+def _drop_torn_tail(path: Path) -> int:
+    """Cut a final line that lacks its newline (a write cut short); returns the bytes dropped."""
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return len(data) - keep
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp.name, path)
