@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as err:
-        err.show()
+    except click.ClickException as err:  # a bad option or argument: one line too, naming the command
+        where = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) else ""
+        click.echo(f"error: {where}{err.format_message()}", err=True)
         sys.exit(2)
     except BadInputError as err:
         _fail(err, 2, debug)

@@ -33,7 +33,7 @@ def stats(config_path: str, space_name: str, subnet_file: str, prompt_len: int, 
     shape = read_shape(config_path)
     space = load_space(space_name)
     space.check_super_network(shape, config_path)
-    subnets = [space.validate(c, subnet_file) for c in _read(subnet_file)]
+    subnets = [space.validate(c, _source(subnet_file)) for c in _read(subnet_file)]
     full = subnet_stats(shape, space.largest, prompt_len, context_len)
     rows = []
     for cfg in subnets:
@@ -45,6 +45,11 @@ def stats(config_path: str, space_name: str, subnet_file: str, prompt_len: int, 
 
 def _read(value: str):
     return read_subnets(value) if "#" not in value and not value.lstrip().startswith("{") else [read_subnet_arg(value)]
+
+
+def _source(value: str) -> str:
+    """How an error names a `--subnet` value: the file, or the option itself for inline JSON."""
+    return "--subnet" if value.lstrip().startswith("{") else value
 
 
 def _render(r: dict) -> str:
@@ -79,7 +84,7 @@ def extract(model_path: str, space_name: str, subnet_arg: str, out_dir: str) -> 
     if out.exists() and any(out.iterdir()):
         raise BadInputError(f"--out {out}: directory exists and is not empty; refusing to overwrite it")
     space = load_space(space_name)
-    cfg = space.validate(read_subnet_arg(subnet_arg), subnet_arg)
+    cfg = space.validate(read_subnet_arg(subnet_arg), _source(subnet_arg))
     supernet = SuperNetwork.load(model_path)
     supernet.check_space(space)
     log(f"extracting {cfg.id} ({cfg.num_layers} layers) from {supernet.source}")
