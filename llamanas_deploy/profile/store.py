@@ -117,7 +117,7 @@ class Profile:
 
 def record_key(raw: dict[str, Any]) -> str:
     """What makes two records the same measurement (a rerun skips keys already present)."""
-    parts = [raw.get(k) for k in ("subnet_id", "model_id", "backend", "precision", "device", "threads")]
+    parts = [raw.get(k) for k in ("subnet_id", "model_id", "backend", "precision", "device", "threads", "clock")]
     return json.dumps(parts + [raw.get("shapes")], sort_keys=True)
 
 
