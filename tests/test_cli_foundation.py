@@ -245,6 +245,18 @@ def test_extract_validates_before_writing(capsys, tmp_path, small_checkpoint, sm
     assert not out_dir.exists()
 
 
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["space", "sample", "tiny", "-n", "0"], "llamanas space sample: Invalid value for '-n' / '--num'"),
+        (["space", "sample"], "llamanas space sample: Missing argument 'NAME'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+    ],
+)
+def test_option_errors_are_one_line_too(capsys, args, fragment):
+    assert_bad_input(run(capsys, *args), fragment)
+
+
 # ---- the installed command ----------------------------------------------------------------------------
 
 

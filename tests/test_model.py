@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from llamanas_deploy.analytics import count_params
+from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.model.build import load_model
 from llamanas_deploy.model.families import read_shape
 from llamanas_deploy.model.supernet import SuperNetwork, random_subnet_model
@@ -79,14 +80,16 @@ def decode_with_cache(model: nn.Module, ids: torch.Tensor, prompt_len: int = 4) 
 # ---- loading -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("fixture", CHECKPOINTS)
-def test_loader_matches_transformers_bit_for_bit(fixture, request, tokens):
+def test_loader_matches_transformers_bit_for_bit(fixture, dtype, request):
     from transformers import LlamaForCausalLM
 
     path = request.getfixturevalue(fixture)
-    ours = SuperNetwork.load(path).model
-    theirs = LlamaForCausalLM.from_pretrained(path).eval()
-    assert torch.equal(logits(ours, tokens), logits(theirs, tokens))
+    ours = SuperNetwork.load(path, dtype=dtype).model
+    theirs = LlamaForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    long_prompt = torch.arange(200).remainder(256).unsqueeze(0)  # far positions expose rotary precision
+    assert torch.equal(logits(ours, long_prompt), logits(theirs, long_prompt))
 
 
 def test_gqa_fixture_is_grouped_and_tied(gqa_checkpoint):
@@ -147,6 +150,22 @@ def test_extract_copies_weights(supernet):
     model = supernet.extract(SMALL_SUBNETS[0])
     kept = supernet.model.model.layers[0].self_attn.q_proj.weight
     assert model.model.layers[0].self_attn.q_proj.weight.data_ptr() != kept.data_ptr()
+
+
+@pytest.mark.parametrize(
+    "subnet, message",
+    [
+        (SubnetConfig(2, (32, 32), (1, 4)), "sub-network keeps layer 4, but the super-network has 4 layers"),
+        (SubnetConfig(2, (32, 256)), "layer 1: intermediate size 256 exceeds the super-network's 128"),
+    ],
+)
+def test_subnets_the_supernet_does_not_contain_are_refused(supernet, subnet, message):
+    with pytest.raises(BadInputError, match=message):
+        supernet.extract(subnet)
+    with pytest.raises(BadInputError, match=message):
+        with supernet.activate(subnet):
+            pass
+    assert len(supernet.model.model.layers) == 4
 
 
 # ---- activate: views, restore, gradients ---------------------------------------------------

@@ -66,12 +66,13 @@ def build_skeleton(hf_config, dtype: torch.dtype = torch.float32, device: str = 
         for layer, size in zip(model.model.layers, sizes):
             if size != hf_config.intermediate_size:
                 layer.mlp = type(layer.mlp)(_with_width(hf_config, size))
-    model.to_empty(device=device)
-    # non-persistent buffers (rotary frequencies) were on the meta device: rebuild them
+    model.to_empty(device=device).to(dtype)
+    # non-persistent buffers (rotary frequencies) were on the meta device: rebuild them after the
+    # dtype cast, so they stay in float32 as transformers keeps them
     with torch.device(device):
         model.model.rotary_emb = type(model.model.rotary_emb)(config=hf_config)
     model.tie_weights()
-    return model.to(dtype).eval()
+    return model.eval()
 
 
 def _with_width(hf_config, size: int):

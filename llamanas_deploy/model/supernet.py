@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import BadInputError
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
 from .build import build_skeleton, hf_config_for, init_random_, layer_widths, load_model, save_model
@@ -77,6 +78,7 @@ class SuperNetwork:
 
         Gradients flow into the super-network's weights, which is what one-shot fine-tuning needs.
         """
+        self._check_fits(subnet)
         inner = self.model.model
         all_layers, depth = inner.layers, self.model.config.num_hidden_layers
         kept = [all_layers[i] for i in subnet.kept_layers]
@@ -97,6 +99,7 @@ class SuperNetwork:
 
     def extract(self, subnet: SubnetConfig) -> nn.Module:
         """A standalone model holding copies of exactly the kept weights, layers renumbered."""
+        self._check_fits(subnet)
         hf_config = hf_config_for(self.config, list(subnet.intermediate_sizes), str(self.source))
         dtype = next(self.model.parameters()).dtype
         model = build_skeleton(hf_config, dtype=dtype)
@@ -114,6 +117,20 @@ class SuperNetwork:
         model.load_state_dict(state)
         model.tie_weights()
         return model.eval()
+
+    def _check_fits(self, subnet: SubnetConfig) -> None:
+        """Refuse a sub-network this super-network does not contain (a missing layer, a wider MLP)."""
+        layers = self.model.model.layers
+        for index, size in zip(subnet.kept_layers, subnet.intermediate_sizes):
+            if index >= len(layers):
+                raise BadInputError(
+                    f"{self.source}: sub-network keeps layer {index}, but the super-network has {len(layers)} layers"
+                )
+            width = layers[index].mlp.down_proj.in_features
+            if size > width:
+                raise BadInputError(
+                    f"{self.source}: layer {index}: intermediate size {size} exceeds the super-network's {width}"
+                )
 
     def save_subnet(self, subnet: SubnetConfig, out_dir: str | Path, space: SearchSpace | None = None) -> Path:
         """Extract `subnet` and write it as a directory the project's loader reads back exactly."""
