@@ -18,6 +18,9 @@ COMMANDS = {
     "profile": ("llamanas_deploy.cli.profile_cmd:profile", "Measure sampled sub-networks on this device."),
     "targets": ("llamanas_deploy.cli.profile_cmd:targets", "List the hardware profiles present."),
     "subnet": ("llamanas_deploy.cli.subnet_cmd:subnet", "Cost of a sub-network, or extract it as a model."),
+    "fit": ("llamanas_deploy.cli.predict_cmd:fit", "Fit an XGBoost latency predictor on a hardware profile."),
+    "predict": ("llamanas_deploy.cli.predict_cmd:predict", "Predict latency of sub-networks with a fitted predictor."),
+    "finetune": ("llamanas_deploy.cli.finetune_cmd:finetune", "Fine-tune a super-network once (one-shot, resumable)."),
 }
 
 
