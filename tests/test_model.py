@@ -92,6 +92,30 @@ def test_loader_matches_transformers_bit_for_bit(fixture, dtype, request):
     assert torch.equal(logits(ours, long_prompt), logits(theirs, long_prompt))
 
 
+def test_sharded_checkpoint_loads(small_checkpoint, tmp_path, tokens):
+    from transformers import LlamaForCausalLM
+
+    LlamaForCausalLM.from_pretrained(small_checkpoint).save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    model, _, _ = load_model(tmp_path)
+    assert torch.equal(logits(model, tokens), logits(SuperNetwork.load(small_checkpoint).model, tokens))
+
+
+def test_corrupt_or_mismatched_weights_are_bad_input(small_checkpoint, gqa_checkpoint, tmp_path):
+    (tmp_path / "config.json").write_text((small_checkpoint / "config.json").read_text())
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage")
+    with pytest.raises(BadInputError, match="model.safetensors: cannot read safetensors weights"):
+        load_model(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes((gqa_checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(BadInputError, match=r"weights do not match config.json \(missing \['lm_head.weight'\]"):
+        load_model(tmp_path)
+    config = json.loads((small_checkpoint / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"intermediate_size": 96}))
+    (tmp_path / "model.safetensors").write_bytes((small_checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(BadInputError, match=r"has shape \(64, 128\), config.json implies \(64, 96\)"):
+        load_model(tmp_path)
+
+
 def test_gqa_fixture_is_grouped_and_tied(gqa_checkpoint):
     model = SuperNetwork.load(gqa_checkpoint).model
     attn = model.model.layers[0].self_attn

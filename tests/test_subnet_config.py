@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.subnet_config import SubnetConfig, read_subnet_arg, read_subnets, unique
@@ -117,3 +119,19 @@ def test_bad_front_index(tmp_path, suffix, message):
 def test_unique_keeps_first_occurrence_in_canonical_form():
     a, b = SubnetConfig(2, (8, 4), (0, 1)), SubnetConfig(1, (8,))
     assert unique([a, b, SubnetConfig(2, (8, 4)), b]) == [a.canonical(), b]
+
+
+@st.composite
+def subnet_configs(draw) -> SubnetConfig:
+    depth = draw(st.integers(1, 40))
+    sizes = tuple(draw(st.lists(st.integers(1, 20_000), min_size=depth, max_size=depth)))
+    layers = draw(st.none() | st.sets(st.integers(0, 63), min_size=depth, max_size=depth).map(sorted).map(tuple))
+    return SubnetConfig(depth, sizes, layers)
+
+
+@given(subnet_configs())
+def test_json_round_trip_and_id_for_random_configs(cfg):
+    back = SubnetConfig.from_json(cfg.to_json())
+    assert back == cfg.canonical() and back.kept_layers == cfg.kept_layers
+    assert back.id == cfg.id
+    assert json.loads(cfg.to_json()) == cfg.to_dict()
