@@ -1,0 +1,104 @@
+"""The ledger of real evaluations: `evaluations.jsonl`, one sub-network per line, appended as measured.
+
+It is the search's cache and its memory: a sub-network already in the ledger is never measured
+again, so a search killed mid-way and started again replays from the ledger for free and
+resumes measuring exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..space import SearchSpace
+from ..subnet_config import SubnetConfig
+from .objectives import Objective
+
+LEDGER_SCHEMA_VERSION = 1
+
+
+class Ledger:
+    def __init__(self, path: str | Path, space: SearchSpace, measures: Sequence[Objective]):
+        self.path = Path(path)
+        self.space = space
+        self.measures = list(measures)
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self._load()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __contains__(self, subnet_id: str) -> bool:
+        return subnet_id in self.records
+
+    def values(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
+        """(len(configs), len(measures)) matrix of recorded values, in `measures` order."""
+        return np.array([[self.records[c.id]["values"][m.name] for m in self.measures] for c in configs], float)
+
+    def measure(self, configs: Sequence[SubnetConfig], progress=None) -> int:
+        """Measure and append the configs not yet in the ledger; returns how many were new."""
+        new = [c for c in dict((c.id, c) for c in configs).values() if c.id not in self.records]
+        if not new:
+            return 0
+        cheap = {m.name: m.evaluate(new) for m in self.measures if not m.expensive}
+        expensive = [m for m in self.measures if m.expensive]
+        for i, cfg in enumerate(new):
+            values = {name: float(v[i]) for name, v in cheap.items()}
+            values |= {m.name: float(m.evaluate([cfg])[0]) for m in expensive}
+            self._append(cfg, values)
+            if progress is not None:
+                progress.update(1)
+        return len(new)
+
+    def _append(self, cfg: SubnetConfig, values: dict[str, float]) -> None:
+        record = {
+            "schema_version": LEDGER_SCHEMA_VERSION,
+            "space_id": self.space.id,
+            "index": len(self.records),
+            "subnet_id": cfg.id,
+            "subnet": cfg.to_dict(),
+            "values": values,
+        }
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[cfg.id] = record
+
+    def _load(self) -> None:
+        text = self.path.read_text()
+        lines = text.split("\n")
+        if lines and lines[-1]:
+            # the last write was cut short by a kill: that one evaluation is lost, the rest is kept
+            lines[-1] = ""
+            _rewrite(self.path, "\n".join(lines))
+        names = {m.name for m in self.measures}
+        for number, line in enumerate(lines[:-1], 1):
+            self._load_line(line, f"{self.path}:{number}", names)
+
+    def _load_line(self, line: str, where: str, names: set[str]) -> None:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BadInputError(f"{where}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict) or record.get("space_id") != self.space.id:
+            raise BadInputError(f"{where}: expected an evaluation record of space {self.space.id}")
+        cfg = self.space.validate(SubnetConfig.from_dict(record.get("subnet"), where), where)
+        values = record.get("values")
+        if not isinstance(values, dict) or not names <= set(values):
+            raise BadInputError(f"{where}: expected values for {sorted(names)}, got {values!r}")
+        if record.get("subnet_id") != cfg.id:
+            raise BadInputError(f"{where}: subnet_id {record.get('subnet_id')!r} does not match its config ({cfg.id})")
+        self.records[cfg.id] = record
+
+
+def _rewrite(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

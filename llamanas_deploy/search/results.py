@@ -1,0 +1,165 @@
+"""What a search leaves in its output directory, all derived from the session:
+
+- `evaluations.csv` — every evaluated sub-network with all its measures (the ledger is the JSONL);
+- `front.json` — the Pareto front, fastest first (`llamanas export --subnet DIR/front.json#3`);
+- `hypervolume.json` — hypervolume per generation, with the fixed reference point;
+- `front.png` — accuracy vs predicted latency, the full super-network marked;
+- `summary.txt` — one line per front member against the full network, as the paper words it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .objectives import Objective, sign
+from .session import SearchSession, pareto_indices
+
+FRONT_SCHEMA_VERSION = 1
+
+
+def evaluated_records(session: SearchSession) -> list[dict[str, Any]]:
+    """Every sub-network of the search, in evaluation order, with its measures and status."""
+    configs, F, feasible = session.archive()
+    on_front = set(np.flatnonzero(feasible)[pareto_indices(F[feasible])].tolist())
+    rows = []
+    for i, cfg in enumerate(configs):
+        values = session.ledger.records[cfg.id]["values"]
+        rows.append(
+            {
+                "order": i,
+                "subnet_id": cfg.id,
+                "subnet": cfg.to_dict(),
+                "values": {m.name: values[m.name] for m in session.ledger.measures},
+                "feasible": bool(feasible[i]),
+                "on_front": i in on_front,
+            }
+        )
+    return rows
+
+
+def front_entries(session: SearchSession, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Front members, ordered by the last objective (latency or size: fastest/smallest first)."""
+    front = [r for r in records if r["on_front"]]
+    last = session.objectives[-1]
+    front.sort(key=lambda r: (sign(last) * r["values"][last.name], r["subnet_id"]))
+    return [{"subnet": r["subnet"], "subnet_id": r["subnet_id"], "objectives": r["values"]} for r in front]
+
+
+def write_outputs(
+    out: Path,
+    session: SearchSession,
+    settings: dict[str, Any],
+    full_id: str,
+    size_name: str,
+    latency: Objective | None,
+    accuracy: Objective | None,
+) -> dict[str, Any]:
+    """Write every result file; returns what the CLI reports."""
+    records = evaluated_records(session)
+    front = front_entries(session, records)
+    full = session.ledger.records[full_id]["values"]
+    summary = summary_lines(front, full, size_name, latency, accuracy)
+    hv = {**session.normalization.to_dict(session.objectives), "history": session.history}
+    _write_json(out / "front.json", _front_file(session, settings, front))
+    _write_json(out / "hypervolume.json", hv)
+    _write_text(out / "evaluations.csv", _csv(records, [m.name for m in session.ledger.measures]))
+    _write_text(out / "summary.txt", "\n".join(summary) + "\n")
+    plot_front(out / "front.png", records, full_id, size_name, latency, accuracy or session.objectives[0])
+    return {"front": front, "summary": summary, "records": records, "full": {"subnet_id": full_id, "values": full}}
+
+
+def _front_file(session: SearchSession, settings: dict[str, Any], front: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "schema_version": FRONT_SCHEMA_VERSION,
+        "space_id": session.space.id,
+        "objectives": [{"name": o.name, "direction": o.direction} for o in session.objectives],
+        "constraints": [c.to_dict() for c in session.constraints],
+        "algorithm": settings["algorithm"],
+        "evaluations": session.spent,
+        "front": front,
+    }
+
+
+def summary_lines(
+    front: Sequence[dict[str, Any]],
+    full: dict[str, float],
+    size_name: str,
+    latency: Objective | None,
+    accuracy: Objective | None,
+) -> list[str]:
+    """'sub-network 3f2a…: 1.52x smaller, 1.31x faster (predicted), perplexity +0.84' per front member."""
+    lines = []
+    for i, entry in enumerate(front):
+        v = entry["objectives"]
+        parts = [f"{full[size_name] / v[size_name]:.2f}x smaller"]
+        if latency is not None:
+            ratio = v[latency.name] / full[latency.name] if latency.direction == "max" else full[latency.name] / v[latency.name]
+            parts.append(f"{ratio:.2f}x faster (predicted {latency.name})")
+        if accuracy is not None:
+            delta = v[accuracy.name] - full[accuracy.name]
+            scale = 100.0 if accuracy.direction == "max" else 1.0  # accuracy in points, as the paper
+            parts.append(f"{accuracy.name} {delta * scale:+.2f}" + (" points" if scale == 100.0 else ""))
+        lines.append(f"#{i} sub-network {entry['subnet_id']} ({entry['subnet']['num_layers']} layers): " + ", ".join(parts))
+    return lines
+
+
+def plot_front(
+    path: Path,
+    records: Sequence[dict[str, Any]],
+    full_id: str,
+    size_name: str,
+    latency: Objective | None,
+    accuracy: Objective,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_name = latency.name if latency is not None else size_name
+    y_name = accuracy.name
+    xs = lambda rows: [r["values"][x_name] for r in rows]  # noqa: E731
+    ys = lambda rows: [r["values"][y_name] for r in rows]  # noqa: E731
+    front = sorted((r for r in records if r["on_front"]), key=lambda r: r["values"][x_name])
+    full = [r for r in records if r["subnet_id"] == full_id]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.scatter(xs(records), ys(records), s=10, c="0.7", label=f"evaluated ({len(records)})")
+    ax.plot(xs(front), ys(front), "o-", c="tab:blue", ms=4, label=f"Pareto front ({len(front)})")
+    ax.scatter(xs(full), ys(full), marker="*", s=180, c="tab:red", zorder=5, label="full super-network")
+    ax.set_xlabel(f"{x_name} ({'predicted' if latency is not None else 'analytic'})")
+    ax.set_ylabel(y_name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _csv(records: Sequence[dict[str, Any]], names: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["order", "subnet_id", "num_layers", "intermediate_sizes", *names, "feasible", "on_front"])
+    for r in records:
+        sizes = " ".join(str(s) for s in r["subnet"]["intermediate_sizes"])
+        values = [repr(r["values"][n]) for n in names]
+        writer.writerow([r["order"], r["subnet_id"], r["subnet"]["num_layers"], sizes, *values, r["feasible"], r["on_front"]])
+    return buf.getvalue()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
