@@ -20,6 +20,7 @@ COMMANDS = {
     "subnet": ("llamanas_deploy.cli.subnet_cmd:subnet", "Cost of a sub-network, or extract it as a model."),
     "fit": ("llamanas_deploy.cli.predict_cmd:fit", "Fit an XGBoost latency predictor on a hardware profile."),
     "predict": ("llamanas_deploy.cli.predict_cmd:predict", "Predict latency of sub-networks with a fitted predictor."),
+    "search": ("llamanas_deploy.cli.search_cmd:search", "Search for a device-specific sub-network (NSGA-II, LINAS, random)."),
     "finetune": ("llamanas_deploy.cli.finetune_cmd:finetune", "Fine-tune a super-network once (one-shot, resumable)."),
 }
 
