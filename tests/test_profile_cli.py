@@ -1,0 +1,225 @@
+"""`llamanas profile` and `llamanas targets` end to end on small real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMALL_CONFIG, write_space
+from llamanas_deploy.cli import main
+from llamanas_deploy.model.supernet import SuperNetwork
+from llamanas_deploy.profile.weights import subnet_model
+from llamanas_deploy.subnet_config import SubnetConfig
+
+FAST = ["--prompt-len", "8", "--context-len", "8", "--gen-len", "4", "--warmup", "1", "--repeats", "3", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
+
+def assert_bad_input(result, *fragments: str) -> None:
+    code, out, err = result
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def records(profile_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (profile_dir / "measurements.jsonl").read_text().splitlines()]
+
+
+def profile_args(model, space, out, *extra: str) -> list[str]:
+    return ["profile", "--model", str(model), "--space", str(space), "--target", "test", "--out", str(out), *extra]
+
+
+def test_profile_records_positive_figures_with_spreads(capsys, tmp_path, small_checkpoint, small_space_file):
+    out = tmp_path / "prof"
+    code, stdout, err = run(capsys, *profile_args(small_checkpoint, small_space_file, out, "--samples", "3", *FAST, "--json"))
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert (summary["planned"], summary["measured_now"], summary["records"]) == (3, 3, 3)
+    rows = records(out)
+    for row in rows:
+        for figure in ("prefill_ms", "decode_ms", "throughput_tok_s"):
+            spread = row[figure]
+            assert spread["median"] > 0 and spread["iqr"] >= 0 and spread["cv"] >= 0 and spread["n"] >= 3
+            assert spread["flagged"] == (spread["cv"] > 0.10)
+        assert row["peak_mem_mib"] > 0 and row["model_bytes"] > 0
+        assert row["flagged"] == any(row[f]["flagged"] for f in ("prefill_ms", "decode_ms", "throughput_tok_s"))
+        assert (row["threads"], row["weights"], row["backend"], row["precision"]) == (1, "checkpoint", "torch", "fp32")
+    # the plan starts with the smallest and the largest sub-network
+    assert [r["subnet"]["num_layers"] for r in rows[:2]] == [2, 4]
+    assert rows[1]["model_bytes"] > rows[0]["model_bytes"]
+    fingerprint = json.loads((out / "fingerprint.json").read_text())
+    assert fingerprint["target"] == "test" and fingerprint["fingerprint_id"] == rows[0]["fingerprint_id"]
+
+
+def test_rerun_with_more_samples_adds_only_the_new_ones(capsys, tmp_path, small_checkpoint, small_space_file):
+    out = tmp_path / "prof"
+    args = profile_args(small_checkpoint, small_space_file, out, "--weights", "random", *FAST, "--json")
+    assert run(capsys, *args, "--samples", "2")[0] == 0
+    first = (out / "measurements.jsonl").read_bytes()
+    code, stdout, _ = run(capsys, *args, "--samples", "4")
+    assert code == 0 and json.loads(stdout)["measured_now"] == 2
+    assert (out / "measurements.jsonl").read_bytes().startswith(first)
+    rows = records(out)
+    assert len({r["subnet_id"] for r in rows}) == len(rows) == 4
+    assert {r["weights"] for r in rows} == {"random"}
+    code, stdout, _ = run(capsys, *args, "--samples", "4")
+    assert json.loads(stdout)["measured_now"] == 0 and len(records(out)) == 4
+
+
+def test_bf16_halves_model_bytes(capsys, tmp_path, small_checkpoint, small_space_file):
+    out = tmp_path / "prof"
+    for precision in ("fp32", "bf16"):
+        args = profile_args(small_checkpoint, small_space_file, out, "--samples", "1", "--precision", precision, *FAST)
+        assert run(capsys, *args)[0] == 0
+    fp32, bf16 = records(out)
+    assert (fp32["subnet_id"], fp32["precision"], bf16["precision"]) == (bf16["subnet_id"], "fp32", "bf16")
+    assert bf16["model_bytes"] * 2 == fp32["model_bytes"]
+
+
+def test_largest_is_not_faster_than_smallest_at_prefill(capsys, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    config = SMALL_CONFIG | {"hidden_size": 128, "num_hidden_layers": 8, "intermediate_size": 1024}
+    (model / "config.json").write_text(json.dumps(config))
+    space = write_space(
+        tmp_path / "extremes.json",
+        super_network={"num_hidden_layers": 8, "intermediate_size": 1024},
+        depth={"choices": [1, 8], "policy": "first"},
+        layer_dims={"intermediate_sizes": {"choices": [32, 1024], "policy": "first"}},
+    )
+    out = tmp_path / "prof"
+    args = profile_args(model, space, out, "--samples", "2", "--prompt-len", "64", "--context-len", "64",
+                        "--gen-len", "4", "--warmup", "1", "--repeats", "5", "--quiet")  # fmt: skip
+    assert run(capsys, *args)[0] == 0
+    smallest, largest = records(out)
+    assert (smallest["subnet"]["num_layers"], largest["subnet"]["num_layers"]) == (1, 8)
+    assert largest["prefill_ms"]["median"] >= smallest["prefill_ms"]["median"]
+    assert largest["model_bytes"] > smallest["model_bytes"]
+
+
+def test_checkpoint_slices_equal_the_extracted_sub_network(small_checkpoint):
+    subnet = SubnetConfig(2, (32, 96), layers=(1, 3))
+    sliced = subnet_model(small_checkpoint, subnet, torch.float32, "checkpoint").state_dict()
+    extracted = SuperNetwork.load(small_checkpoint).extract(subnet).state_dict()
+    assert sliced.keys() == extracted.keys()
+    for name, tensor in extracted.items():
+        assert torch.equal(sliced[name], tensor), name
+
+
+def test_interrupted_profile_resumes_without_loss_or_duplicates(tmp_path, small_checkpoint, small_space_file):
+    out = tmp_path / "prof"
+    args = profile_args(small_checkpoint, small_space_file, out, "--samples", "10", "--prompt-len", "16",
+                        "--context-len", "16", "--gen-len", "8", "--repeats", "12", "--quiet")  # fmt: skip
+    command = [sys.executable, "-m", "llamanas_deploy", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    path = out / "measurements.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (path.is_file() and path.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = path.read_bytes()
+    kept = before[: before.rfind(b"\n") + 1]
+    assert 2 <= kept.count(b"\n") < 10, "the profile should have been killed mid-run"
+    # a crash in the middle of a write leaves a line without its newline
+    path.write_bytes(kept + b'{"schema_version": 1, "target": "test", "subn')
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = path.read_bytes()
+    assert after.startswith(kept)  # nothing measured before the kill is lost or rewritten
+    rows = records(out)
+    assert len(rows) == 10 and len({r["subnet_id"] for r in rows}) == 10
+
+
+def test_targets_lists_profiles(capsys, tmp_path, small_checkpoint, small_space_file):
+    root = tmp_path / "profiles"
+    assert run(capsys, *profile_args(small_checkpoint, small_space_file, root / "test", "--samples", "2", *FAST))[0] == 0
+    code, stdout, _ = run(capsys, "targets", "--dir", str(root), "--json")
+    assert code == 0
+    (target,) = json.loads(stdout)["targets"]
+    assert target["target"] == "test" and target["records"] == 2 and target["setups"] == {"torch/fp32/cpu": 2}
+    code, stdout, _ = run(capsys, "targets", "--dir", str(root))
+    assert code == 0 and "test" in stdout and "torch/fp32/cpu: 2" in stdout
+
+
+# ---- bad input: exit 2, one line --------------------------------------------------------------
+def test_unknown_backend(capsys, tmp_path, small_checkpoint, small_space_file):
+    result = run(capsys, *profile_args(small_checkpoint, small_space_file, tmp_path / "p", "--backend", "tvm"))
+    assert_bad_input(result, "--backend tvm: unknown backend", "torch-compile")
+    assert not (tmp_path / "p").exists()
+
+
+def test_unavailable_backend(capsys, tmp_path, small_checkpoint, small_space_file):
+    pytest.importorskip("torch")
+    try:
+        import intel_extension_for_pytorch  # noqa: F401
+
+        pytest.skip("Intel Extension for PyTorch imports here")
+    except Exception:
+        pass
+    result = run(capsys, *profile_args(small_checkpoint, small_space_file, tmp_path / "p", "--backend", "ipex"))
+    assert_bad_input(result, "--backend ipex", "does not import")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu(capsys, tmp_path, small_checkpoint, small_space_file):
+    result = run(capsys, *profile_args(small_checkpoint, small_space_file, tmp_path / "p", "--device", "cuda"))
+    assert_bad_input(result, "--device cuda", "no CUDA GPU")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_profile(capsys, tmp_path, small_checkpoint, small_space_file):
+    out = tmp_path / "prof"
+    assert run(capsys, *profile_args(small_checkpoint, small_space_file, out, "--device", "cuda", "--samples", "2", *FAST))[0] == 0
+    rows = records(out)
+    assert all(r["device"] == "cuda" and r["prefill_ms"]["median"] > 0 and r["peak_mem_mib"] > 0 for r in rows)
+
+
+def test_bad_space(capsys, tmp_path, small_checkpoint, small_space_file):
+    assert_bad_input(run(capsys, *profile_args(small_checkpoint, tmp_path / "none.json", tmp_path / "p")), "none.json")
+    # a space whose super-network is not this model
+    assert_bad_input(run(capsys, *profile_args("tiny", small_space_file, tmp_path / "p")), "expects 4 layers")
+
+
+def test_bad_option_values(capsys, tmp_path, small_checkpoint, small_space_file):
+    base = profile_args(small_checkpoint, small_space_file, tmp_path / "p")
+    assert_bad_input(run(capsys, *base, "--precision", "int3"), "--precision int3")
+    assert_bad_input(run(capsys, *base, "--clock", "cpu", "--threads", "2"), "--clock cpu", "--threads 1")
+    assert_bad_input(run(capsys, "profile", "--target", "../x"), "--target '../x'")
+    assert_bad_input(run(capsys, "targets", "--dir", str(tmp_path / "none")), "no such directory")
+
+
+def test_fingerprint_mismatch(capsys, tmp_path, small_checkpoint, small_space_file):
+    out = tmp_path / "prof"
+    args = profile_args(small_checkpoint, small_space_file, out, "--samples", "1", *FAST)
+    assert run(capsys, *args)[0] == 0
+    stored = json.loads((out / "fingerprint.json").read_text())
+    stored["fingerprint_id"] = "0123456789abcdef"
+    stored["device"]["cpu_model"] = "Some Other CPU"
+    (out / "fingerprint.json").write_text(json.dumps(stored))
+    before = (out / "measurements.jsonl").read_bytes()
+    assert_bad_input(run(capsys, *args, "--samples", "2"), "measured on another device", "Some Other CPU")
+    assert (out / "measurements.jsonl").read_bytes() == before
