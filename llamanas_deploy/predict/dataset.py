@@ -1,0 +1,153 @@
+"""Training data for a predictor: one figure of one measurement setting of a hardware profile.
+
+A profile may hold several settings (backend, precision, device, threads, shapes) and several
+spaces; a predictor is fitted on exactly one of each, so this module picks it (or says which
+flags choose among the ones present), drops flagged measurements (their spread was too wide),
+and keeps one value per sub-network (the median of repeated measurements).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..model.families import BUILTIN_MODELS, ModelShape, read_shape
+from ..space import SearchSpace, builtin_spaces, load_space
+from ..subnet_config import SubnetConfig
+
+MIN_SUBNETS = 10
+SETTING_KEYS = ("backend", "precision", "device", "threads", "clock", "shapes", "model_id")
+METRIC_FIELDS = {"decode_ms": "decode_ms", "prefill_ms": "prefill_ms", "throughput": "throughput_tok_s", "peak_mem": "peak_mem_mib"}
+
+
+@dataclass
+class ProfileData:
+    path: Path
+    space: SearchSpace
+    fingerprint: dict[str, Any]
+    setting: dict[str, Any]  # SETTING_KEYS -> value
+    configs: list[SubnetConfig]
+    y: np.ndarray
+    n_records: int
+    n_flagged: int
+
+    @property
+    def target(self) -> str:
+        return self.fingerprint["target"]
+
+    def provenance(self) -> dict[str, Any]:
+        """What a predictor fitted on this data must remember about where it came from."""
+        return {
+            "target": self.target,
+            "fingerprint_id": self.fingerprint["fingerprint_id"],
+            **{k: self.setting[k] for k in ("backend", "precision", "device", "threads", "clock", "model_id")},
+            "profile": str(self.path),
+        }
+
+
+def load_profile_data(
+    path: str | Path,
+    metric: str,
+    space: SearchSpace | None = None,
+    backend: str | None = None,
+    precision: str | None = None,
+) -> ProfileData:
+    from ..profile.store import MEASUREMENTS_FILE, read_profile
+
+    profile = read_profile(path)
+    source = f"{profile.path / MEASUREMENTS_FILE}"
+    if not profile.records:
+        raise BadInputError(f"{source}: no measurements to fit on")
+    space = space or _space_of(profile.records, source)
+    records = [r for r in profile.records if r.space_id == space.id]
+    if not records:
+        present = sorted({r.space_id for r in profile.records})
+        raise BadInputError(f"{source}: no measurements of space {space.id} (present: {present})")
+    records = [r for r in records if (backend in (None, r.backend)) and (precision in (None, r.precision))]
+    setting = _one_setting(records, source, backend, precision)
+    records = [r for r in records if _setting(r.raw) == setting]
+    kept = [r for r in records if not _flagged(r.raw, metric)]
+    configs, y = _median_per_subnet(kept, metric, space, source)
+    if len(configs) < MIN_SUBNETS:
+        raise BadInputError(
+            f"{source}: {len(configs)} usable sub-networks for {_describe(setting)}; a predictor needs >= {MIN_SUBNETS}"
+        )
+    return ProfileData(profile.path, space, profile.fingerprint, setting, configs, y, len(records), len(records) - len(kept))
+
+
+def _flagged(raw: dict[str, Any], metric: str) -> bool:
+    """The figure's own flag when the profiler gives one, else the record's."""
+    figure = raw.get(METRIC_FIELDS[metric])
+    return bool(figure.get("flagged", raw["flagged"]) if isinstance(figure, dict) else raw["flagged"])
+
+
+def model_id(shape: ModelShape) -> str:
+    """The profiler's id of a model shape (profile/runner.py hashes `asdict(shape)` the same way)."""
+    return hashlib.sha256(json.dumps(asdict(shape), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def resolve_shape(data: ProfileData, model: str | None) -> ModelShape:
+    """The super-network shape the profile measured: `model`, checked, or the built-in one it names."""
+    wanted = data.setting.get("model_id")
+    candidates = [model] if model else list(BUILTIN_MODELS)
+    for name in candidates:
+        shape = read_shape(name)
+        if wanted in (None, model_id(shape)):
+            data.space.check_super_network(shape, name)
+            return shape
+    if model:
+        raise BadInputError(f"--model {model}: shape id {model_id(read_shape(model))}, but {data.path} measured model {wanted}")
+    raise BadInputError(f"{data.path}: measured model {wanted} is not a built-in model; pass --model with its config.json")
+
+
+def _space_of(records: list, source: str) -> SearchSpace:
+    """The built-in space the records were measured in, when they name exactly one."""
+    ids = sorted({r.space_id for r in records})
+    builtins = {load_space(name).id: name for name in builtin_spaces()}
+    if len(ids) == 1 and ids[0] in builtins:
+        return load_space(builtins[ids[0]])
+    raise BadInputError(f"{source}: measurements of space(s) {ids}; pass --space with the space's name or JSON file")
+
+
+def _setting(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: raw.get(k) for k in SETTING_KEYS}
+
+
+def _describe(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in setting.items())
+
+
+def _one_setting(records: list, source: str, backend: str | None, precision: str | None) -> dict[str, Any]:
+    settings = {json.dumps(_setting(r.raw), sort_keys=True): _setting(r.raw) for r in records}
+    wanted = f"backend {backend or 'any'}, precision {precision or 'any'}"
+    if not settings:
+        raise BadInputError(f"{source}: no measurements with {wanted}")
+    if len(settings) > 1:
+        listed = "; ".join(_describe(s) for s in settings.values())
+        raise BadInputError(f"{source}: {len(settings)} measurement settings match ({listed}); choose with --backend/--precision")
+    return next(iter(settings.values()))
+
+
+def _median_per_subnet(records: list, metric: str, space: SearchSpace, source: str):
+    values: dict[str, list[float]] = defaultdict(list)
+    configs: dict[str, SubnetConfig] = {}
+    for r in records:
+        config = space.validate(r.subnet, f"{source}: subnet {r.raw['subnet_id']}")
+        try:
+            value = r.value(metric)
+        except (TypeError, ValueError, KeyError):
+            value = float("nan")
+        if not math.isfinite(value) or value <= 0:
+            raise BadInputError(f"{source}: subnet {r.raw['subnet_id']}: {metric} is not a positive number")
+        configs[config.id] = config
+        values[config.id].append(value)
+    ids = list(configs)
+    return [configs[i] for i in ids], np.array([np.median(values[i]) for i in ids], dtype=np.float64)

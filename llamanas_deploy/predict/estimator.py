@@ -1,0 +1,310 @@
+"""`LatencyPredictor`: a physics prior times an XGBoost correction, scikit-learn style.
+
+The model, for a cost-like figure `c` (latency, memory; throughput is turned into its inverse):
+
+    c(subnet) = prior(subnet) * exp(xgboost(features(subnet)))
+    prior     = t_0 + sum over widths w of (layers of width w) * t_w      (t >= 0)
+
+The prior is a per-layer cost table fitted by non-negative least squares on relative error; the
+trees learn what it misses (interactions, cache effects) as a log-ratio, so a few trees on few
+samples already give the right scale, and predictions never fall off a cliff outside the widths
+seen together in training. Hyper-parameters (tree depth, number of rounds) are chosen by k-fold
+cross-validation of the whole pipeline on the data given to `fit`.
+
+Saved as one JSON file: metadata, the feature description, the prior, and XGBoost's own JSON
+model embedded as an object (no pickle), with a sha256 over all of it so corruption is caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BadInputError, LlamanasError
+from ..space import SearchSpace
+from ..subnet_config import SubnetConfig
+from .features import FEATURE_SCHEMA_VERSION, FeatureBuilder
+
+FILE_FORMAT = "llamanas-latency-predictor"
+FILE_SCHEMA_VERSION = 1
+METRICS = {  # fit --metric -> (unit, is a rate: higher is better, so the cost is its inverse)
+    "decode_ms": ("ms", False),
+    "prefill_ms": ("ms", False),
+    "throughput": ("tok/s", True),
+    "peak_mem": ("MiB", False),
+}
+DEFAULT_GRID = {"max_depth": (2, 4), "num_boost_round": (50, 150, 400)}
+REQUIRED_METADATA = ("space_id", "metric", "shapes", "feature_schema_version", "hyperparameters")
+
+
+class NotFittedError(LlamanasError):
+    """A predictor was used before `fit` or `load`."""
+
+
+class LatencyPredictor:
+    """Predicts one hardware figure (`metric`) of sub-networks of one space on one target."""
+
+    def __init__(
+        self,
+        features: FeatureBuilder,
+        metric: str = "decode_ms",
+        param_grid: dict[str, Sequence[int]] | None = None,
+        cv_folds: int = 5,
+        learning_rate: float = 0.1,
+        random_state: int = 0,
+        n_jobs: int = 1,
+        provenance: dict[str, Any] | None = None,
+    ):
+        self.features = features
+        self.metric = metric
+        self.param_grid = param_grid
+        self.cv_folds = cv_folds
+        self.learning_rate = learning_rate
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.provenance = provenance
+
+    # ---- fitting ------------------------------------------------------------------------------
+    def fit(self, configs: Sequence[SubnetConfig], y: Sequence[float]) -> "LatencyPredictor":
+        if self.metric not in METRICS:
+            raise BadInputError(f"metric '{self.metric}' is not one of {sorted(METRICS)}")
+        y = np.asarray(y, dtype=np.float64)
+        if len(configs) != len(y) or len(y) < 2:
+            raise BadInputError(f"fit needs >= 2 sub-networks with one value each, got {len(configs)} and {len(y)}")
+        if not np.all(np.isfinite(y) & (y > 0)):
+            raise BadInputError(f"{self.metric}: every measured value must be a positive finite number")
+        X = self.features.transform(configs)
+        self.best_params_, self.cv_mape_pct_ = self._select(X, y)
+        self.prior_coef_, self.booster_ = self._fit_pipeline(X, y, **self.best_params_)
+        self.metadata_ = self._metadata(len(y))
+        return self
+
+    def _select(self, X: np.ndarray, y: np.ndarray) -> tuple[dict[str, int], float | None]:
+        """The grid point with the lowest k-fold cross-validated MAPE (rounds read off one fit per depth)."""
+        grid = self.param_grid or DEFAULT_GRID
+        folds = min(self.cv_folds, len(y))
+        if folds < 2 or len(grid["max_depth"]) * len(grid["num_boost_round"]) == 1:
+            return {"max_depth": grid["max_depth"][0], "num_boost_round": grid["num_boost_round"][0]}, None
+        order = np.random.default_rng(self.random_state).permutation(len(y))
+        errors = {point: [] for point in itertools.product(grid["max_depth"], grid["num_boost_round"])}
+        for held in np.array_split(order, folds):
+            train = np.setdiff1d(order, held)
+            for depth in grid["max_depth"]:
+                coef, booster = self._fit_pipeline(X[train], y[train], depth, max(grid["num_boost_round"]))
+                for rounds in grid["num_boost_round"]:
+                    pred = self._predict_features(X[held], coef, booster, rounds)
+                    errors[(depth, rounds)].append(np.abs(pred / y[held] - 1))
+        scores = {point: float(np.mean(np.concatenate(e))) * 100 for point, e in errors.items()}
+        depth, rounds = min(scores, key=scores.get)
+        return {"max_depth": depth, "num_boost_round": rounds}, scores[(depth, rounds)]
+
+    def _fit_pipeline(self, X: np.ndarray, y: np.ndarray, max_depth: int, num_boost_round: int):
+        import xgboost as xgb
+
+        cost = self._to_cost(y)
+        coef = _fit_prior(self._prior_basis(X), cost)
+        residual = np.log(cost / self._prior(X, coef))
+        params = {
+            "objective": "reg:squarederror",
+            "max_depth": max_depth,
+            "eta": self.learning_rate,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "seed": self.random_state,
+            "nthread": self.n_jobs,
+        }
+        booster = xgb.train(params, xgb.DMatrix(X, label=residual), num_boost_round=num_boost_round)
+        return coef, booster
+
+    def _metadata(self, n_train: int) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "unit": METRICS[self.metric][0],
+            "space_id": self.features.space.id,
+            "shapes": dict(self.features.shapes),
+            "feature_schema_version": FEATURE_SCHEMA_VERSION,
+            "hyperparameters": {**self.best_params_, "learning_rate": self.learning_rate},
+            "cv_mape_pct": self.cv_mape_pct_,
+            "n_train": n_train,
+            **(self.provenance or {}),
+        }
+
+    # ---- predicting ---------------------------------------------------------------------------
+    def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
+        """Predicted `metric` of each config, in the metric's unit."""
+        return self.predict_widths(*self.features.widths_from_configs(configs))
+
+    def predict_genes(self, genes: np.ndarray) -> np.ndarray:
+        """Predicted `metric` of a pymoo population in the space's integer encoding."""
+        return self.predict_widths(*self.features.widths_from_genes(genes))
+
+    def predict_widths(self, depth: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        self._check_fitted()
+        X = self.features.transform_widths(depth, widths)
+        return self._predict_features(X, self.prior_coef_, self.booster_, None)
+
+    def _predict_features(self, X: np.ndarray, coef: np.ndarray, booster, rounds: int | None) -> np.ndarray:
+        span = (0, rounds) if rounds else (0, 0)
+        correction = booster.inplace_predict(X, iteration_range=span).astype(np.float64)
+        return self._from_cost(self._prior(X, coef) * np.exp(correction))
+
+    # ---- the physics prior --------------------------------------------------------------------
+    def _prior_basis(self, X: np.ndarray) -> np.ndarray:
+        return np.hstack([np.ones((len(X), 1)), X[:, self.features.count_columns]])
+
+    def _prior(self, X: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        return self._prior_basis(X) @ coef
+
+    def _to_cost(self, y: np.ndarray) -> np.ndarray:
+        return 1.0 / y if METRICS[self.metric][1] else y
+
+    _from_cost = _to_cost  # the inverse of an inverse
+
+    # ---- checks -------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise NotFittedError("this LatencyPredictor is not fitted yet: call fit(configs, y) or LatencyPredictor.load(path)")
+
+    @property
+    def source(self) -> str:
+        return getattr(self, "source_", "predictor")
+
+    def check_space(self, space: SearchSpace) -> None:
+        """Refuse to predict for sub-networks of another search space."""
+        self._check_fitted()
+        if space.id != self.metadata_["space_id"]:
+            raise BadInputError(
+                f"{self.source}: fitted for space {self.metadata_['space_id']}, but the sub-networks come from "
+                f"space {space.id}; fit a predictor on a profile of that space"
+            )
+
+    def check_target(self, fingerprint: dict[str, Any]) -> None:
+        """Refuse a target other than the one profiled (`fingerprint` as in a profile's fingerprint.json)."""
+        self._check_fitted()
+        mine, theirs = self.metadata_.get("fingerprint_id"), fingerprint.get("fingerprint_id")
+        if mine != theirs:
+            raise BadInputError(
+                f"{self.source}: fitted on target '{self.metadata_.get('target')}' (fingerprint {mine}), not on "
+                f"'{fingerprint.get('target', 'this device')}' (fingerprint {theirs}); profile that target and fit again"
+            )
+
+    # ---- files ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        body = {
+            "format": FILE_FORMAT,
+            "schema_version": FILE_SCHEMA_VERSION,
+            "metadata": self.metadata_,
+            "features": self.features.to_dict(),
+            "prior": {"basis": ["intercept", *self._count_names()], "coef": self.prior_coef_.tolist()},
+            "xgboost": json.loads(bytes(self.booster_.save_raw("json"))),
+        }
+        return body | {"sha256": _digest(body)}
+
+    def _count_names(self) -> list[str]:
+        return [self.features.names[i] for i in self.features.count_columns]
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically: a failure leaves any existing file at `path` untouched."""
+        path = Path(path)
+        text = json.dumps(self.to_dict(), separators=(",", ":"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(f.name, 0o644)
+        os.replace(f.name, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyPredictor":
+        path = Path(path)
+        body = _read_body(path)
+        features = FeatureBuilder.from_dict(body["features"], str(path))
+        metadata = body["metadata"]
+        predictor = cls(features, metadata["metric"])
+        predictor.metadata_ = metadata
+        predictor.best_params_ = {k: metadata["hyperparameters"][k] for k in DEFAULT_GRID}
+        predictor.cv_mape_pct_ = metadata.get("cv_mape_pct")
+        predictor.prior_coef_ = _read_prior(body["prior"], predictor._count_names(), path)
+        predictor.booster_ = _read_booster(body["xgboost"], len(features.names), path)
+        predictor.source_ = str(path)
+        return predictor
+
+
+def _fit_prior(basis: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Non-negative per-layer cost table minimizing the relative squared error."""
+    from scipy.optimize import nnls
+
+    coef, _ = nnls(basis / cost[:, None], np.ones(len(cost)))
+    if not np.all(basis @ coef > 0):
+        raise LlamanasError("the per-layer cost prior came out zero for some sub-network; the data look degenerate")
+    return coef
+
+
+def _digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read_body(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise BadInputError(f"{path}: cannot read predictor file ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: not a predictor file (not UTF-8 text)") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{path}: not valid JSON ({err.msg} at char {err.pos}); truncated or corrupted?") from None
+    if not isinstance(body, dict) or body.get("format") != FILE_FORMAT:
+        raise BadInputError(f"{path}: not a {FILE_FORMAT} file")
+    if body.get("schema_version") != FILE_SCHEMA_VERSION:
+        raise BadInputError(f"{path}: schema_version {body.get('schema_version')} is not supported (expected {FILE_SCHEMA_VERSION})")
+    missing = [k for k in ("metadata", "features", "prior", "xgboost", "sha256") if k not in body]
+    if missing:
+        raise BadInputError(f"{path}: predictor file is missing {missing}")
+    stored = body.pop("sha256")
+    if stored != _digest(body):
+        raise BadInputError(f"{path}: content does not match its sha256; the file is corrupted")
+    metadata = body["metadata"]
+    missing = [k for k in REQUIRED_METADATA if not isinstance(metadata, dict) or k not in metadata]
+    if missing:
+        raise BadInputError(f"{path}: predictor metadata is missing {missing}")
+    if metadata["metric"] not in METRICS:
+        raise BadInputError(f"{path}: metric '{metadata['metric']}' is not one of {sorted(METRICS)}")
+    hyper = metadata["hyperparameters"]
+    if not isinstance(hyper, dict) or not all(isinstance(hyper.get(k), int) for k in DEFAULT_GRID):
+        raise BadInputError(f"{path}: hyperparameters must give integer {list(DEFAULT_GRID)}")
+    return body
+
+
+def _read_prior(prior: Any, count_names: list[str], path: Path) -> np.ndarray:
+    basis = ["intercept", *count_names]
+    if not isinstance(prior, dict) or prior.get("basis") != basis:
+        raise BadInputError(f"{path}: prior basis does not match the space's widths (expected {basis})")
+    coef = np.asarray(prior.get("coef"), dtype=np.float64)
+    if coef.shape != (len(basis),) or not np.all(np.isfinite(coef) & (coef >= 0)):
+        raise BadInputError(f"{path}: prior coefficients must be {len(basis)} non-negative numbers")
+    return coef
+
+
+def _read_booster(model: Any, num_features: int, path: Path):
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(json.dumps(model).encode()))
+    except xgb.core.XGBoostError as err:
+        raise BadInputError(f"{path}: embedded XGBoost model does not load ({str(err).splitlines()[0]})") from None
+    if booster.num_features() != num_features:
+        raise BadInputError(f"{path}: XGBoost model takes {booster.num_features()} features, expected {num_features}")
+    return booster
