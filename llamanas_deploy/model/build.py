@@ -132,9 +132,9 @@ def load_model(
     state = read_state_dict(model_dir)
     expected = model.state_dict()
     tied = tied_weight_keys(model)
-    for key, source in tied.items():  # a tied checkpoint may store the shared tensor under either name
-        if source not in state and key in state:
-            state[source] = state.pop(key)
+    for key, shared in tied.items():  # a tied checkpoint may store the shared tensor under either name
+        if shared not in state and key in state:
+            state[shared] = state.pop(key)
     missing = [k for k in expected if k not in state and k not in tied]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:

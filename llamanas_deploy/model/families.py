@@ -46,6 +46,12 @@ def family_for(model_type: str, source: str) -> ModelFamily:
     raise BadInputError(f"{source}: model_type '{model_type}' is not supported (supported: {supported})")
 
 
+POSITIVE_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "intermediate_size",
+)
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The numbers of a LLaMA-family `config.json` that costs and slicing depend on."""
@@ -97,8 +103,7 @@ class ModelShape:
         return shape
 
     def _check(self, source: str) -> None:
-        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-        for name in sizes + ("num_key_value_heads", "head_dim", "intermediate_size"):
+        for name in POSITIVE_FIELDS:
             if getattr(self, name) < 1:
                 raise BadInputError(f"{source}: {name} must be a positive integer, got {getattr(self, name)}")
         if self.num_attention_heads % self.num_key_value_heads:
