@@ -15,7 +15,7 @@ space_option = click.option(
 
 def emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
     """Print `result` as one JSON object, or as the human-readable text `render` makes of it."""
-    click.echo(json.dumps(result, indent=None if as_json else 2, default=str) if as_json else render(result))
+    click.echo(json.dumps(result, default=str) if as_json else render(result))
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
