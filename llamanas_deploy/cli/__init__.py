@@ -22,6 +22,10 @@ COMMANDS = {
     "predict": ("llamanas_deploy.cli.predict_cmd:predict", "Predict latency of sub-networks with a fitted predictor."),
     "search": ("llamanas_deploy.cli.search_cmd:search", "Search for a device-specific sub-network (NSGA-II, LINAS, random)."),
     "finetune": ("llamanas_deploy.cli.finetune_cmd:finetune", "Fine-tune a super-network once (one-shot, resumable)."),
+    "evaluate": ("llamanas_deploy.cli.evaluate_cmd:evaluate", "Perplexity or multiple-choice accuracy of a sub-network."),
+    "export": ("llamanas_deploy.cli.export_cmd:export", "Export a sub-network as a verified, quantized ONNX Runtime artifact."),
+    "generate": ("llamanas_deploy.cli.export_cmd:generate", "Generate text from an artifact with ONNX Runtime alone."),
+    "bench": ("llamanas_deploy.cli.export_cmd:bench", "Measure an artifact on this device; compare with its prediction."),
 }
 
 
