@@ -1,0 +1,159 @@
+"""Checks an exported artifact must pass before it is written as good.
+
+Every check is run and every failure collected; then one `VerificationError` names them all
+(what diverged, by how much, against which limit).
+
+- `verify_fp32`: the ORT session's names and dynamic axes match the export config, and its
+  logits and present KV match PyTorch (max abs diff <= `FP32_TOLERANCE`) on a prefill
+  (batch 2, empty past) and on a decode step that feeds the ORT cache back in.
+- `verify_quantized`: perplexity change against the fp32 artifact on held-out tokens, and
+  greedy-generation agreement (share of generated tokens equal to fp32's, position by position).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import VerificationError
+from .config import DecoderOnnxConfig
+
+FP32_TOLERANCE = 1e-4
+PREFILL_BATCH, PREFILL_LEN = 2, 12
+GREEDY_PROMPTS, GREEDY_PROMPT_LEN, GREEDY_NEW_TOKENS = 4, 16, 16
+
+
+@dataclass
+class Checks:
+    """Collects failures; `raise_if_failed` raises them all at once."""
+
+    what: str
+    failures: list[str] = field(default_factory=list)
+
+    def expect(self, ok: bool, failure: str) -> bool:
+        if not ok:
+            self.failures.append(failure)
+        return ok
+
+    def within(self, name: str, value: float, limit: float) -> None:
+        self.expect(math.isfinite(value) and value <= limit, f"{name} {value:.3g} > {limit:g}")
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            raise VerificationError(f"{self.what} failed verification: " + "; ".join(self.failures))
+
+
+# ---- fp32 against PyTorch -----------------------------------------------------------------------
+def verify_fp32(model, decoder, config: DecoderOnnxConfig, tokens: Sequence[int]) -> dict[str, Any]:
+    """Compare the ORT session `decoder` with the torch `model`; returns the figures, raises on failure."""
+    checks = Checks("fp32 ONNX export")
+    _check_io(decoder, config, checks)
+    checks.raise_if_failed()  # values cannot be compared when names are wrong
+    ids = _prefill_ids(tokens, config.vocab_size)
+    prefill = _compare_prefill(model, decoder, config, ids, checks)
+    decode = _compare_decode(model, decoder, config, ids, checks)
+    checks.raise_if_failed()
+    return {"tolerance": FP32_TOLERANCE, "prefill": prefill, "decode": decode}
+
+
+def _check_io(decoder, config: DecoderOnnxConfig, checks: Checks) -> None:
+    session = decoder.session
+    for kind, got, spec in (("inputs", session.get_inputs(), config.inputs), ("outputs", session.get_outputs(), config.outputs)):
+        names = [arg.name for arg in got]
+        if not checks.expect(names == list(spec), f"{kind} are {names[:4]}..., expected {list(spec)[:4]}..."):
+            continue
+        for arg in got:
+            for axis, axis_name in spec[arg.name].items():
+                dim = arg.shape[axis]
+                checks.expect(isinstance(dim, str), f"{arg.name} axis {axis} is fixed at {dim}, expected dynamic '{axis_name}'")
+
+
+def _prefill_ids(tokens: Sequence[int], vocab_size: int) -> np.ndarray:
+    need = PREFILL_BATCH * (PREFILL_LEN + 1)
+    if len(tokens) < need:
+        tokens = np.random.default_rng(0).integers(0, vocab_size, need)
+    return np.asarray(tokens[:need], dtype=np.int64).reshape(PREFILL_BATCH, PREFILL_LEN + 1)
+
+
+def _torch_forward(model, ids: np.ndarray, cache=None):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.from_numpy(ids), cache=cache, use_cache=True)
+
+
+def _compare(name: str, ort_out: np.ndarray, torch_out, checks: Checks, expected_shape: tuple[int, ...]) -> float:
+    if not checks.expect(tuple(ort_out.shape) == expected_shape, f"{name} has shape {tuple(ort_out.shape)}, expected {expected_shape}"):
+        return float("inf")
+    return float(np.abs(ort_out - torch_out.float().numpy()).max())
+
+
+def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref, past_len: int, checks: Checks) -> dict[str, float]:
+    batch, seq = ort_logits.shape[:2]
+    shapes = config.output_shapes(batch, seq, past_len)
+    logits = _compare(f"{label} logits", ort_logits, ref.logits, checks, shapes["logits"])
+    torch_kv = [t for layer in ref.cache.layers for t in (layer.keys, layer.values)]
+    kv = max(
+        _compare(f"{label} {present}", ort_present[past], t, checks, shapes[present])
+        for present, past, t in zip(config.present_names, decoder.past_names, torch_kv)
+    )
+    checks.within(f"{label} logits max abs diff", logits, FP32_TOLERANCE)
+    checks.within(f"{label} present KV max abs diff", kv, FP32_TOLERANCE)
+    return {"logits_max_abs_diff": logits, "kv_max_abs_diff": kv, "batch": batch, "tokens": seq, "past": past_len}
+
+
+def _compare_prefill(model, decoder, config, ids: np.ndarray, checks: Checks) -> dict[str, float]:
+    prompt = ids[:, :-1]
+    logits, present = decoder.forward(prompt, decoder.empty_past(len(prompt)))
+    return _compare_step("prefill", decoder, config, logits, present, _torch_forward(model, prompt), 0, checks)
+
+
+def _compare_decode(model, decoder, config, ids: np.ndarray, checks: Checks) -> dict[str, float]:
+    """One new token per sequence: ORT on its own cache, torch on its own cache."""
+    prompt, step = ids[:, :-1], ids[:, -1:]
+    _, past = decoder.forward(prompt, decoder.empty_past(len(prompt)))
+    logits, present = decoder.forward(step, past)
+    ref = _torch_forward(model, step, _torch_forward(model, prompt).cache)
+    return _compare_step("decode", decoder, config, logits, present, ref, prompt.shape[1], checks)
+
+
+# ---- quantized against fp32 -------------------------------------------------------------------
+def verify_quantized(
+    fp32, quantized, tokens: Sequence[int], seq_len: int, max_ppl_increase_pct: float | None
+) -> dict[str, Any]:
+    """Perplexity change and greedy agreement of `quantized` against `fp32` (both `OrtDecoder`s)."""
+    from ..runtime import generate, perplexity
+
+    checks = Checks("quantized model")
+    base, mine = perplexity(fp32, tokens, seq_len), perplexity(quantized, tokens, seq_len)
+    change = (mine.perplexity / base.perplexity - 1) * 100
+    checks.expect(math.isfinite(mine.perplexity), f"perplexity is {mine.perplexity} (fp32: {base.perplexity:.4g})")
+    if max_ppl_increase_pct is not None:
+        checks.within("perplexity increase %", change, max_ppl_increase_pct)
+    agree, total = 0, 0
+    for prompt in _greedy_prompts(tokens):
+        a = generate(fp32, prompt, GREEDY_NEW_TOKENS).tokens
+        b = generate(quantized, prompt, GREEDY_NEW_TOKENS).tokens
+        agree += sum(x == y for x, y in zip(a, b))
+        total += len(a)
+    checks.raise_if_failed()
+    return {
+        "num_tokens": base.num_tokens,
+        "seq_len": seq_len,
+        "perplexity_fp32": base.perplexity,
+        "perplexity": mine.perplexity,
+        "perplexity_change_pct": change,
+        "max_perplexity_increase_pct": max_ppl_increase_pct,
+        "greedy_agreement": agree / total,
+        "greedy_prompts": GREEDY_PROMPTS,
+        "greedy_new_tokens": GREEDY_NEW_TOKENS,
+    }
+
+
+def _greedy_prompts(tokens: Sequence[int]) -> list[list[int]]:
+    """`GREEDY_PROMPTS` prompts spread over the held-out tokens."""
+    stride = max(GREEDY_PROMPT_LEN, len(tokens) // GREEDY_PROMPTS)
+    return [list(tokens[i : i + GREEDY_PROMPT_LEN]) for i in range(0, stride * GREEDY_PROMPTS, stride)][:GREEDY_PROMPTS]

@@ -1,0 +1,232 @@
+"""Inference on an exported artifact through ONNX Runtime alone: no torch, no transformers.
+
+- `OrtDecoder`: one ORT session of a decoder with a KV cache (I/O names as in
+  `export/config.py`): `forward` one call, `empty_past` for a prefill.
+- `generate`: greedy or sampled (temperature, top-k) generation through the cache, timed.
+- `perplexity`: next-token perplexity on non-overlapping windows of a token stream.
+- `open_artifact`: an artifact directory whose files still match its manifest, with its
+  tokenizer (the `tokenizers` library reads `tokenizer.json`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import BadInputError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def session_options(threads: int | None):
+    """ORT session options: full graph optimization; `threads` intra-op threads (None: ORT's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def check_device(device: str) -> str:
+    """The ORT execution provider for `device`; `BadInputError` when this onnxruntime lacks it."""
+    import onnxruntime as ort
+
+    if device not in PROVIDERS:
+        raise BadInputError(f"--device {device}: expected one of {sorted(PROVIDERS)}")
+    provider = PROVIDERS[device]
+    if provider not in ort.get_available_providers():
+        raise BadInputError(
+            f"--device {device}: this onnxruntime ({ort.__version__}) has no {provider} "
+            f"(available: {ort.get_available_providers()})"
+        )
+    return provider
+
+
+class OrtDecoder:
+    """An ORT session of a decoder exported with a KV cache."""
+
+    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        provider = check_device(device)
+        self.path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=[provider])
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        first = inputs[self.past_names[0]].shape
+        self.num_kv_heads, self.head_dim = int(first[1]), int(first[3])
+        self.vocab_size = int(self.session.get_outputs()[0].shape[2])
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.past_names) // 2
+
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        """A KV cache of length 0, for a prefill."""
+        empty = np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=np.float32)
+        return {name: empty for name in self.past_names}
+
+    def forward(
+        self, input_ids: np.ndarray, past: dict[str, np.ndarray], attention_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits of `input_ids` after `past`; returns (logits, the cache including these tokens)."""
+        batch, seq = input_ids.shape
+        past_len = next(iter(past.values())).shape[2]
+        if attention_mask is None:
+            attention_mask = np.ones((batch, past_len + seq), dtype=np.int64)
+        positions = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq))
+        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask, "position_ids": positions}
+        outputs = self.session.run(None, feeds | past)
+        present = dict(zip(self.past_names, outputs[1:]))
+        return outputs[0], present
+
+
+# ---- generation -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy when `temperature` is 0; otherwise softmax(logits / T) over the `top_k` best (0: all)."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.top_k < 0:
+            raise BadInputError(f"--temperature and --top-k must be >= 0, got {self.temperature} and {self.top_k}")
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    prefill_s: float
+    decode_s: float
+    prompt_tokens: int
+    stopped_at_eos: bool = False
+
+    @property
+    def decode_tok_s(self) -> float:
+        """New tokens after the first one, per second of decode steps."""
+        steps = len(self.tokens) - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else float("nan")
+
+    @property
+    def total_tok_s(self) -> float:
+        total = self.prefill_s + self.decode_s
+        return len(self.tokens) / total if total > 0 else float("nan")
+
+
+def generate(
+    decoder: OrtDecoder,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    sampling: Sampling = Sampling(),
+    eos_id: int | None = None,
+) -> Generation:
+    """Prefill `prompt`, then one token at a time through the KV cache."""
+    if not prompt:
+        raise BadInputError("the prompt has no tokens")
+    if max_new_tokens < 1:
+        raise BadInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    rng = np.random.default_rng(sampling.seed)
+    start = time.perf_counter()
+    logits, past = decoder.forward(np.array([prompt], dtype=np.int64), decoder.empty_past(1))
+    token = pick_token(logits[0, -1], sampling, rng)
+    prefill_s = time.perf_counter() - start
+    tokens, start = [token], time.perf_counter()
+    while len(tokens) < max_new_tokens and token != eos_id:
+        logits, past = decoder.forward(np.array([[token]], dtype=np.int64), past)
+        token = pick_token(logits[0, -1], sampling, rng)
+        tokens.append(token)
+    decode_s = time.perf_counter() - start
+    return Generation(tokens, prefill_s, decode_s, len(prompt), stopped_at_eos=token == eos_id)
+
+
+def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
+    if sampling.temperature == 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / sampling.temperature
+    if 0 < sampling.top_k < scaled.size:
+        cutoff = np.partition(scaled, -sampling.top_k)[-sampling.top_k]
+        scaled = np.where(scaled >= cutoff, scaled, -np.inf)
+    probs = np.exp(scaled - scaled.max())
+    return int(rng.choice(scaled.size, p=probs / probs.sum()))
+
+
+# ---- perplexity --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    loss: float
+    num_tokens: int
+
+
+def perplexity(decoder: OrtDecoder, token_ids: Sequence[int], seq_len: int = 128, batch_size: int = 8) -> PerplexityResult:
+    """Next-token perplexity over non-overlapping windows of `seq_len` tokens (the tail is dropped)."""
+    rows = len(token_ids) // seq_len
+    if rows == 0:
+        raise BadInputError(f"the data has {len(token_ids)} tokens, fewer than one window of {seq_len}")
+    windows = np.asarray(token_ids[: rows * seq_len], dtype=np.int64).reshape(rows, seq_len)
+    nll, count = 0.0, 0
+    for start in range(0, rows, batch_size):
+        batch = windows[start : start + batch_size]
+        logits, _ = decoder.forward(batch, decoder.empty_past(len(batch)))
+        nll += _nll(logits[:, :-1], batch[:, 1:])
+        count += batch[:, 1:].size
+    loss = nll / count
+    return PerplexityResult(math.exp(loss), loss, count)
+
+
+def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Summed negative log-likelihood of `targets` [B, T] under `logits` [B, T, V]."""
+    logits = logits.astype(np.float64)
+    peak = logits.max(axis=-1, keepdims=True)
+    log_z = np.log(np.exp(logits - peak).sum(axis=-1)) + peak[..., 0]
+    chosen = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return float((log_z - chosen).sum())
+
+
+# ---- artifacts -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact directory whose files matched its manifest when opened."""
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.directory / self.manifest["onnx"]["file"]
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.manifest.get("tokens", {}).get("eos_token_id")
+
+    def decoder(self, device: str | None = None, threads: int | None = None) -> OrtDecoder:
+        return OrtDecoder(self.onnx_path, device or self.manifest["device"], threads)
+
+    def tokenizer(self):
+        """The artifact's `tokenizers.Tokenizer`; `BadInputError` when it ships none."""
+        from tokenizers import Tokenizer
+
+        path = self.directory / "tokenizer.json"
+        if not path.is_file():
+            raise BadInputError(f"{self.directory}: the artifact has no tokenizer.json (its model directory had none)")
+        return Tokenizer.from_file(str(path))
+
+
+def open_artifact(directory: str | Path) -> Artifact:
+    """Open an artifact; `BadInputError` when a file is missing or changed since export."""
+    from .export.artifact import read_manifest
+
+    directory = Path(directory)
+    return Artifact(directory, read_manifest(directory))
