@@ -217,11 +217,15 @@ class LatencyPredictor:
         text = json.dumps(self.to_dict(), separators=(",", ":"))
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(f.name, 0o644)
-        os.replace(f.name, path)
+            try:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+                os.chmod(f.name, 0o644)
+                os.replace(f.name, path)
+            except BaseException:
+                os.unlink(f.name)
+                raise
         return path
 
     @classmethod
