@@ -129,10 +129,10 @@ def test_checkpoint_slices_equal_the_extracted_sub_network(small_checkpoint):
         assert torch.equal(sliced[name], tensor), name
 
 
-def test_interrupted_profile_resumes_without_loss_or_duplicates(tmp_path, small_checkpoint, small_space_file):
+def test_interrupted_profile_resumes_without_loss_or_duplicates(capsys, tmp_path, small_checkpoint, small_space_file):
     out = tmp_path / "prof"
-    args = profile_args(small_checkpoint, small_space_file, out, "--samples", "10", "--prompt-len", "16",
-                        "--context-len", "16", "--gen-len", "8", "--repeats", "12", "--quiet")  # fmt: skip
+    args = profile_args(small_checkpoint, small_space_file, out, "--samples", "8", "--prompt-len", "16",
+                        "--context-len", "16", "--gen-len", "8", "--repeats", "8", "--quiet")  # fmt: skip
     command = [sys.executable, "-m", "llamanas_deploy", *args]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     path = out / "measurements.jsonl"
@@ -143,15 +143,15 @@ def test_interrupted_profile_resumes_without_loss_or_duplicates(tmp_path, small_
     proc.wait()
     before = path.read_bytes()
     kept = before[: before.rfind(b"\n") + 1]
-    assert 2 <= kept.count(b"\n") < 10, "the profile should have been killed mid-run"
+    assert 2 <= kept.count(b"\n") < 8, "the profile should have been killed mid-run"
     # a crash in the middle of a write leaves a line without its newline
     path.write_bytes(kept + b'{"schema_version": 1, "target": "test", "subn')
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    code, _, err = run(capsys, *args)  # the same command again (in-process: one interpreter start saved)
+    assert code == 0, err
     after = path.read_bytes()
     assert after.startswith(kept)  # nothing measured before the kill is lost or rewritten
     rows = records(out)
-    assert len(rows) == 10 and len({r["subnet_id"] for r in rows}) == 10
+    assert len(rows) == 8 and len({r["subnet_id"] for r in rows}) == 8
 
 
 def test_targets_lists_profiles(capsys, tmp_path, small_checkpoint, small_space_file):
