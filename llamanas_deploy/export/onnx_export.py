@@ -102,13 +102,12 @@ def export_onnx(model: nn.Module, config: DecoderOnnxConfig, out_dir: Path) -> P
 
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporter's warnings (optional torchvision ops, internal deprecations) are not the user's concern."""
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
+    """The exporter's warnings and INFO logs (optional torchvision ops, graph passes) are not the user's concern."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        exporter_log.setLevel(level)
+        logging.disable(previous)

@@ -13,9 +13,11 @@ quantized; the LM head (the MatMul that produces `logits`) stays fp32.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import BadInputError
 
@@ -81,18 +83,13 @@ def lm_head_node(model) -> str:
 
 def quantize(src: Path, dst: Path, settings: QuantSettings, external_data: bool) -> QuantSettings:
     """Write the quantized model `dst` from the fp32 model `src`; returns the settings with exclusions."""
-    import logging
-
     import onnx
 
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # per-node INFO lines otherwise
     excluded = (lm_head_node(onnx.load(str(src), load_external_data=False)),)
-    if settings.precision == "int8":
-        _int8(src, dst, settings, excluded, external_data)
-    elif settings.precision == "int4":
-        _int4(src, dst, settings, excluded, external_data)
-    else:
-        raise BadInputError(f"--precision {settings.precision}: expected one of {list(PRECISIONS)}")
+    if settings.precision not in ("int8", "int4"):
+        raise BadInputError(f"--precision {settings.precision}: expected int8 or int4 to quantize")
+    with _quiet_quantizer():
+        (_int8 if settings.precision == "int8" else _int4)(src, dst, settings, excluded, external_data)
     return QuantSettings(**{**asdict(settings), "excluded_nodes": excluded})
 
 
@@ -128,3 +125,14 @@ def _int4(src: Path, dst: Path, settings: QuantSettings, excluded: tuple[str, ..
     )
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=external_data)
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """ORT's quantizers log one INFO line per node and a pre-processing hint on the root logger."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)

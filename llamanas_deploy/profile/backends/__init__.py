@@ -15,6 +15,7 @@ BACKENDS = {
     "torch": "llamanas_deploy.profile.backends.torch_backend:TorchBackend",
     "torch-compile": "llamanas_deploy.profile.backends.torch_compile_backend:TorchCompileBackend",
     "ipex": "llamanas_deploy.profile.backends.ipex_backend:IpexBackend",
+    "onnxruntime": "llamanas_deploy.profile.backends.onnxruntime_backend:OnnxRuntimeBackend",
 }
 
 
