@@ -139,21 +139,19 @@ class FeatureBuilder:
 
     def transform_widths(self, depth: np.ndarray, widths: np.ndarray) -> np.ndarray:
         """The feature matrix (n, len(names)), float64, columns in `names` order."""
-        kept = widths > 0
-        depth_f = depth.astype(np.float64)
-        width_sum = widths.sum(axis=1).astype(np.float64)
-        counts = (widths[:, :, None] == self.choices[None, None, :]).sum(axis=1)
-        big = np.iinfo(np.int64).max
-        columns = [
-            depth_f[:, None],
-            width_sum[:, None],
-            np.where(kept, widths, big).min(axis=1)[:, None],
-            widths.max(axis=1)[:, None],
-            counts,
-            widths,
-        ]
-        columns += [(c0 + c1 * depth_f + c2 * width_sum)[:, None] for c0, c1, c2 in self._affine.values()]
-        return np.hstack(columns).astype(np.float64)
+        choices, slots = self.choices, widths.shape[1]
+        out = np.empty((len(depth), len(self.names)), dtype=np.float64)
+        out[:, 0] = depth
+        out[:, 1] = widths.sum(axis=1)
+        out[:, 2] = np.where(widths > 0, widths, choices.max()).min(axis=1)
+        out[:, 3] = widths.max(axis=1)
+        for k, c in enumerate(choices):
+            out[:, 4 + k] = (widths == c).sum(axis=1)
+        start = 4 + len(choices)
+        out[:, start : start + slots] = widths
+        for k, (c0, c1, c2) in enumerate(self._affine.values(), start + slots):
+            out[:, k] = c0 + c1 * out[:, 0] + c2 * out[:, 1]
+        return out
 
 
 def _affine_stats(shape: ModelShape, shapes: dict[str, int]) -> dict[str, tuple[float, float, float]]:

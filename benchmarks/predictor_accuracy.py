@@ -1,0 +1,103 @@
+"""Predictor accuracy and speed on the shipped hardware profiles, side by side in one run.
+
+For every profile (default: each hardware_profiles/<target>/) and metric (default: decode_ms and
+prefill_ms): XGBoost against the baselines on one held-out split, the learning curve, the
+issue's targets (>= 95% within +-10%, XGBoost best on MAPE) checked, and predictions per second
+of the batched API (pymoo genes and SubnetConfig lists, 100,000 sub-networks).
+
+    python benchmarks/predictor_accuracy.py [--profile DIR ...] [--metric decode_ms ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llamanas_deploy.cli.common import table
+from llamanas_deploy.predict.compare import METRIC_NAMES
+from llamanas_deploy.predict.dataset import load_profile_data, resolve_shape
+from llamanas_deploy.predict.estimator import LatencyPredictor
+from llamanas_deploy.predict.train import fit_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADERS = ["MAPE %", "RMSE", "±5 %", "±10 %", "Spearman", "Kendall"]
+
+
+def cells(row: dict) -> list[str]:
+    return [f"{row[k]:.4f}" if k in ("spearman", "kendall") else f"{row[k]:.2f}" for k in METRIC_NAMES]
+
+
+def accuracy(profile: Path, metric: str, seed: int) -> tuple[LatencyPredictor, list[str]]:
+    data = load_profile_data(profile, metric)
+    result = fit_profile(data, resolve_shape(data, None), metric, seed=seed)
+    rows, curve = result.comparison, result.learning_curve
+    ours, baselines = rows[0], rows[1:]
+    best_baseline = min(baselines, key=lambda r: r["mape_pct"])
+    at_50 = next((r for r in curve if r["n_train"] == 50), None)
+    checks = [
+        f"within ±10% on held-out: {ours['within_10_pct']:.1f}% (target >= 95%): "
+        + ("MET" if ours["within_10_pct"] >= 95 else "NOT MET"),
+        f"MAPE {ours['mape_pct']:.2f}% vs best baseline {best_baseline['model']} {best_baseline['mape_pct']:.2f}%: "
+        + ("XGBoost beats every baseline" if ours["mape_pct"] < best_baseline["mape_pct"] else "XGBoost does NOT beat every baseline"),
+    ]
+    if at_50:
+        checks.append(
+            f"50 samples: MAPE {at_50['mape_pct']:.2f}%, {at_50['within_10_pct']:.1f}% within ±10% "
+            f"(full {curve[-1]['n_train']}: {curve[-1]['mape_pct']:.2f}%, {curve[-1]['within_10_pct']:.1f}%)"
+        )
+    d = result.data_summary
+    lines = [
+        f"== {data.target} / {metric} ({d['unit']}), {d['setting']['backend']} {d['setting']['precision']}, "
+        f"{d['n_subnets']} sub-networks ({d['n_flagged_dropped']} flagged dropped): {d['n_train']} fit, {d['n_test']} held out",
+        table([[r["model"], *cells(r)] for r in rows], ["model", *HEADERS]),
+        "learning curve:",
+        table([[r["n_train"], r["draws"], *cells(r)] for r in curve], ["fitted on", "draws", *HEADERS]),
+        *checks,
+        "",
+    ]
+    return result.predictor, lines
+
+
+def throughput(predictor: LatencyPredictor, n: int = 100_000, repeats: int = 3) -> list[list]:
+    """Best-of-`repeats` predictions per second through both batched entry points."""
+    space = predictor.features.space
+    genes = np.random.default_rng(0).integers(0, space.encoding_upper_bounds + 1, size=(n, len(space.encoding_upper_bounds)))
+    configs = [space.decode(g) for g in genes]
+    rows = []
+    for name, call in (("predict_genes (pymoo population)", lambda: predictor.predict_genes(genes)),
+                       ("predict (list of SubnetConfig)", lambda: predictor.predict(configs))):  # fmt: skip
+        best = min(_seconds(call) for _ in range(repeats))
+        rows.append([name, n, f"{best * 1e3:.1f}", f"{n / best:,.0f}", "MET" if n / best >= 100_000 else "NOT MET"])
+    return rows
+
+
+def _seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", nargs="*", type=Path, help="profile directories [default: hardware_profiles/*/]")
+    parser.add_argument("--metric", nargs="*", default=["decode_ms", "prefill_ms"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    profiles = args.profile or sorted(p.parent for p in (ROOT / "hardware_profiles").glob("*/measurements.jsonl"))
+    if not profiles:
+        sys.exit("no profiles found: pass --profile DIR")
+    predictor = None
+    for profile in profiles:
+        for metric in args.metric:
+            predictor, lines = accuracy(profile, metric, args.seed)
+            print("\n".join(lines), flush=True)
+    print("prediction throughput (target >= 100,000/s):")
+    print(table(throughput(predictor), ["entry point", "batch", "ms", "predictions/s", "target"]))
+
+
+if __name__ == "__main__":
+    main()
