@@ -134,7 +134,7 @@ def plot_front(
     ax.plot(xs(front), ys(front), "o-", c="tab:blue", ms=4, label=f"Pareto front ({len(front)})")
     ax.scatter(xs(full), ys(full), marker="*", s=180, c="tab:red", zorder=5, label="full super-network")
     ax.set_xlabel(f"{x_name} ({'predicted' if latency is not None else 'analytic'})")
-    ax.set_ylabel(y_name)
+    ax.set_ylabel(f"{y_name} ({'higher' if accuracy.direction == 'max' else 'lower'} is better)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
