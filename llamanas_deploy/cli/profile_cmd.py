@@ -14,8 +14,8 @@ from .common import emit, json_option, space_option, table
 @click.command()
 @click.option("--model", default="tiny", show_default=True, help="Checkpoint dir, config.json, or built-in name.")
 @space_option
-@click.option("--backend", default="torch", show_default=True, help="torch, torch-compile, ipex, onnxruntime, ...")
-@click.option("--precision", default="fp32", show_default=True, help="fp32 / bf16 (torch); backend-specific otherwise.")
+@click.option("--backend", default="torch", show_default=True, help="torch, torch-compile, ipex, onnxruntime.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 / bf16 (torch); int8 / int4 (ORT).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--samples", default=100, show_default=True, type=click.IntRange(min=1), help="Sub-networks in the plan.")
 @click.option("--target", required=True, help="Name of the hardware target (the profile's directory name).")
@@ -29,7 +29,7 @@ from .common import emit, json_option, space_option, table
 @click.option("--weights", type=click.Choice(["auto", "random", "checkpoint"]), default="auto", show_default=True,
               help="auto: the checkpoint's weights when --model has them, else random from config.json.")  # fmt: skip
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
-              help="wall: elapsed time. cpu: the thread's CPU time (--threads 1; for a machine shared with other jobs).")  # fmt: skip
+              help="wall: elapsed time. cpu: the thread's CPU time (--threads 1; on a shared machine).")  # fmt: skip
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed runs per figure.")
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=3), help="Timed runs per set.")
 @click.option("--max-cv", default=0.10, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -76,7 +76,8 @@ def _target_name(name: str) -> str:
 def _render_profile(r: dict) -> str:
     cv = ", ".join(f"{k} {v:.3f}" for k, v in r["median_cv"].items() if v is not None)
     return (
-        f"profile {r['target']} ({r['backend']} {r['precision']} {r['device']}, {r['threads']} threads, {r['clock']} clock) -> {r['out']}\n"
+        f"profile {r['target']} ({r['backend']} {r['precision']} {r['device']}, "
+        f"{r['threads']} threads, {r['clock']} clock) -> {r['out']}\n"
         f"  measured now {r['measured_now']}, already present {r['already_present']}, "
         f"records of this setup {r['records']} ({r['flagged']} flagged)\n"
         f"  median CV: {cv or 'n/a'}\n  wall time {r['wall_s']:.1f} s"

@@ -199,10 +199,10 @@ class Backend:
         model_bytes = self.load(subnet)
         try:
             prefill = measure(self._sampler(self.prefill(shapes)), protocol)
-            decode = measure(self._sampler(self.decode(shapes)), protocol.scaled(round(protocol.repeats * self.decode_repeat_factor)))
-            tokens = shapes.batch_size * shapes.gen_len
+            decode = measure(self._sampler(self.decode(shapes)), protocol.scaled_by(self.decode_repeat_factor))
             generate = self._sampler(self.generate(shapes))
-            throughput = measure(lambda: tokens * 1e3 / generate(), protocol.scaled(round(protocol.repeats * self.generate_repeat_factor)))
+            tokens = shapes.batch_size * shapes.gen_len
+            throughput = measure(lambda: tokens * 1e3 / generate(), protocol.scaled_by(self.generate_repeat_factor))
             peak = probe.peak_mib()
             source = self.weights_source
         finally:

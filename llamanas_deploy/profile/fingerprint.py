@@ -135,4 +135,4 @@ def _thread_settings() -> dict[str, Any]:
     import torch
 
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
-    return {"torch_num_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(), **env}
+    return {"torch_num_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads()} | env

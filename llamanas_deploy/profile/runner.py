@@ -111,7 +111,8 @@ def _last(layers: int, m: SubnetMeasurement) -> str:
     flag = " FLAGGED" if m.flagged else ""
     return (
         f"{layers}L prefill {m.prefill_ms.spread.median:.1f}ms decode {m.decode_ms.spread.median:.2f}ms "
-        f"{m.throughput_tok_s.spread.median:.0f} tok/s cv {m.prefill_ms.spread.cv:.2f}/{m.decode_ms.spread.cv:.2f}{flag}"
+        f"{m.throughput_tok_s.spread.median:.0f} tok/s "
+        f"cv {m.prefill_ms.spread.cv:.2f}/{m.decode_ms.spread.cv:.2f}{flag}"
     )
 
 

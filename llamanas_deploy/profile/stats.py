@@ -49,9 +49,9 @@ class Protocol:
                 f"protocol needs warmup >= 0, repeats >= 3, max_cv > 0, max_attempts >= 1; got {self}"
             )
 
-    def scaled(self, repeats: int) -> "Protocol":
-        """The same protocol with another number of samples per set."""
-        return Protocol(self.warmup, max(3, repeats), self.max_cv, self.max_attempts)
+    def scaled_by(self, factor: float) -> "Protocol":
+        """The same protocol with `factor` times the samples per set (at least 3)."""
+        return Protocol(self.warmup, max(3, round(self.repeats * factor)), self.max_cv, self.max_attempts)
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)

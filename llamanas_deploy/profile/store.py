@@ -9,7 +9,7 @@ sub-network. Crash safety:
 - on open, a last line without its newline (the process died mid-write) is cut off, so a
   half-written record is never kept or built upon; readers skip it the same way;
 - a profile whose `fingerprint.json` names another device is never appended to;
-- a lock file keeps two writers out of one profile at the same time.
+- a lock (flock on the measurements file) keeps two writers out of one profile at a time.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ __all__ = ["Profile", "MeasurementRecord", "ProfileWriter", "read_profile", "cur
 SCHEMA_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
 MEASUREMENTS_FILE = "measurements.jsonl"
-LOCK_FILE = ".lock"
 FIGURES = ("prefill_ms", "decode_ms", "throughput_tok_s")
 # `fit --metric` names -> record fields
 METRICS = {
@@ -143,11 +142,12 @@ def read_fingerprint(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInputError(f"{path}: not valid JSON ({err})") from None
-    missing = [k for k in ("schema_version", "target", "fingerprint_id", "device") if not isinstance(data, dict) or k not in data]
+    needed = ("schema_version", "target", "fingerprint_id", "device")
+    missing = [k for k in needed if not isinstance(data, dict) or k not in data]
     if missing:
         raise BadInputError(f"{path}: not a fingerprint file (missing {missing})")
     if data["schema_version"] != SCHEMA_VERSION:
-        raise BadInputError(f"{path}: schema_version {data['schema_version']} is not supported (expected {SCHEMA_VERSION})")
+        raise BadInputError(f"{path}: schema_version {data['schema_version']} is not supported")
     return data
 
 
@@ -169,7 +169,7 @@ def _parse_record(line: str, source: str, fingerprint_id: str) -> MeasurementRec
     if missing:
         raise BadInputError(f"{source}: record is missing {missing}")
     if raw["schema_version"] != SCHEMA_VERSION:
-        raise BadInputError(f"{source}: schema_version {raw['schema_version']} is not supported (expected {SCHEMA_VERSION})")
+        raise BadInputError(f"{source}: schema_version {raw['schema_version']} is not supported")
     if raw["fingerprint_id"] != fingerprint_id:
         raise BadInputError(
             f"{source}: record measured on device {raw['fingerprint_id']}, but the profile's device is {fingerprint_id}"
@@ -249,7 +249,8 @@ class ProfileWriter:
     def _lock(self) -> None:
         import fcntl
 
-        self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        # the lock is held on the measurements file itself, so a profile directory holds no lock file
+        self._lock_fd = os.open(self.path / MEASUREMENTS_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
