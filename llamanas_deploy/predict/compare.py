@@ -95,7 +95,9 @@ def _plain_xgboost(seed: int):
     from sklearn.model_selection import GridSearchCV
     from xgboost import XGBRegressor
 
-    model = XGBRegressor(learning_rate=0.1, subsample=0.8, colsample_bytree=0.8, random_state=seed, n_jobs=1)
+    model = XGBRegressor(
+        objective="reg:absoluteerror", learning_rate=0.1, subsample=0.8, colsample_bytree=0.8, random_state=seed, n_jobs=1
+    )
     grid = {"max_depth": list(DEFAULT_GRID["max_depth"]), "n_estimators": list(DEFAULT_GRID["num_boost_round"])}
     return GridSearchCV(model, grid, cv=_cv(), scoring="neg_mean_absolute_percentage_error")
 

@@ -5,8 +5,9 @@ The model, for a cost-like figure `c` (latency, memory; throughput is turned int
     c(subnet) = prior(subnet) * exp(xgboost(features(subnet)))
     prior     = t_0 + sum over widths w of (layers of width w) * t_w      (t >= 0)
 
-The prior is a per-layer cost table fitted by non-negative least squares on relative error; the
-trees learn what it misses (interactions, cache effects) as a log-ratio, so a few trees on few
+The prior is a per-layer cost table fitted by non-negative least absolute relative error; the
+trees learn what it misses (interactions, cache effects) as a log-ratio, with an absolute-error
+objective (the figure reported is MAPE, and busy-machine outliers should not pull), so a few trees on few
 samples already give the right scale, and predictions never fall off a cliff outside the widths
 seen together in training. Hyper-parameters (tree depth, number of rounds) are chosen by k-fold
 cross-validation of the whole pipeline on the data given to `fit`.
@@ -40,7 +41,7 @@ METRICS = {  # fit --metric -> (unit, is a rate: higher is better, so the cost i
     "throughput": ("tok/s", True),
     "peak_mem": ("MiB", False),
 }
-DEFAULT_GRID = {"max_depth": (2, 4), "num_boost_round": (50, 150, 400)}
+DEFAULT_GRID = {"max_depth": (2, 4), "num_boost_round": (10, 30, 100, 300)}
 REQUIRED_METADATA = ("space_id", "metric", "shapes", "feature_schema_version", "hyperparameters")
 
 
@@ -58,6 +59,7 @@ class LatencyPredictor:
         param_grid: dict[str, Sequence[int]] | None = None,
         cv_folds: int = 5,
         learning_rate: float = 0.1,
+        objective: str = "reg:absoluteerror",
         random_state: int = 0,
         n_jobs: int = 1,
         provenance: dict[str, Any] | None = None,
@@ -67,6 +69,7 @@ class LatencyPredictor:
         self.param_grid = param_grid
         self.cv_folds = cv_folds
         self.learning_rate = learning_rate
+        self.objective = objective
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.provenance = provenance
@@ -112,7 +115,7 @@ class LatencyPredictor:
         coef = _fit_prior(self._prior_basis(X), cost)
         residual = np.log(cost / self._prior(X, coef))
         params = {
-            "objective": "reg:squarederror",
+            "objective": self.objective,
             "max_depth": max_depth,
             "eta": self.learning_rate,
             "subsample": 0.8,
@@ -130,7 +133,7 @@ class LatencyPredictor:
             "space_id": self.features.space.id,
             "shapes": dict(self.features.shapes),
             "feature_schema_version": FEATURE_SCHEMA_VERSION,
-            "hyperparameters": {**self.best_params_, "learning_rate": self.learning_rate},
+            "hyperparameters": {**self.best_params_, "learning_rate": self.learning_rate, "objective": self.objective},
             "cv_mape_pct": self.cv_mape_pct_,
             "n_train": n_train,
             **(self.provenance or {}),
@@ -234,7 +237,8 @@ class LatencyPredictor:
         body = _read_body(path)
         features = FeatureBuilder.from_dict(body["features"], str(path))
         metadata = body["metadata"]
-        predictor = cls(features, metadata["metric"])
+        hyper = metadata["hyperparameters"]
+        predictor = cls(features, metadata["metric"], learning_rate=hyper.get("learning_rate"), objective=hyper.get("objective"))
         predictor.metadata_ = metadata
         predictor.best_params_ = {k: metadata["hyperparameters"][k] for k in DEFAULT_GRID}
         predictor.cv_mape_pct_ = metadata.get("cv_mape_pct")
@@ -244,11 +248,19 @@ class LatencyPredictor:
         return predictor
 
 
-def _fit_prior(basis: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Non-negative per-layer cost table minimizing the relative squared error."""
+def _fit_prior(basis: np.ndarray, cost: np.ndarray, iterations: int = 30) -> np.ndarray:
+    """Non-negative per-layer cost table minimizing the mean absolute relative error.
+
+    Iteratively reweighted NNLS: rows weighted by 1/sqrt|relative error| turn the squared loss into
+    the absolute one, so a few measurements disturbed by a busy machine do not drag the table.
+    """
     from scipy.optimize import nnls
 
-    coef, _ = nnls(basis / cost[:, None], np.ones(len(cost)))
+    scaled = basis / cost[:, None]
+    weights = np.ones(len(cost))
+    for _ in range(iterations):
+        coef, _ = nnls(scaled * weights[:, None], weights)
+        weights = 1 / np.sqrt(np.maximum(np.abs(scaled @ coef - 1), 1e-4))
     if not np.all(basis @ coef > 0):
         raise LlamanasError("the per-layer cost prior came out zero for some sub-network; the data look degenerate")
     return coef
