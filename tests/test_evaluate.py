@@ -19,6 +19,15 @@ P_FAV = 0.9
 SUBNETS = [SubnetConfig(4, (128,) * 4), SubnetConfig(2, (32, 96)), SubnetConfig(3, (64, 32, 128))]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models gain nothing from more threads, and lose 10x when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture()
 def uniform(small_checkpoint) -> SuperNetwork:
     """lm_head all zero: every logit is 0, so every next token has probability 1/vocab."""

@@ -1,0 +1,177 @@
+"""One-shot fine-tuning on a small real checkpoint: losses fall, neurons reorder, runs resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_checkpoint
+
+from llamanas_deploy import corpus
+from llamanas_deploy import finetune as ft
+from llamanas_deploy.cli import main
+from llamanas_deploy.errors import BadInputError
+from llamanas_deploy.evaluate import perplexity
+from llamanas_deploy.model.supernet import SuperNetwork
+from llamanas_deploy.space import load_space
+from llamanas_deploy.subnet_config import SubnetConfig
+
+SETTINGS = ft.FinetuneSettings(steps=12, batch_size=8, seq_len=32, lr=3e-3, seed=0)
+SUBNET = SubnetConfig(2, (32, 64))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models gain nothing from more threads, and lose 10x when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory) -> Path:
+    """The small test checkpoint with a 320-token byte-level BPE tokenizer beside it."""
+    path = make_checkpoint(tmp_path_factory.mktemp("text") / "model", vocab_size=320)
+    corpus.train_tokenizer(list(corpus.heldout_topics().values()), vocab_size=320).save(str(path / "tokenizer.json"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def space(small_space_file):
+    return load_space(small_space_file)
+
+
+def _losses(supernet, rows) -> tuple[float, float]:
+    full = SubnetConfig(4, (128,) * 4)
+    return perplexity(supernet, full, rows).value, perplexity(supernet, SUBNET, rows).value
+
+
+@pytest.mark.parametrize("strategy, distill", [("paper", False), ("sandwich", True)])
+def test_a_few_steps_lower_the_loss_of_full_and_subnetwork(text_model, space, strategy, distill):
+    settings = ft.FinetuneSettings(**(ft.asdict(SETTINGS) | {"strategy": strategy, "distill": distill}))
+    torch.manual_seed(0)
+    ids = ft.training_rows(text_model, ["pydoc-heldout"], "text", settings.seq_len)
+    rows = ft._batch(ids, settings, 0)
+    supernet = SuperNetwork.load(text_model)
+    before = _losses(supernet, rows)
+    optimizer = ft.make_optimizer(supernet.model.train(), settings)
+    for step in range(settings.steps):
+        losses = ft.train_step(supernet, space, ft._batch(ids, settings, step), optimizer, settings, step)
+    after = _losses(supernet, rows)
+    assert after[0] < 0.8 * before[0] and after[1] < 0.8 * before[1]
+    assert set(losses) == {"step", "loss_full", "loss_sub"}
+
+
+def test_sandwich_trains_the_smallest_and_paper_samples_from_the_space(space):
+    sandwich = ft.FinetuneSettings(strategy="sandwich")
+    assert ft.step_subnets(space, sandwich, 5)[0] == space.smallest
+    sampled = {ft.step_subnets(space, SETTINGS, s)[0].id for s in range(30)}
+    assert len(sampled) > 20
+    assert all(space.validate(c) for s in range(30) for c in ft.step_subnets(space, SETTINGS, s))
+
+
+def test_reordering_neurons_keeps_the_function_and_puts_important_neurons_first(text_model):
+    ids = ft.training_rows(text_model, ["pydoc-heldout"], "text", 32)
+    batches = [ft._batch(ids, SETTINGS, s) for s in range(2)]
+    supernet = SuperNetwork.load(text_model)
+    with torch.no_grad():
+        before = supernet.model(input_ids=batches[0]).logits
+    ft.reorder_neurons_(supernet.model, batches)
+    with torch.no_grad():
+        assert torch.allclose(supernet.model(input_ids=batches[0]).logits, before, atol=1e-5)
+    # a second pass finds every layer already sorted: the identity permutation
+    weights = [layer.mlp.down_proj.weight.clone() for layer in supernet.model.model.layers]
+    ft.reorder_neurons_(supernet.model, batches)
+    assert all(torch.equal(w, layer.mlp.down_proj.weight) for w, layer in zip(weights, supernet.model.model.layers))
+
+
+def _cli_args(model: Path, space_file: Path, out: Path, steps: int) -> list[str]:
+    return [
+        "finetune", "--model", str(model), "--space", str(space_file), "--data", "pydoc-heldout", "--out", str(out),
+        "--steps", str(steps), "--batch-size", "8", "--seq-len", "32", "--lr", "3e-3", "--save-every", "2",
+        "--threads", "1",
+    ]  # fmt: skip
+
+
+def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(text_model, small_space_file, tmp_path):
+    out, steps = tmp_path / "killed", 30
+    cmd = [sys.executable, "-m", "llamanas_deploy", *_cli_args(text_model, small_space_file, out, steps)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = out / ft.CHECKPOINT_DIR / ft.POINTER
+    while not pointer.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved_step = json.loads(pointer.read_text())["step"]
+    assert 0 < saved_step < steps and not (out / ft.RECORD).exists()
+
+    rerun = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"from step {saved_step}" in rerun.stderr
+    record = json.loads((out / ft.RECORD).read_text())
+    assert [h["step"] for h in record["history"]] == list(range(steps))
+    assert not (out / ft.CHECKPOINT_DIR).exists()
+
+    settings = ft.FinetuneSettings(steps=steps, batch_size=8, seq_len=32, lr=3e-3)
+    ft.finetune(text_model, load_space(small_space_file), ["pydoc-heldout"], tmp_path / "straight", settings)
+    resumed = SuperNetwork.load(out).model.state_dict()
+    straight = SuperNetwork.load(tmp_path / "straight").model.state_dict()
+    assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in straight)
+
+
+def test_stopped_run_continues_in_process_exactly(text_model, space, tmp_path):
+    settings = ft.FinetuneSettings(steps=6, batch_size=4, seq_len=32, lr=3e-3, strategy="sandwich", distill=True)
+    first = ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings, save_every=2, stop_after=3)
+    assert first["status"] == "stopped" and first["step"] == 3
+    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings, save_every=2)
+    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "b", settings, save_every=2)
+    a = SuperNetwork.load(tmp_path / "a").weights_sha256()
+    assert a == SuperNetwork.load(tmp_path / "b").weights_sha256()
+    # rerunning a finished run changes nothing; other settings on the same --out are refused
+    again = ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings)
+    assert again["status"] == "finished" and SuperNetwork.load(tmp_path / "a").weights_sha256() == a
+    with pytest.raises(BadInputError, match="other settings .*lr"):
+        ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", ft.FinetuneSettings(**(ft.asdict(settings) | {"lr": 1e-3})))
+
+
+def test_output_is_a_checkpoint_transformers_loads_as_it_is(text_model, space, tmp_path):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    settings = ft.FinetuneSettings(steps=2, batch_size=4, seq_len=32, save_dtype="float16")
+    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "out", settings)
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    ours = SuperNetwork.load(tmp_path / "out").model
+    ids = torch.arange(40).view(2, 20)
+    with torch.no_grad():
+        assert torch.allclose(hf(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-5)
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").decode([60, 61]) is not None
+
+
+def test_non_empty_out_without_checkpoint_is_left_alone(text_model, space, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(BadInputError, match="not empty and holds no checkpoint"):
+        ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path, SETTINGS)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [("bad.jsonl", '{"text": "fine"}\n{"txt": "oops"}\n'), ("bad.json", '{"not": "a list"}'), ("empty.txt", "")],
+)
+def test_bad_data_files_exit_2_with_one_line(text_model, small_space_file, tmp_path, capsys, name, content):
+    (tmp_path / name).write_text(content)
+    args = _cli_args(text_model, small_space_file, tmp_path / "out", 2)
+    args[args.index("pydoc-heldout")] = str(tmp_path / name)
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1 and name in err[0]
+    assert not (tmp_path / "out").exists()
