@@ -17,7 +17,9 @@ class TorchCompileBackend(TorchBackend):
     def prepare(self, net):
         import torch
 
-        return torch.compile(net, dynamic=False)
+        # default dynamic=None: sequence and cache lengths become symbolic after the first change,
+        # so a generation's growing cache costs one more compile rather than one per length
+        return torch.compile(net)
 
     def unload(self) -> None:
         import torch
