@@ -26,6 +26,7 @@ COMMANDS = {
     "export": ("llamanas_deploy.cli.export_cmd:export", "Export a sub-network as a verified, quantized ONNX Runtime artifact."),
     "generate": ("llamanas_deploy.cli.export_cmd:generate", "Generate text from an artifact with ONNX Runtime alone."),
     "bench": ("llamanas_deploy.cli.export_cmd:bench", "Measure an artifact on this device; compare with its prediction."),
+    "run": ("llamanas_deploy.cli.run_cmd:run", "The whole loop on this device: profile, fit, search, export, measure."),
 }
 
 
