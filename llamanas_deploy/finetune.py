@@ -4,7 +4,8 @@ Strategies (each step is one optimizer update on the summed gradients of its pas
 
 - `paper` (LLaMA-NAS / InstaTune without distillation): the full network, then one sub-network
   sampled uniformly from the space, on the same batch;
-- `sandwich` (BigNAS): the full network, the smallest sub-network and one random one.
+- `sandwich` (BigNAS): the full network, the smallest sub-network and one random one;
+- `full`: the full network only (standard training, the baseline the benchmark compares with).
 
 With `distill`, sub-networks learn from the full network's (detached) next-token distribution
 instead of the labels (in-place distillation). With `reorder_neurons`, each MLP's neurons are
@@ -34,7 +35,7 @@ from .errors import BadInputError
 from .space import SearchSpace
 from .subnet_config import SubnetConfig
 
-STRATEGIES = ("paper", "sandwich")
+STRATEGIES = ("paper", "sandwich", "full")
 CHECKPOINT_DIR = "checkpoint"
 POINTER = "checkpoint.json"
 RECORD = "training.json"
@@ -177,6 +178,8 @@ def _batch(ids, settings: FinetuneSettings, step: int):
 
 def step_subnets(space: SearchSpace, settings: FinetuneSettings, step: int) -> list[SubnetConfig]:
     """The sub-networks trained after the full network at `step`."""
+    if settings.strategy == "full":
+        return []
     sampled = space.sample_random(1, seed=settings.seed * 1_000_003 + step)[0]
     return [space.smallest, sampled] if settings.strategy == "sandwich" else [sampled]
 
@@ -206,7 +209,8 @@ def train_step(supernet, space: SearchSpace, batch, optimizer, settings: Finetun
     torch.nn.utils.clip_grad_norm_(supernet.model.parameters(), settings.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"step": step, "loss_full": full_loss.item(), "loss_sub": sum(sub_losses) / len(sub_losses)}
+    losses = {"step": step, "loss_full": full_loss.item()}
+    return losses | ({"loss_sub": sum(sub_losses) / len(sub_losses)} if sub_losses else {})
 
 
 def _cross_entropy(logits, targets):
@@ -281,7 +285,8 @@ def _train(supernet, space, ids, optimizer, settings, state: RunState, out: Path
             state.history.append(losses)
             state.step += 1
             rate = (state.step - start_step) * tokens_per_step / (time.perf_counter() - start_time)
-            bar.set_postfix(loss=f"{losses['loss_full']:.3f}", sub=f"{losses['loss_sub']:.3f}", tok_s=f"{rate:.0f}")
+            sub = {"sub": f"{losses['loss_sub']:.3f}"} if "loss_sub" in losses else {}
+            bar.set_postfix(loss=f"{losses['loss_full']:.3f}", **sub, tok_s=f"{rate:.0f}")
             bar.update(1)
             if state.step % save_every == 0 or state.step == end:
                 save_checkpoint(out, supernet.model, optimizer, state, run)
@@ -397,13 +402,18 @@ def _save_final(supernet, source_model: str | Path, out: Path, run: dict, state:
         "status": "finished",
         "run": run,
         "steps": state.step,
-        "final_loss_full": sum(h["loss_full"] for h in last) / len(last),
-        "final_loss_sub": sum(h["loss_sub"] for h in last) / len(last),
+        "final_loss_full": _mean(h["loss_full"] for h in last),
+        "final_loss_sub": _mean(h["loss_sub"] for h in last if "loss_sub" in h),
         "history": state.history,
     }
     atomic_write_text(out / RECORD, json.dumps(record, indent=1) + "\n")
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     return record
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
 
 
 def save_hf_checkpoint(model, config: dict[str, Any], out: Path, dtype: str = "float32") -> None:

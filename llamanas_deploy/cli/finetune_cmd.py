@@ -19,8 +19,9 @@ from .common import emit, json_option, space_option, table
 )
 @click.option("--text-field", default="text", show_default=True, help="Field holding the text in JSONL files.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output checkpoint directory.")
-@click.option("--strategy", type=click.Choice(["paper", "sandwich"]), default="paper", show_default=True,
-              help="paper: full + one random sub-network per step; sandwich: full + smallest + random.")
+@click.option("--strategy", type=click.Choice(["paper", "sandwich", "full"]), default="paper", show_default=True,
+              help="paper: full + one random sub-network per step; sandwich: full + smallest + random; "
+              "full: standard training (baseline).")
 @click.option("--distill", is_flag=True, help="Sub-networks learn from the full network's logits (in-place distillation).")
 @click.option("--reorder-neurons", is_flag=True, help="Sort each MLP's neurons by importance once, before training.")
 @click.option("--from-scratch", is_flag=True, help="Start from random weights (only config.json is read).")
