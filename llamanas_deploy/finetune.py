@@ -329,7 +329,8 @@ def _resume(out: Path, run: dict, model, optimizer) -> RunState:
     """The checkpoint's state loaded into `model` and `optimizer`, or a fresh state."""
     pointer_file = out / CHECKPOINT_DIR / POINTER
     if not pointer_file.is_file():
-        if out.exists() and any(out.iterdir()):
+        # a run killed before its first checkpoint leaves only an empty or partial checkpoint dir
+        if out.exists() and any(p.name != CHECKPOINT_DIR for p in out.iterdir()):
             raise BadInputError(f"--out {out}: directory exists, is not empty and holds no checkpoint; refusing to overwrite it")
         return RunState()
     pointer = _read_json(pointer_file)
