@@ -210,6 +210,11 @@ def test_bad_option_values(capsys, tmp_path, small_checkpoint, small_space_file)
     assert_bad_input(run(capsys, *base, "--clock", "cpu", "--threads", "2"), "--clock cpu", "--threads 1")
     assert_bad_input(run(capsys, "profile", "--target", "../x"), "--target '../x'")
     assert_bad_input(run(capsys, "targets", "--dir", str(tmp_path / "none")), "no such directory")
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text(json.dumps(SMALL_CONFIG))
+    no_weights = profile_args(config_only, small_space_file, tmp_path / "p", "--weights", "checkpoint")
+    assert_bad_input(run(capsys, *no_weights), "--weights checkpoint", "no model.safetensors")
 
 
 def test_fingerprint_mismatch(capsys, tmp_path, small_checkpoint, small_space_file):
