@@ -7,6 +7,7 @@ Exports are the slow part (~15 s each on 2 cores), so a few artifacts are built 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -59,16 +60,40 @@ def space_file(tmp_path_factory) -> Path:
 def export(model_dir: Path, space_file: Path, out: Path, precision: str, bench: bool = False, **kw) -> dict:
     request = ExportRequest(
         model=str(model_dir), space=str(space_file), subnet=SUBNET, precision=precision, device="cpu", out=out,
-        bench=bench, bench_options=QUICK_BENCH, progress=False, **kw,
+        bench=bench, progress=False, **({"bench_options": QUICK_BENCH} | kw),
     )  # fmt: skip
     return export_artifact(request)
 
 
+PREDICTOR_SHAPES = {"batch_size": 1, "prompt_len": 8, "context_len": 8, "gen_len": 4}
+
+
 @pytest.fixture(scope="module")
-def artifacts(model_dir, space_file, tmp_path_factory) -> dict[str, Path]:
+def predictor_file(model_dir, space_file, tmp_path_factory) -> Path:
+    """A real XGBoost predictor for this space and device; its targets are made up (a fixed cost per neuron)."""
+    from llamanas_deploy.model.families import read_shape
+    from llamanas_deploy.predict.estimator import LatencyPredictor
+    from llamanas_deploy.predict.features import FeatureBuilder
+    from llamanas_deploy.profile.fingerprint import current_fingerprint
+    from llamanas_deploy.space import load_space
+
+    space = load_space(str(space_file))
+    configs = space.sample_random(24, seed=0)
+    y = [0.05 + 0.1 * c.num_layers + 0.001 * sum(c.intermediate_sizes) for c in configs]
+    provenance = {"target": "test", "fingerprint_id": current_fingerprint()["fingerprint_id"], "backend": "onnxruntime",
+                  "precision": "int8", "device": "cpu", "threads": 1, "clock": "wall"}  # fmt: skip
+    features = FeatureBuilder(space, read_shape(model_dir), PREDICTOR_SHAPES)
+    predictor = LatencyPredictor(features, "decode_ms", param_grid={"max_depth": (2,), "num_boost_round": (10,)},
+                                 cv_folds=3, provenance=provenance).fit(configs, y)  # fmt: skip
+    return predictor.save(tmp_path_factory.mktemp("predictor") / "decode.json")
+
+
+@pytest.fixture(scope="module")
+def artifacts(model_dir, space_file, predictor_file, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("artifacts")
     export(model_dir, space_file, root / "fp32", "fp32")
-    export(model_dir, space_file, root / "int8", "int8", bench=True)
+    quick_protocol = {"protocol": QUICK_BENCH["protocol"]}  # shapes, threads, clock: the predictor's
+    export(model_dir, space_file, root / "int8", "int8", bench=True, predictor=predictor_file, bench_options=quick_protocol)
     export(model_dir, space_file, root / "int4", "int4")
     return {p: root / p for p in ("fp32", "int8", "int4")}
 
@@ -165,11 +190,19 @@ def test_quantized_artifacts_run_and_report(artifacts, precision):
     assert len(out.tokens) == 6 and all(0 <= t < 256 for t in out.tokens)
 
 
-def test_int8_artifact_carries_its_measurement(artifacts):
-    measured = open_artifact(artifacts["int8"]).manifest["measured"]
+def test_int8_artifact_carries_prediction_and_measurement(artifacts, predictor_file):
+    from llamanas_deploy.predict.estimator import LatencyPredictor
+
+    manifest = open_artifact(artifacts["int8"]).manifest
+    predicted, measured = manifest["predicted"], manifest["measured"]
+    assert predicted["value"] == pytest.approx(float(LatencyPredictor.load(predictor_file).predict([SUBNET])[0]))
+    assert predicted["metric"] == "decode_ms" and predicted["predictor"] == str(predictor_file)
     assert measured["backend"] == "onnxruntime" and measured["precision"] == "int8" and measured["threads"] == 1
     assert measured["decode_ms"]["median"] > 0 and measured["throughput_tok_s"]["median"] > 0
-    assert measured["shapes"] == {"batch_size": 1, "prompt_len": 8, "context_len": 8, "gen_len": 4}
+    assert measured["shapes"] == PREDICTOR_SHAPES  # measured as the predictor's profile was
+    vs = measured["vs_predicted"]
+    assert vs["same_setup"] and vs["measured"] == measured["decode_ms"]["median"]
+    assert vs["error_pct"] == pytest.approx((vs["predicted"] / vs["measured"] - 1) * 100)
 
 
 TRAINED_TINY = Path(__file__).resolve().parent.parent / "llamanas_deploy" / "assets" / "tiny" / "model.safetensors"
@@ -260,15 +293,16 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(artifacts):
     assert sampled[0] == sampled[1] and sampled[0] != sampled[2]
 
 
-def test_bench_command_measures_and_reports_json(artifacts, capsys):
-    code, out, err = run_cli(capsys, "bench", "--artifact", str(artifacts["int4"]), "--prompt-len", "8",
-                             "--context-len", "8", "--gen-len", "3", "--repeats", "3", "--warmup", "0", "--json")  # fmt: skip
+def test_bench_command_measures_and_compares_with_the_prediction(artifacts, capsys):
+    code, out, err = run_cli(capsys, "bench", "--artifact", str(artifacts["int8"]), "--repeats", "3", "--warmup", "0", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["precision"] == "int4" and result["shapes"]["gen_len"] == 3
+    assert result["precision"] == "int8" and result["shapes"] == PREDICTOR_SHAPES  # the predictor's shapes by default
     for figure in ("prefill_ms", "decode_ms", "throughput_tok_s"):
         assert result[figure]["median"] > 0 and result[figure]["n"] >= 3
-    assert "vs_predicted" not in result  # no predictor named in this manifest
+    assert result["vs_predicted"]["metric"] == "decode_ms" and math.isfinite(result["vs_predicted"]["error_pct"])
+    code, out, _ = run_cli(capsys, "bench", "--artifact", str(artifacts["int4"]), "--gen-len", "2", "--repeats", "3")
+    assert code == 0 and "decode ms/token" in out and "predicted" not in out  # no predictor named in this one
 
 
 def test_export_is_deterministic(artifacts, model_dir, space_file, tmp_path):

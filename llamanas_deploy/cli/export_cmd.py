@@ -25,8 +25,8 @@ def _shape_options(func):
         click.option("--gen-len", type=click.IntRange(min=1), help="Generated tokens [the predictor's, else 32]."),
         click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=3), help="Timed runs per set."),
         click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed runs per figure."),
-        click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
-                     help="wall time, or the thread's CPU time (--threads 1) on a shared machine."),
+        click.option("--clock", type=click.Choice(["wall", "cpu"]),
+                     help="wall time, or the thread's CPU time (--threads 1) on a shared machine [predictor's, else wall]."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)

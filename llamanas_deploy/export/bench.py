@@ -2,8 +2,8 @@
 
 The timing is the profiler's own: `ArtifactBackend` (the `onnxruntime` backend opening the
 artifact's ONNX file) measured by `Backend.measure` (warm-up, repeats, median, IQR / CV,
-re-measuring or flagging noisy figures). Shapes and threads default to those the manifest's
-predictor was trained on, so the error in % compares like with like.
+re-measuring or flagging noisy figures). Shapes, threads and clock default to those the
+manifest's predictor was trained on, so the error in % compares like with like.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def bench_decoder(
     shapes: Shapes | None = None,
     protocol: Protocol | None = None,
     threads: int | None = None,
-    clock: str = "wall",
+    clock: str | None = None,
 ) -> dict[str, Any]:
     """Measure the artifact in `directory` described by `manifest`; returns the `measured` block."""
     from ..profile.backends.onnxruntime_backend import ArtifactBackend
@@ -34,6 +34,7 @@ def bench_decoder(
     if shapes is None:
         shapes = Shapes(**predicted["shapes"]) if predicted.get("shapes") else Shapes()
     threads = threads or predicted.get("threads") or 1
+    clock = clock or predicted.get("clock") or "wall"
     protocol = protocol or Protocol()
     backend = ArtifactBackend(Artifact(Path(directory), manifest), threads, clock=clock)
     subnet = SubnetConfig.from_dict(manifest["subnet"], f"{directory}/manifest.json")
@@ -63,9 +64,8 @@ def compare_with_prediction(measured: dict[str, Any], predicted: dict[str, Any])
     field = METRICS.get(predicted.get("metric", ""), predicted.get("metric"))
     figure = measured.get(field)
     value = figure["median"] if isinstance(figure, dict) else figure
-    same_setup = all(
-        predicted.get(k) in (None, measured[k]) for k in ("backend", "precision", "threads")
-    ) and predicted.get("fingerprint_id") in (None, measured["fingerprint_id"])
+    setup = ("backend", "precision", "device", "threads", "fingerprint_id")
+    same_setup = all(predicted.get(k) in (None, measured.get(k)) for k in setup)
     return {
         "metric": field,
         "predicted": predicted["value"],
