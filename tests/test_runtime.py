@@ -81,9 +81,18 @@ def test_manifest_problems_are_one_line_bad_input(tmp_path):
         read_manifest(tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"weights")
     write_manifest(tmp_path, {"precision": "fp32"})
+    with pytest.raises(BadInputError, match="missing field"):
+        read_manifest(tmp_path)
+    fields = {"subnet": {}, "subnet_id": "x", "precision": "fp32", "device": "cpu", "onnx": {}, "size": {}, "verification": {}}
+    write_manifest(tmp_path, fields)
     assert read_manifest(tmp_path)["kind"] == KIND and read_manifest(tmp_path)["schema_version"] == SCHEMA_VERSION
     (tmp_path / "model.onnx").unlink()
     with pytest.raises(BadInputError, match="listed in manifest.json but missing"):
+        read_manifest(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["files"] = {"../outside.onnx": "0" * 64}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInputError, match="points outside the artifact"):
         read_manifest(tmp_path)
 
 

@@ -26,6 +26,7 @@ SCHEMA_VERSION = 1
 KIND = "llamanas-onnx-artifact"
 MANIFEST = "manifest.json"
 GENAI_CONFIG = "genai_config.json"
+REQUIRED_KEYS = ("subnet", "subnet_id", "precision", "device", "onnx", "size", "verification")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 CHUNK = 1 << 20
 
@@ -138,6 +139,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise BadInputError(f"{path}: not a llamanas artifact manifest (kind '{KIND}' with a 'files' table expected)")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BadInputError(f"{path}: schema_version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise BadInputError(f"{path}: missing field(s) {missing}")
     check_files(directory, manifest["files"])
     return manifest
 
@@ -145,6 +149,8 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 def check_files(directory: Path, expected: dict[str, str]) -> None:
     """`BadInputError` naming the first file that is missing or whose sha256 changed."""
     for name, digest in sorted(expected.items()):
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BadInputError(f"{directory / MANIFEST}: file entry '{name}' points outside the artifact")
         path = directory / name
         if not path.is_file():
             raise BadInputError(f"{path}: listed in {MANIFEST} but missing")
