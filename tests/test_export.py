@@ -39,6 +39,8 @@ def write_byte_tokenizer(model_dir: Path) -> None:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.save(str(model_dir / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "model_max_length": 256}
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +328,5 @@ def test_onnxruntime_genai_loads_and_runs_the_artifact(artifacts):
         tokens.append(int(generator.get_next_tokens()[0]))
     ours = generate(OrtDecoder(artifacts["fp32"] / "model.onnx"), [9, 8, 7], 8).tokens
     assert tokens == ours
+    text = "The for statement"
+    assert og.Tokenizer(model).encode(text).tolist() == open_artifact(artifacts["fp32"]).tokenizer().encode(text).ids

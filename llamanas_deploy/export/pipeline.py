@@ -54,7 +54,10 @@ def export_artifact(request: ExportRequest) -> dict[str, Any]:
     from ..model.supernet import SuperNetwork
     from ..runtime import check_device
     from ..space import load_space
+    from .artifact import write_manifest
+    from .bench import bench_decoder
 
+    # every input is checked before anything slow starts
     if request.precision not in PRECISIONS:
         raise BadInputError(f"--precision {request.precision}: expected one of {list(PRECISIONS)}")
     check_out_dir(request.out)
@@ -65,10 +68,12 @@ def export_artifact(request: ExportRequest) -> dict[str, Any]:
     settings = _quant_settings(request)
     steps = ["load", "export", "verify", *(["quantize", "verify quantized"] if settings else []), "artifact"]
     steps += ["bench"] if request.bench else []
-    bar = tqdm(steps, desc="export", disable=not request.progress, leave=False)
-    stage = _Stages(bar)
     request.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{request.out.name}.", dir=request.out.parent) as tmp:
+    with (
+        tqdm(steps, desc="export", disable=not request.progress, leave=False) as bar,
+        tempfile.TemporaryDirectory(prefix=f".{request.out.name}.", dir=request.out.parent) as tmp,
+    ):
+        stage = _Stages(bar)
         stage("load")
         supernet = SuperNetwork.load(request.model)
         supernet.check_space(space)
@@ -78,14 +83,9 @@ def export_artifact(request: ExportRequest) -> dict[str, Any]:
             manifest["predicted"] = _predicted(predictor, request.predictor, subnet)
         if request.bench:
             stage("bench")
-            from .bench import bench_decoder
-
             manifest["measured"] = bench_decoder(built.artifact_dir, manifest, **request.bench_options)
-        from .artifact import write_manifest
-
         manifest = write_manifest(built.artifact_dir, manifest)
         _move_into_place(built.artifact_dir, request.out)
-    bar.close()
     return manifest
 
 
@@ -134,7 +134,7 @@ def _build(request: ExportRequest, supernet, subnet: SubnetConfig, tmp: Path, se
     stage("verify")
     fp32 = OrtDecoder(fp32_path, request.device)
     verification = {"data": data_source, "fp32_vs_torch": verify_fp32(model, fp32, onnx_config, tokens)}
-    del model
+    del model  # the torch copy is not needed any more: free it before quantizing
     if settings is None:
         quant = QuantSettings("fp32")
         for path in fp32_dir.iterdir():
