@@ -27,7 +27,7 @@ TASK_SEED = 0
 TASK_EXAMPLES = 300
 TASK_CHOICES = 4
 CONTEXT_WORDS = 24
-CONTINUATION_WORDS = 6
+CONTINUATION_WORDS = 8
 
 
 def pydoc_topics() -> dict[str, str]:
@@ -66,28 +66,29 @@ def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE):
     return tokenizer
 
 
-def build_task(text: str, n: int = TASK_EXAMPLES, seed: int = TASK_SEED) -> list[dict]:
-    """Choose the true continuation of a passage among distractors taken from elsewhere in `text`.
+def build_task(documents: list[str], n: int = TASK_EXAMPLES, seed: int = TASK_SEED) -> list[dict]:
+    """Choose the true continuation of a passage among distractors taken from other documents.
 
     Context: `CONTEXT_WORDS` words; choices: `CONTINUATION_WORDS` words each, all with the true
-    continuation's leading whitespace so that whitespace gives nothing away.
+    continuation's leading whitespace so that whitespace gives nothing away. Distractors come
+    from other documents (topics), so the context is what tells them apart.
     """
     import numpy as np
 
-    words = re.findall(r"\s*\S+", text)
+    words = [re.findall(r"\s*\S+", doc) for doc in documents]
     span = CONTEXT_WORDS + CONTINUATION_WORDS
+    places = [(d, i) for d, doc in enumerate(words) for i in range(len(doc) - span)]
     rng = np.random.default_rng(seed)
-    starts = sorted(rng.choice(len(words) - span, size=n, replace=False).tolist())
     examples = []
-    for start in starts:
-        context = "".join(words[start : start + CONTEXT_WORDS]).lstrip()
-        true_start = start + CONTEXT_WORDS
-        lead = re.match(r"\s*", words[true_start]).group()
-        choices = [_continuation(words, true_start, lead)]
+    for index in sorted(rng.choice(len(places), size=n, replace=False).tolist()):
+        d, start = places[index]
+        context = "".join(words[d][start : start + CONTEXT_WORDS]).lstrip()
+        lead = re.match(r"\s*", words[d][start + CONTEXT_WORDS]).group()
+        choices = [_continuation(words[d], start + CONTEXT_WORDS, lead)]
         while len(choices) < TASK_CHOICES:
-            other = int(rng.integers(len(words) - CONTINUATION_WORDS))
-            candidate = _continuation(words, other, lead)
-            if abs(other - true_start) > span and candidate not in choices:
+            other_doc, other = places[int(rng.integers(len(places)))]
+            candidate = _continuation(words[other_doc], other, lead)
+            if other_doc != d and candidate not in choices:
                 choices.append(candidate)
         answer = int(rng.integers(TASK_CHOICES))
         choices[0], choices[answer] = choices[answer], choices[0]
@@ -106,7 +107,7 @@ def write_assets(out_dir: str | Path) -> dict:
     train, heldout = train_topics(), heldout_topics()
     heldout_text = "\n\n".join(heldout.values())
     tokenizer = train_tokenizer(list(train.values()))
-    task = build_task(heldout_text)
+    task = build_task(list(heldout.values()))
     _atomic_write(out / "tokenizer.json", tokenizer.to_str(pretty=True))
     _atomic_write(out / "tokenizer_config.json", json.dumps(_tokenizer_config(), indent=2) + "\n")
     _atomic_write(out / "heldout.txt", heldout_text)
@@ -144,6 +145,7 @@ def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

@@ -88,14 +88,17 @@ def test_tokenize_appends_eos_and_chunk_drops_the_tail():
         chunk([1, 2], 3)
 
 
-def test_task_builder_puts_the_true_continuation_among_distinct_choices():
-    text = "\n\n".join(corpus.heldout_topics().values())
-    task = corpus.build_task(text, n=40, seed=3)
-    assert task == corpus.build_task(text, n=40, seed=3)
+def test_task_builder_puts_the_true_continuation_among_distractors_from_other_documents():
+    documents = list(corpus.heldout_topics().values())
+    task = corpus.build_task(documents, n=40, seed=3)
+    assert task == corpus.build_task(documents, n=40, seed=3)
+    text = "\n\n".join(documents)
     squeeze = lambda s: re.sub(r"\s+", " ", s)  # noqa: E731 - the text's own whitespace may differ
     for ex in task:
         assert len(ex["choices"]) == 4 == len(set(ex["choices"]))
         assert squeeze(ex["context"] + ex["choices"][ex["answer"]]) in squeeze(text)
         leads = {re.match(r"\s*", c).group() for c in ex["choices"]}
         assert len(leads) == 1  # whitespace gives nothing away
+        home = [d for d in documents if squeeze(ex["context"]) in squeeze(d)]
+        assert all(squeeze(c.strip()) not in squeeze(home[0]) for i, c in enumerate(ex["choices"]) if i != ex["answer"])
     assert len({ex["answer"] for ex in task}) == 4
