@@ -151,10 +151,10 @@ def generate(artifact: Path, prompt: str, max_new_tokens: int, temperature: floa
         "tok_s": out.total_tok_s,
         "stopped_at_eos": out.stopped_at_eos,
     }
+    emit(result, as_json, lambda r: prompt + r["text"])
     if not as_json:
         log(f"{len(out.tokens)} new tokens, {out.total_tok_s:.1f} tokens/s "
             f"(prefill {out.prefill_s * 1e3:.1f} ms for {out.prompt_tokens} tokens, decode {out.decode_tok_s:.1f} tokens/s)")  # fmt: skip
-    emit(result, as_json, lambda r: prompt + r["text"])
 
 
 # ---- bench ------------------------------------------------------------------------------------
