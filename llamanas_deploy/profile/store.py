@@ -304,4 +304,5 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.write(text)
         tmp.flush()
         os.fsync(tmp.fileno())
+    os.chmod(tmp.name, 0o644)  # a temporary file is private; a profile is meant to be shared
     os.replace(tmp.name, path)
