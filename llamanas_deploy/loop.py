@@ -24,6 +24,7 @@ from .subnet_config import SubnetConfig
 PROFILE_DIRS = (Path("hardware_profiles"), Path(__file__).resolve().parent.parent / "hardware_profiles")
 LATENCY_METRIC = "decode_ms"
 STAGES = 6
+HELDOUT_TOKENS = 4096  # the export's verification data: full, winner and artifact share one perplexity
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ def run_loop(request: RunRequest) -> dict[str, Any]:
     chosen = choose(search.front, search.accuracy_name, search.accuracy_direction, predictor.metadata_["metric"], budget)
     manifest = _stage_export(request, chosen, predictor_path)
     measured = _stage_measure(request, predictor, [space.largest, chosen])
-    summary = _summary(request, space, predictor, budget, search, chosen, manifest, measured, profile_dir, reused)
+    perplexities = _heldout_perplexities(request, [space.largest, chosen])
+    summary = _summary(request, space, predictor, budget, search, chosen, manifest, measured, perplexities)
+    summary["profile"] = {"dir": str(profile_dir), "reused": reused}
     _write_json(request.out / "summary.json", summary)
     return summary
 
@@ -200,6 +203,7 @@ def _stage_export(request: RunRequest, chosen: SubnetConfig, predictor_path: Pat
             device=request.device,
             out=out,
             predictor=predictor_path,
+            max_eval_tokens=HELDOUT_TOKENS,
             progress=request.progress,
             bench_options={"threads": request.threads, "clock": request.clock},
         )
@@ -222,8 +226,18 @@ def _stage_measure(request: RunRequest, predictor, subnets: list[SubnetConfig]) 
     return [backend.measure(cfg, shapes, Protocol()).to_dict() for cfg in subnets]
 
 
+def _heldout_perplexities(request: RunRequest, subnets: list[SubnetConfig]) -> list[float]:
+    """Perplexity on the same held-out tokens the export verified the artifact on."""
+    from .evaluate import load_heldout, perplexity
+    from .model.supernet import SuperNetwork
+
+    supernet = SuperNetwork.load(request.model)
+    tokens = load_heldout(request.model, HELDOUT_TOKENS)
+    return [perplexity(supernet, cfg, tokens).value for cfg in subnets]
+
+
 # ---- summary ---------------------------------------------------------------------------------
-def _summary(request, space, predictor, budget, search, chosen, manifest, measured, profile_dir, reused) -> dict:
+def _summary(request, space, predictor, budget, search, chosen, manifest, measured, perplexities) -> dict:
     from .analytics import subnet_stats
     from .model.families import read_shape
 
@@ -231,11 +245,9 @@ def _summary(request, space, predictor, budget, search, chosen, manifest, measur
     shape = read_shape(request.model)
     full_cfg = space.largest
     predicted = predictor.predict([full_cfg, chosen])
-    accuracy = {full_cfg.id: search.full["values"][search.accuracy_name]}
-    accuracy |= {e["subnet_id"]: e["objectives"][search.accuracy_name] for e in search.front}
     shapes = predictor.metadata_["shapes"]
     rows = []
-    for cfg, pred, meas in zip([full_cfg, chosen], predicted, measured):
+    for cfg, pred, meas, ppl in zip([full_cfg, chosen], predicted, measured, perplexities):
         stats = subnet_stats(shape, cfg, shapes["prompt_len"], shapes["context_len"])
         decode = meas["decode_ms"]["median"]
         rows.append(
@@ -250,7 +262,8 @@ def _summary(request, space, predictor, budget, search, chosen, manifest, measur
                 "prediction_error_pct": 100.0 * (float(pred) - decode) / decode,
                 "measured_prefill_ms": meas["prefill_ms"]["median"],
                 "throughput_tok_s": meas["throughput_tok_s"]["median"],
-                search.accuracy_name: accuracy[cfg.id],
+                "heldout_perplexity": ppl,
+                f"search_{search.accuracy_name}": _search_value(search, cfg),
             }
         )
     full, sub = rows
@@ -258,22 +271,28 @@ def _summary(request, space, predictor, budget, search, chosen, manifest, measur
         "schema_version": 1,
         "run_dir": str(request.out),
         "request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
-        "profile": {"dir": str(profile_dir), "reused": reused},
         "predictor": {"file": str(request.out / f"predictor-{LATENCY_METRIC}.json"), **_predictor_info(predictor)},
         "latency_budget_ms": budget,
         "search": {"dir": str(search.out_dir), "evaluations": search.evaluations, "front_size": len(search.front)},
-        "accuracy_metric": search.accuracy_name,
+        "search_accuracy_metric": search.accuracy_name,
+        "heldout_tokens": HELDOUT_TOKENS,
         "rows": rows,
         "ratios": {
             "smaller_params": full["params"] / sub["params"],
             "faster_measured": full["measured_decode_ms"] / sub["measured_decode_ms"],
             "faster_predicted": full["predicted_decode_ms"] / sub["predicted_decode_ms"],
             "throughput": sub["throughput_tok_s"] / full["throughput_tok_s"],
-            f"{search.accuracy_name}_delta": sub[search.accuracy_name] - full[search.accuracy_name],
+            "heldout_perplexity_delta": sub["heldout_perplexity"] - full["heldout_perplexity"],
         },
         "artifact": _artifact_info(request.out / "artifact", manifest),
         "files": sorted(str(p.relative_to(request.out)) for p in request.out.rglob("*") if p.is_file()),
     }
+
+
+def _search_value(search: SearchOutcome, cfg: SubnetConfig) -> float:
+    if cfg.id == search.full["subnet_id"]:
+        return search.full["values"][search.accuracy_name]
+    return next(e["objectives"][search.accuracy_name] for e in search.front if e["subnet_id"] == cfg.id)
 
 
 def _predictor_info(predictor) -> dict[str, Any]:

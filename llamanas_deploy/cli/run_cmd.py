@@ -65,12 +65,11 @@ def run(**opts) -> None:
 
 
 def render_summary(s: dict) -> str:
-    acc = s["accuracy_metric"]
     full, sub = s["rows"]
     art = s["artifact"]
     measured = art["measured"]
-    headers = ["", "params", "fp16 GiB", "pred. decode ms", "meas. decode ms", "error", "tok/s", acc]
-    rows = [_row(r, acc) for r in (full, sub)]
+    headers = ["", "params", "fp16 size", "pred. decode ms", "meas. decode ms", "error", "tok/s", "held-out ppl"]
+    rows = [_row(r) for r in (full, sub)]
     rows.append(
         (
             f"  artifact ONNX {art['precision']} ({art['onnx_mib']:.1f} MiB)",
@@ -93,7 +92,8 @@ def render_summary(s: dict) -> str:
         table(rows, headers),
         "",
         f"chosen sub-network: {r['smaller_params']:.2f}x smaller, {r['faster_measured']:.2f}x faster measured "
-        f"({r['faster_predicted']:.2f}x predicted), {r['throughput']:.2f}x throughput, {acc} {r[f'{acc}_delta']:+.2f}",
+        f"({r['faster_predicted']:.2f}x predicted), {r['throughput']:.2f}x throughput, "
+        f"held-out perplexity {r['heldout_perplexity_delta']:+.2f} (first {s['heldout_tokens']:,} held-out tokens)",
         "",
         "files:",
         *(f"  {f}" for f in s["files"]),
@@ -101,7 +101,7 @@ def render_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _row(r: dict, acc: str) -> tuple:
+def _row(r: dict) -> tuple:
     return (
         r["name"],
         r["params"],
@@ -110,7 +110,7 @@ def _row(r: dict, acc: str) -> tuple:
         r["measured_decode_ms"],
         f"{r['prediction_error_pct']:+.1f}%",
         r["throughput_tok_s"],
-        r[acc],
+        r["heldout_perplexity"],
     )
 
 

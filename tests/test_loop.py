@@ -1,0 +1,105 @@
+"""End to end: `llamanas run` on the embedded default with a reduced budget.
+
+Real stages throughout: the shipped (or a freshly measured) profile, an XGBoost fit, a pymoo
+search with real perplexity evaluations, a real ONNX export with int8 quantization, verified
+and benchmarked, and the exported model run through ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamanas_deploy.analytics import subnet_stats
+from llamanas_deploy.model.families import read_shape
+from llamanas_deploy.space import load_space
+from llamanas_deploy.subnet_config import SubnetConfig
+
+RUN_ARGS = ["--population", "6", "--evaluations", "12", "--eval-tokens", "256", "--samples", "12", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "llamanas_deploy", "run", "--out", str(out), *RUN_ARGS, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (out / "stdout.json").write_text(done.stdout)
+    return out
+
+
+@pytest.fixture(scope="module")
+def summary(run_dir: Path) -> dict:
+    printed = json.loads((run_dir / "stdout.json").read_text())
+    assert printed == json.loads((run_dir / "summary.json").read_text())
+    return printed
+
+
+def test_every_stage_left_its_files(run_dir: Path, summary: dict):
+    for name in ("run.json", "summary.json", "predictor-decode_ms.json", "search/front.json",
+                 "search/evaluations.jsonl", "search/front.png", "artifact/model.onnx",
+                 "artifact/manifest.json", "artifact/genai_config.json", "artifact/tokenizer.json"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    assert set(summary["files"]) >= {"run.json", "search/front.json", "artifact/manifest.json"}
+
+
+def test_summary_and_manifest_agree(run_dir: Path, summary: dict):
+    space = load_space("tiny")
+    shape = read_shape("tiny")
+    full, chosen = summary["rows"]
+    manifest = json.loads((run_dir / "artifact" / "manifest.json").read_text())
+    chosen_cfg = space.validate(SubnetConfig.from_dict(chosen["subnet"]))
+    assert full["subnet_id"] == space.largest.id
+    assert manifest["subnet_id"] == chosen["subnet_id"] == chosen_cfg.id
+    assert chosen["params"] == subnet_stats(shape, chosen_cfg).params
+    assert summary["ratios"]["smaller_params"] == pytest.approx(full["params"] / chosen["params"])
+    assert chosen["predicted_decode_ms"] <= summary["latency_budget_ms"] * (1 + 1e-9)
+    assert manifest["predicted"]["value"] == pytest.approx(chosen["predicted_decode_ms"], rel=1e-6)
+    for row in summary["rows"]:
+        assert row["measured_decode_ms"] > 0 and row["throughput_tok_s"] > 0
+        error = 100 * (row["predicted_decode_ms"] - row["measured_decode_ms"]) / row["measured_decode_ms"]
+        assert row["prediction_error_pct"] == pytest.approx(error)
+    fp32 = manifest["verification"]["quantized_vs_fp32"]["perplexity_fp32"]
+    assert chosen["heldout_perplexity"] == pytest.approx(fp32, rel=1e-4)  # torch and ORT fp32, same tokens
+    assert full["heldout_perplexity"] < chosen["heldout_perplexity"]
+
+
+def test_artifact_files_match_their_hashes_and_run(run_dir: Path):
+    from llamanas_deploy.runtime import Artifact, generate
+
+    artifact = run_dir / "artifact"
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((artifact / name).read_bytes()).hexdigest() == digest, name
+    done = subprocess.run(
+        [sys.executable, "-m", "llamanas_deploy", "generate", "--artifact", str(artifact),
+         "--prompt", "The for statement", "--max-new-tokens", "8"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+
+
+def test_rerun_reuses_every_stage_and_other_settings_are_refused(run_dir: Path, summary: dict):
+    again = subprocess.run(
+        [sys.executable, "-m", "llamanas_deploy", "run", "--out", str(run_dir), *RUN_ARGS, "--json"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing" in again.stderr
+    assert json.loads(again.stdout)["rows"][1]["subnet_id"] == summary["rows"][1]["subnet_id"]
+    other = subprocess.run(
+        [sys.executable, "-m", "llamanas_deploy", "run", "--out", str(run_dir), "--seed", "1", *RUN_ARGS],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert other.returncode == 2
+    assert other.stderr.strip().count("\n") == 0 and "other settings (seed)" in other.stderr
