@@ -62,6 +62,26 @@ def accuracy(profile: Path, metric: str, seed: int) -> tuple[LatencyPredictor, l
     return result.predictor, lines
 
 
+def common_mode(profile: Path, predictors: dict[str, LatencyPredictor]) -> str:
+    """Correlation of decode and prefill residuals of the same records.
+
+    Both are measured back to back on one sub-network; if their errors move together, the error
+    is the machine's load at that moment (which no sub-network feature can predict), not the model.
+    """
+    residuals = {}
+    for metric in ("decode_ms", "prefill_ms"):
+        data = load_profile_data(profile, metric)
+        ratio = np.log(data.y / predictors[metric].predict(data.configs))
+        residuals[metric] = dict(zip((c.id for c in data.configs), ratio))
+    shared = sorted(set(residuals["decode_ms"]) & set(residuals["prefill_ms"]))
+    r = np.corrcoef([residuals["decode_ms"][i] for i in shared], [residuals["prefill_ms"][i] for i in shared])[0, 1]
+    spread = np.std([residuals["decode_ms"][i] for i in shared]) * 100
+    return (
+        f"measurement noise check: decode and prefill errors of the same {len(shared)} records correlate at "
+        f"r = {r:.2f} (decode error spread {spread:.1f}%): {'common-mode, the machine was busy' if r > 0.5 else 'independent'}"
+    )
+
+
 def throughput(predictor: LatencyPredictor, n: int = 100_000, repeats: int = 3) -> list[list]:
     """Best-of-`repeats` predictions per second through both batched entry points."""
     space = predictor.features.space
@@ -90,11 +110,14 @@ def main() -> None:
     profiles = args.profile or sorted(p.parent for p in (ROOT / "hardware_profiles").glob("*/measurements.jsonl"))
     if not profiles:
         sys.exit("no profiles found: pass --profile DIR")
-    predictor = None
     for profile in profiles:
+        predictors = {}
         for metric in args.metric:
-            predictor, lines = accuracy(profile, metric, args.seed)
+            predictors[metric], lines = accuracy(profile, metric, args.seed)
             print("\n".join(lines), flush=True)
+        if {"decode_ms", "prefill_ms"} <= set(predictors):
+            print(common_mode(profile, predictors) + "\n")
+    predictor = next(iter(predictors.values()))
     print("prediction throughput (target >= 100,000/s):")
     print(table(throughput(predictor), ["entry point", "batch", "ms", "predictions/s", "target"]))
 

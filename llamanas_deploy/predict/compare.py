@@ -159,7 +159,7 @@ def learning_curve(
         scores = []
         for r in range(draws):
             progress(n)
-            rows_n = np.random.default_rng(r).choice(train, size=n, replace=False)
+            rows_n = train if n == len(train) else np.random.default_rng(r).choice(train, size=n, replace=False)
             model = make_predictor().fit([configs[i] for i in rows_n], y[rows_n])
             scores.append(regression_metrics(y[test], model.predict(test_configs)))
         rows.append({"n_train": n, "draws": draws, **{k: float(np.mean([s[k] for s in scores])) for k in METRIC_NAMES}})

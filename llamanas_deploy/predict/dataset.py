@@ -84,9 +84,10 @@ def load_profile_data(
 
 
 def _flagged(raw: dict[str, Any], metric: str) -> bool:
-    """The figure's own flag when the profiler gives one, else the record's."""
+    """A timing's own flag when the profiler gives one, else the record's; a plain figure (peak
+    memory) has no spread of its own, so a flag raised by the record's timings does not drop it."""
     figure = raw.get(METRIC_FIELDS[metric])
-    return bool(figure.get("flagged", raw["flagged"]) if isinstance(figure, dict) else raw["flagged"])
+    return isinstance(figure, dict) and bool(figure.get("flagged", raw["flagged"]))
 
 
 def model_id(shape: ModelShape) -> str:
