@@ -279,3 +279,26 @@ def test_predict_refuses_another_space_or_target(capsys, cli_predictor, tmp_path
     assert_bad_input(run(capsys, *args, "--target-profile", str(other)), "other-box", "ffff000011112222")
     wide = '{"num_layers": 4, "intermediate_sizes": [192, 192, 192, 1000]}'
     assert_bad_input(run(capsys, "predict", "--predictor", str(cli_predictor), "--subnet", wide), "intermediate size 1000")
+
+
+def test_another_feature_schema_is_refused(cli_predictor, tmp_path):
+    from llamanas_deploy.predict.estimator import _digest
+
+    body = json.loads(cli_predictor.read_text())
+    del body["sha256"]
+    body["features"]["feature_schema_version"] = 99
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps(body | {"sha256": _digest(body)}))
+    with pytest.raises(BadInputError, match="feature schema version 99 is not supported"):
+        LatencyPredictor.load(future)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "predictors").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_predictors_load_for_their_space(path):
+    predictor = LatencyPredictor.load(path)
+    meta = predictor.metadata_
+    space = load_space(predictor.features.space.name)  # the built-in space it was fitted for, unchanged since
+    predictor.check_space(space)
+    assert path.name == f"{meta['target']}-{meta['backend']}-{meta['precision']}-{meta['metric']}.json"
+    values = predictor.predict([space.smallest, space.largest])
+    assert np.all(values > 0) and meta["n_test"] > 0 and 0 < meta["test_metrics"]["mape_pct"] < 100
