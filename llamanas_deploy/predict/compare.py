@@ -132,10 +132,14 @@ def compare(
     return ours, rows, ours_pred
 
 
-def learning_curve_sizes(n_train: int) -> list[int]:
-    """10, 20, 50, 100, 200, 500, ... below `n_train`, then `n_train` itself."""
+def learning_curve_plan(n_train: int, repeats: int = 3, repeat_up_to: int = 50) -> list[tuple[int, int]]:
+    """(n, draws): n = 10, 20, 50, 100, 200, 500, ... below `n_train`, then `n_train` itself.
+
+    Small n, where one draw says little, gets `repeats` draws; above `repeat_up_to` one draw.
+    """
     steps = [m * 10**k for k in range(1, 7) for m in (1, 2, 5)]
-    return [s for s in steps if s < n_train] + [n_train]
+    sizes = [s for s in steps if s < n_train] + [n_train]
+    return [(n, repeats if n <= repeat_up_to and n < n_train else 1) for n in sizes]
 
 
 def learning_curve(
@@ -144,18 +148,12 @@ def learning_curve(
     y: np.ndarray,
     train: np.ndarray,
     test: np.ndarray,
-    repeats: int = 3,
-    repeat_up_to: int = 50,
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[dict[str, Any]]:
-    """Our metrics on `test` when fitting on n random training rows, averaged over `repeats` draws.
-
-    Small n, where one draw says little, gets `repeats` draws; above `repeat_up_to` one draw.
-    """
+    """Our metrics on `test` when fitting on n random training rows, averaged over draws (`learning_curve_plan`)."""
     test_configs = [configs[i] for i in test]
     rows = []
-    for n in learning_curve_sizes(len(train)):
-        draws = repeats if n <= repeat_up_to and n < len(train) else 1
+    for n, draws in learning_curve_plan(len(train)):
         scores = []
         for r in range(draws):
             progress(n)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..model.families import ModelShape
-from .compare import compare, learning_curve, split_indices
+from .compare import baselines, compare, learning_curve, learning_curve_plan, split_indices
 from .dataset import ProfileData
 from .estimator import METRICS, LatencyPredictor
 from .features import FeatureBuilder
@@ -53,7 +53,8 @@ def fit_profile(
         return LatencyPredictor(features, metric, random_state=seed, provenance=data.provenance())
 
     train, test = split_indices(len(data.y), test_fraction, seed)
-    bar = tqdm(desc=f"fit {metric}", unit="model", disable=not show_progress, leave=False)
+    fits = 1 + len(baselines()) + (sum(d for _, d in learning_curve_plan(len(train))) if with_curve else 0)
+    bar = tqdm(total=fits, desc=f"fit {metric}", unit="model", disable=not show_progress, leave=False)
     with bar:
         ours, rows, pred = compare(make, data.configs, data.y, train, test, seed, lambda name: bar.update())
         curve = (
