@@ -9,9 +9,7 @@ install:
 	$(PIP_INSTALL) -e ".[dev]" -c constraints-cpu.txt
 
 demo: install
-	llamanas space show tiny
-	llamanas space sample tiny -n 4 --seed 0 > /tmp/llamanas-demo-subnets.jsonl
-	llamanas subnet stats --space tiny --subnet /tmp/llamanas-demo-subnets.jsonl
+	llamanas run --out runs/demo
 
 test: install
 	$(PYTHON) -m pytest -q
