@@ -66,8 +66,8 @@ def run_loop(request: RunRequest) -> dict[str, Any]:
     manifest = _stage_export(request, chosen, predictor_path)
     measured = _stage_measure(request, predictor, [space.largest, chosen])
     perplexities = _heldout_perplexities(request, [space.largest, chosen])
-    summary = _summary(request, space, predictor, budget, search, chosen, manifest, measured, perplexities)
-    summary["profile"] = {"dir": str(profile_dir), "reused": reused}
+    profile = {"dir": str(profile_dir), "reused": reused}
+    summary = _summary(request, space, profile, predictor, budget, search, chosen, manifest, measured, perplexities)
     _write_json(request.out / "summary.json", summary)
     return summary
 
@@ -237,7 +237,7 @@ def _heldout_perplexities(request: RunRequest, subnets: list[SubnetConfig]) -> l
 
 
 # ---- summary ---------------------------------------------------------------------------------
-def _summary(request, space, predictor, budget, search, chosen, manifest, measured, perplexities) -> dict:
+def _summary(request, space, profile, predictor, budget, search, chosen, manifest, measured, perplexities) -> dict:
     from .analytics import subnet_stats
     from .model.families import read_shape
 
@@ -271,6 +271,7 @@ def _summary(request, space, predictor, budget, search, chosen, manifest, measur
         "schema_version": 1,
         "run_dir": str(request.out),
         "request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
+        "profile": profile,
         "predictor": {"file": str(request.out / f"predictor-{LATENCY_METRIC}.json"), **_predictor_info(predictor)},
         "latency_budget_ms": budget,
         "search": {"dir": str(search.out_dir), "evaluations": search.evaluations, "front_size": len(search.front)},
