@@ -1,4 +1,4 @@
-"""`llamanas evaluate`: perplexity or multiple-choice accuracy of a sub-network, inside the super-network."""
+"""`llamanas evaluate`: perplexity, multiple-choice accuracy or lm-eval tasks of a sub-network, inside the super-network."""
 
 from __future__ import annotations
 
@@ -21,17 +21,24 @@ from .common import emit, json_option, log, space_option
 @click.option("--max-examples", default=None, type=click.IntRange(min=1), help="Score at most this many task examples.")
 @click.option("--metric", type=click.Choice(["acc_norm", "acc"]), default="acc_norm", show_default=True,
               help="Multiple choice: length-normalized or raw log-likelihood accuracy.")
+@click.option("--lm-eval-tasks", "lm_eval_tasks", default=None,
+              help="Comma-separated lm-eval tasks (needs the lm-eval extra and network for its datasets).")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="lm-eval: at most this many examples per task.")
 @json_option
-def evaluate(model, space_name, subnet_arg, data, task, text_field, seq_len, max_tokens, max_examples, metric, as_json) -> None:
-    """Held-out perplexity (default) or multiple-choice accuracy (--task) of one sub-network."""
+def evaluate(model, space_name, subnet_arg, data, task, text_field, seq_len, max_tokens, max_examples, metric,
+             lm_eval_tasks, limit, as_json) -> None:
+    """Held-out perplexity (default), multiple-choice accuracy (--task) or lm-eval tasks of one sub-network."""
     from .. import evaluate as ev
     from ..model.supernet import SuperNetwork
     from ..space import load_space
 
-    if data and task:
-        raise BadInputError("--data and --task: give one of them (perplexity or multiple choice), not both")
+    if sum(map(bool, (data, task, lm_eval_tasks))) > 1:
+        raise BadInputError("--data, --task, --lm-eval-tasks: give one of them, not several")
     space = load_space(space_name)
     subnet = _subnet(space, subnet_arg)
+    if lm_eval_tasks:
+        _lm_eval(model, space, subnet, [t.strip() for t in lm_eval_tasks.split(",") if t.strip()], limit, as_json)
+        return
     if task:
         inputs = ev.load_task(model, task, max_examples)
     else:
@@ -44,6 +51,22 @@ def evaluate(model, space_name, subnet_arg, data, task, text_field, seq_len, max
     else:
         result = ev.perplexity(supernet, subnet, inputs, seq_len=seq_len, max_tokens=max_tokens)
     emit(result.to_dict() | {"subnet": subnet.to_dict(), "space_id": space.id}, as_json, _render)
+
+
+def _lm_eval(model, space, subnet, tasks: list[str], limit, as_json: bool) -> None:
+    from ..lm_eval_adapter import evaluate_lm_eval, require_lm_eval
+
+    require_lm_eval()  # fail before loading the model when the extra is missing
+    log(f"evaluating sub-network {subnet.id} ({subnet.num_layers} layers) on lm-eval tasks {', '.join(tasks)}")
+    metrics = evaluate_lm_eval(model, space, subnet, tasks, limit)
+    result = {"lm_eval": metrics, "subnet_id": subnet.id, "subnet": subnet.to_dict(), "space_id": space.id, "limit": limit}
+    emit(result, as_json, _render_lm_eval)
+
+
+def _render_lm_eval(r: dict) -> str:
+    lines = [f"{task}  {name.split(',')[0]} {value:.4f}" for task, metrics in r["lm_eval"].items()
+             for name, value in metrics.items() if isinstance(value, float) and "_stderr" not in name]
+    return "\n".join(lines + [f"sub-network {r['subnet_id']} {r['subnet']}"])
 
 
 def _subnet(space, value: str):
