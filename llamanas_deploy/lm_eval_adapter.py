@@ -23,11 +23,12 @@ from .subnet_config import SubnetConfig
 NOT_INSTALLED = "lm-eval is not installed: pip install 'llamanas-deploy[lm-eval]' (it downloads its datasets, so it needs network)"
 
 
-def evaluate_lm_eval(model, space, subnet: SubnetConfig, tasks: list[str], limit: int | None = None,
+def evaluate_lm_eval(model, space, subnet: SubnetConfig, tasks: list, limit: int | None = None,
                      batch_size: int = 16) -> dict[str, dict[str, Any]]:
     """Per-task metrics of `subnet` on lm-eval `tasks` (`{task: {"acc,none": ..., ...}}`).
 
-    `model` is a super-network directory / built-in name or a loaded `SuperNetwork`.
+    `model` is a super-network directory / built-in name or a loaded `SuperNetwork`; `tasks` are lm-eval
+    task names (or task config dicts, which `lm_eval.simple_evaluate` also takes).
     """
     lm_eval = require_lm_eval()
     if not tasks:

@@ -152,3 +152,23 @@ def test_cli_lm_eval_tasks_exclusive_with_data(capsys):
         main(["evaluate", "--lm-eval-tasks", "arc_easy", "--task", "x.jsonl"])
     assert done.value.code == 2
     assert "--lm-eval-tasks" in capsys.readouterr().err
+
+
+def test_simple_evaluate_on_a_local_task_agrees_with_multiple_choice(setup, tmp_path):
+    """The whole lm-eval path, offline: a task config over a local JSONL file (no download)."""
+    from llamanas_deploy import evaluate as ev
+    from llamanas_deploy.lm_eval_adapter import evaluate_lm_eval
+    from llamanas_deploy.space import load_space
+
+    supernet, subnet, _, _ = setup
+    source = supernet.source / "mc_task.jsonl"
+    data = tmp_path / "task.jsonl"
+    data.write_text("".join(source.read_text().splitlines(keepends=True)[:6]))
+    task = {"task": "local_mc", "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
+            "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp_path / "cache")},
+            "doc_to_text": "{{context}}", "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
+            "target_delimiter": "", "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}]}
+    got = evaluate_lm_eval(supernet, load_space("tiny"), subnet, [task], limit=6)["local_mc"]
+    want = ev.multiple_choice(supernet, subnet, ev.load_task("tiny", data)).details
+    assert got["acc,none"] == pytest.approx(want["acc"])
+    assert got["acc_norm,none"] == pytest.approx(want["acc_norm"])
