@@ -69,7 +69,7 @@ def perplexity(
     if max_tokens is not None:
         rows = rows[: max(1, max_tokens // rows.shape[1])]
     nll, count = 0.0, 0
-    with _inference(supernet, subnet) as model:
+    with inference(supernet, subnet) as model:
         for batch in rows.split(batch_size):
             logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
             targets = batch[:, 1:]
@@ -79,8 +79,8 @@ def perplexity(
     return EvalResult("perplexity", math.exp(loss), subnet.id, num_tokens=count, details={"loss": loss})
 
 
-class _inference:
-    """`with _inference(supernet, subnet) as model`: the sub-network, eval mode, no autograd."""
+class inference:
+    """`with inference(supernet, subnet) as model`: the sub-network, eval mode, no autograd."""
 
     def __init__(self, supernet, subnet: SubnetConfig):
         import torch
@@ -196,32 +196,41 @@ def multiple_choice(
 
 
 def _score_pairs(supernet, subnet, task: TokenizedTask, pairs, batch_size: int, max_len: int) -> dict:
-    """Summed log-probability of each (example, choice) continuation, batched by length."""
+    """Summed log-probability of each (example, choice) continuation."""
+    sequences = [(task.context_ids[i] + task.choice_ids[i][j], len(task.choice_ids[i][j])) for i, j in pairs]
+    scored = score_continuations(supernet, subnet, sequences, batch_size, max_len)
+    return {pair: logprob for pair, (logprob, _) in zip(pairs, scored)}
+
+
+def score_continuations(
+    supernet, subnet: SubnetConfig, sequences: Sequence[tuple[list[int], int]], batch_size: int, max_len: int
+) -> list[tuple[float, bool]]:
+    """(summed log-probability, all tokens greedy) of the last `n` tokens of each `(ids, n)`.
+
+    Sequences are cut from the left to `max_len + 1` tokens and batched longest first.
+    """
     import torch
 
-    seqs = {}
-    for i, j in pairs:
-        cont = task.choice_ids[i][j]
-        ids = (task.context_ids[i] + cont)[-(max_len + 1) :]
-        seqs[(i, j)] = (ids, len(cont))
-    order = sorted(pairs, key=lambda p: len(seqs[p][0]))
-    scores = {}
-    with _inference(supernet, subnet) as model:
+    seqs = [(list(ids)[-(max_len + 1) :], n) for ids, n in sequences]
+    order = sorted(range(len(seqs)), key=lambda k: -len(seqs[k][0]))
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(seqs)
+    with inference(supernet, subnet) as model:
         for start in range(0, len(order), batch_size):
-            keys = order[start : start + batch_size]
-            width = max(len(seqs[k][0]) for k in keys) - 1
+            rows = order[start : start + batch_size]
+            width = max(len(seqs[k][0]) for k in rows) - 1
             # right padding: under causal attention real tokens never see the padding after them
-            inputs = torch.zeros(len(keys), width, dtype=torch.long)
-            for row, k in enumerate(keys):
+            inputs = torch.zeros(len(rows), width, dtype=torch.long)
+            for row, k in enumerate(rows):
                 ids = seqs[k][0][:-1]
                 inputs[row, : len(ids)] = torch.tensor(ids)
             logprobs = model(input_ids=inputs, use_cache=False).logits.float().log_softmax(-1)
-            for row, k in enumerate(keys):
+            for row, k in enumerate(rows):
                 ids, cont_len = seqs[k]
-                positions = torch.arange(len(ids) - 1 - cont_len, len(ids) - 1)
+                picked = logprobs[row, len(ids) - 1 - cont_len : len(ids) - 1]
                 targets = torch.tensor(ids[-cont_len:])
-                scores[k] = logprobs[row, positions, targets].sum().item()
-    return scores
+                greedy = bool((picked.argmax(-1) == targets).all())
+                out[k] = (picked.gather(-1, targets[:, None]).sum().item(), greedy)
+    return out
 
 
 def _argmax(values: Sequence[float]) -> int:

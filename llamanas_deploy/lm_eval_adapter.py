@@ -103,9 +103,9 @@ class _SubnetScoring:
         return totals
 
     def generate_until(self, requests) -> list[str]:
-        from .evaluate import _inference
+        from .evaluate import inference
 
-        with _inference(self.supernet, self.subnet) as model:
+        with inference(self.supernet, self.subnet) as model:
             return [self._greedy(model, *req.args) for req in requests]
 
     # ---- internals ----
@@ -124,35 +124,14 @@ class _SubnetScoring:
         return ctx, self._encode(context + continuation)[len(ctx) :]
 
     def _score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """(summed log-probability, is greedy) of each continuation, batched by length."""
-        import torch
+        """(summed log-probability, is greedy) of each continuation."""
+        from .evaluate import score_continuations
 
-        from .evaluate import _inference
-
-        seqs = []
-        for ctx, cont in pairs:
+        for _, cont in pairs:
             if not cont or len(cont) > self.max_length:
                 raise BadInputError(f"lm-eval request: continuation of {len(cont)} tokens (expected 1..{self.max_length})")
-            seqs.append(((list(ctx) + list(cont))[-(self.max_length + 1) :], len(cont)))
-        order = sorted(range(len(seqs)), key=lambda n: -len(seqs[n][0]))
-        out: list[tuple[float, bool]] = [(0.0, False)] * len(seqs)
-        with _inference(self.supernet, self.subnet) as model:
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                width = max(len(seqs[n][0]) for n in rows) - 1
-                # right padding: under causal attention real tokens never see the padding after them
-                inputs = torch.zeros(len(rows), width, dtype=torch.long)
-                for row, n in enumerate(rows):
-                    ids = seqs[n][0][:-1]
-                    inputs[row, : len(ids)] = torch.tensor(ids)
-                logprobs = model(input_ids=inputs, use_cache=False).logits.float().log_softmax(-1)
-                for row, n in enumerate(rows):
-                    ids, cont_len = seqs[n]
-                    picked = logprobs[row, len(ids) - 1 - cont_len : len(ids) - 1]
-                    targets = torch.tensor(ids[-cont_len:])
-                    greedy = bool((picked.argmax(-1) == targets).all())
-                    out[n] = (picked.gather(-1, targets[:, None]).sum().item(), greedy)
-        return out
+        sequences = [(list(ctx) + list(cont), len(cont)) for ctx, cont in pairs]
+        return score_continuations(self.supernet, self.subnet, sequences, self.batch_size, self.max_length)
 
     def _greedy(self, model, context: str, gen_kwargs: dict | None) -> str:
         import torch
