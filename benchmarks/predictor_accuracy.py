@@ -5,7 +5,7 @@ prefill_ms): XGBoost against the baselines on one held-out split, the learning c
 issue's targets (>= 95% within +-10%, XGBoost best on MAPE) checked, and predictions per second
 of the batched API (pymoo genes and SubnetConfig lists, 100,000 sub-networks).
 
-    python benchmarks/predictor_accuracy.py [--profile DIR ...] [--metric decode_ms ...]
+    python benchmarks/predictor_accuracy.py [--profile DIR ...] [--metric decode_ms ...] [--backend B --precision P]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def cells(row: dict) -> list[str]:
     return [f"{row[k]:.4f}" if k in ("spearman", "kendall") else f"{row[k]:.2f}" for k in METRIC_NAMES]
 
 
-def accuracy(profile: Path, metric: str, seed: int) -> tuple[LatencyPredictor, list[str]]:
-    data = load_profile_data(profile, metric)
+def accuracy(profile: Path, metric: str, seed: int, setting: dict) -> tuple[LatencyPredictor, list[str]]:
+    data = load_profile_data(profile, metric, **setting)
     result = fit_profile(data, resolve_shape(data, None), metric, seed=seed)
     rows, curve = result.comparison, result.learning_curve
     ours, baselines = rows[0], rows[1:]
@@ -62,7 +62,7 @@ def accuracy(profile: Path, metric: str, seed: int) -> tuple[LatencyPredictor, l
     return result.predictor, lines
 
 
-def common_mode(profile: Path, predictors: dict[str, LatencyPredictor]) -> str:
+def common_mode(profile: Path, predictors: dict[str, LatencyPredictor], setting: dict) -> str:
     """Correlation of decode and prefill residuals of the same records.
 
     Both are measured back to back on one sub-network; if their errors move together, the error
@@ -70,7 +70,7 @@ def common_mode(profile: Path, predictors: dict[str, LatencyPredictor]) -> str:
     """
     residuals = {}
     for metric in ("decode_ms", "prefill_ms"):
-        data = load_profile_data(profile, metric)
+        data = load_profile_data(profile, metric, **setting)
         ratio = np.log(data.y / predictors[metric].predict(data.configs))
         residuals[metric] = dict(zip((c.id for c in data.configs), ratio))
     shared = sorted(set(residuals["decode_ms"]) & set(residuals["prefill_ms"]))
@@ -106,17 +106,20 @@ def main() -> None:
     parser.add_argument("--profile", nargs="*", type=Path, help="profile directories [default: hardware_profiles/*/]")
     parser.add_argument("--metric", nargs="*", default=["decode_ms", "prefill_ms"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="torch", help="which measurements of the profile [torch]")
+    parser.add_argument("--precision", default="fp32", help="[fp32]")
     args = parser.parse_args()
+    setting = {"backend": args.backend, "precision": args.precision}
     profiles = args.profile or sorted(p.parent for p in (ROOT / "hardware_profiles").glob("*/measurements.jsonl"))
     if not profiles:
         sys.exit("no profiles found: pass --profile DIR")
     for profile in profiles:
         predictors = {}
         for metric in args.metric:
-            predictors[metric], lines = accuracy(profile, metric, args.seed)
+            predictors[metric], lines = accuracy(profile, metric, args.seed, setting)
             print("\n".join(lines), flush=True)
         if {"decode_ms", "prefill_ms"} <= set(predictors):
-            print(common_mode(profile, predictors) + "\n")
+            print(common_mode(profile, predictors, setting) + "\n")
     predictor = next(iter(predictors.values()))
     print("prediction throughput (target >= 100,000/s):")
     print(table(throughput(predictor), ["entry point", "batch", "ms", "predictions/s", "target"]))
