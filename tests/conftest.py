@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from llamanas_deploy.cli import main
+
 SMALL_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
@@ -28,6 +30,29 @@ SMALL_CONFIG = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
+
+LLAMA2_7B = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "intermediate_size": 11008,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `llamanas ARGS` in-process through `main`, as the console script does."""
+    with pytest.raises(SystemExit) as done:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return done.value.code, out, err
+
 
 SMALL_SPACE = {
     "schema_version": 1,

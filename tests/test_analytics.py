@@ -8,23 +8,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import SMALL_CONFIG
+from conftest import LLAMA2_7B, SMALL_CONFIG
 from llamanas_deploy.analytics import GIB, count_params, subnet_stats
 from llamanas_deploy.model.families import ModelShape, read_shape
 from llamanas_deploy.model.supernet import random_subnet_model
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig
 
-LLAMA2_7B = {
-    "model_type": "llama",
-    "vocab_size": 32000,
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "intermediate_size": 11008,
-    "tie_word_embeddings": False,
-}
 SHAPE_7B = ModelShape.from_config_dict(LLAMA2_7B, "llama2-7b")
 
 VARIANTS = {

@@ -9,34 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_CONFIG
-from llamanas_deploy.cli import main
+from conftest import LLAMA2_7B, SMALL_CONFIG, run_cli
 from llamanas_deploy.model.build import load_model
 from llamanas_deploy.model.supernet import SuperNetwork
 from llamanas_deploy.subnet_config import SubnetConfig
-
-LLAMA2_7B = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 32000,
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "intermediate_size": 11008,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `llamanas ARGS` in-process through `main`, as the console script does."""
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return done.value.code, out, err
-
 
 def assert_bad_input(result: tuple[int, str, str], *fragments: str) -> None:
     code, out, err = result
@@ -70,7 +46,7 @@ def config_7b(tmp_path) -> str:
 
 
 def test_space_show_json_reports_the_papers_points(capsys):
-    code, out, _ = run(capsys, "space", "show", "llama2-7b-paper", "--json")
+    code, out, _ = run_cli(capsys, "space", "show", "llama2-7b-paper", "--json")
     result = json.loads(out)
     assert code == 0 and result["num_points"] == 12_884_901_888
     assert result["depth"]["choices"] == [24, 28, 32]
@@ -78,26 +54,26 @@ def test_space_show_json_reports_the_papers_points(capsys):
 
 
 def test_space_show_text(capsys):
-    code, out, _ = run(capsys, "space", "show", "tiny")
+    code, out, _ = run_cli(capsys, "space", "show", "tiny")
     assert code == 0 and "points: 327,680" in out
 
 
 def test_space_sample_prints_json_lines_other_commands_read(capsys, tmp_path, small_space_file):
-    code, out, _ = run(capsys, "space", "sample", str(small_space_file), "-n", "6", "--seed", "2")
+    code, out, _ = run_cli(capsys, "space", "sample", str(small_space_file), "-n", "6", "--seed", "2")
     lines = out.splitlines()
     assert code == 0 and len(lines) == 6
     configs = [SubnetConfig.from_json(line) for line in lines]
     assert configs[0].num_layers == 2 and configs[1] == SubnetConfig(4, (128,) * 4)
-    assert run(capsys, "space", "sample", str(small_space_file), "-n", "6", "--seed", "2")[1] == out
+    assert run_cli(capsys, "space", "sample", str(small_space_file), "-n", "6", "--seed", "2")[1] == out
     subnets = write(tmp_path / "s.jsonl", out)
-    code, out, _ = run(capsys, "subnet", "stats", "--config", str(small_config_dir(tmp_path)), "--space",
+    code, out, _ = run_cli(capsys, "subnet", "stats", "--config", str(small_config_dir(tmp_path)), "--space",
                        str(small_space_file), "--subnet", subnets, "--json")
     assert code == 0 and [row["id"] for row in json.loads(out)["subnets"]] == [c.id for c in configs]
 
 
 def test_subnet_stats_on_a_7b_config(capsys, tmp_path, config_7b):
     subnet = write(tmp_path / "full.json", {"num_layers": 32, "intermediate_sizes": [11008] * 32})
-    code, out, _ = run(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper",
+    code, out, _ = run_cli(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper",
                        "--subnet", subnet, "--json")
     result = json.loads(out)
     assert code == 0
@@ -109,7 +85,7 @@ def test_subnet_stats_on_a_7b_config(capsys, tmp_path, config_7b):
 
 def test_subnet_stats_text_table(capsys, tmp_path, config_7b):
     subnet = write(tmp_path / "s.json", {"num_layers": 24, "intermediate_sizes": [5504] * 24})
-    code, out, _ = run(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper",
+    code, out, _ = run_cli(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper",
                        "--subnet", subnet)
     assert code == 0 and "3,496,153,088" in out and "1.93x" in out
 
@@ -117,7 +93,7 @@ def test_subnet_stats_text_table(capsys, tmp_path, config_7b):
 def test_subnet_extract_writes_a_loadable_model(capsys, tmp_path, small_checkpoint, small_space_file):
     subnet = SubnetConfig(3, (32, 128, 64))
     out_dir = tmp_path / "out"
-    code, out, err = run(capsys, "subnet", "extract", "--model", str(small_checkpoint), "--space",
+    code, out, err = run_cli(capsys, "subnet", "extract", "--model", str(small_checkpoint), "--space",
                          str(small_space_file), "--subnet", subnet.to_json(), "--out", str(out_dir))
     assert code == 0 and out.strip() == str(out_dir)
     model, config, _ = load_model(out_dir)
@@ -147,37 +123,37 @@ def test_subnet_extract_writes_a_loadable_model(capsys, tmp_path, small_checkpoi
 )
 def test_stats_bad_subnet_files(capsys, tmp_path, config_7b, content, fragments):
     subnet = write(tmp_path / "s.json", content)
-    result = run(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper", "--subnet", subnet)
+    result = run_cli(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper", "--subnet", subnet)
     assert_bad_input(result, *fragments)
 
 
 def test_bad_line_in_a_json_lines_file_is_named(capsys, tmp_path, config_7b):
     good = json.dumps({"num_layers": 24, "intermediate_sizes": [5504] * 24})
     subnet = write(tmp_path / "s.jsonl", good + "\n" + good.replace("24,", "28,") + "\n")
-    result = run(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper", "--subnet", subnet)
+    result = run_cli(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper", "--subnet", subnet)
     assert_bad_input(result, "s.jsonl:2: intermediate_sizes has 24 entries, expected num_layers = 28")
 
 
 def test_missing_files_and_dirs(capsys, tmp_path, config_7b, small_space_file):
     subnet = write(tmp_path / "s.json", {"num_layers": 2, "intermediate_sizes": [32, 32]})
     assert_bad_input(
-        run(capsys, "subnet", "extract", "--model", str(tmp_path / "nope"), "--space", str(small_space_file),
+        run_cli(capsys, "subnet", "extract", "--model", str(tmp_path / "nope"), "--space", str(small_space_file),
             "--subnet", subnet, "--out", str(tmp_path / "o")),
         "nope: no such model directory or config.json",
     )
     assert_bad_input(
-        run(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper",
+        run_cli(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper",
             "--subnet", str(tmp_path / "missing.json")),
         "missing.json: cannot read",
     )
-    assert_bad_input(run(capsys, "space", "show", "no-such-space"), "no such built-in space")
+    assert_bad_input(run_cli(capsys, "space", "show", "no-such-space"), "no such built-in space")
     assert not (tmp_path / "o").exists()
 
 
 def test_model_dir_without_weights(capsys, tmp_path, small_space_file):
     model_dir = small_config_dir(tmp_path)
     (model_dir / "pytorch_model.bin").write_bytes(b"not loaded")
-    result = run(capsys, "subnet", "extract", "--model", str(model_dir), "--space", str(small_space_file),
+    result = run_cli(capsys, "subnet", "extract", "--model", str(model_dir), "--space", str(small_space_file),
                  "--subnet", '{"num_layers": 2, "intermediate_sizes": [32, 32]}', "--out", str(tmp_path / "o"))
     assert_bad_input(result, "no model.safetensors", "pickled .bin checkpoints are never loaded")
 
@@ -189,21 +165,21 @@ def test_non_llama_config(capsys, tmp_path, small_space_file, command):
     write(model_dir / "config.json", {"model_type": "gpt2", "n_layer": 4, "n_embd": 64, "vocab_size": 256})
     args = ["--subnet", '{"num_layers": 2, "intermediate_sizes": [32, 32]}', "--space", str(small_space_file)]
     args += ["--config", str(model_dir)] if command == "stats" else ["--model", str(model_dir), "--out", str(tmp_path / "o")]
-    assert_bad_input(run(capsys, "subnet", command, *args), "model_type 'gpt2' is not supported (supported: ['llama'])")
+    assert_bad_input(run_cli(capsys, "subnet", command, *args), "model_type 'gpt2' is not supported (supported: ['llama'])")
 
 
 def test_incomplete_llama_config(capsys, tmp_path, small_space_file):
     model_dir = tmp_path / "m"
     model_dir.mkdir()
     write(model_dir / "config.json", {k: v for k, v in SMALL_CONFIG.items() if k != "hidden_size"})
-    result = run(capsys, "subnet", "extract", "--model", str(model_dir), "--space", str(small_space_file),
+    result = run_cli(capsys, "subnet", "extract", "--model", str(model_dir), "--space", str(small_space_file),
                  "--subnet", '{"num_layers": 2, "intermediate_sizes": [32, 32]}', "--out", str(tmp_path / "o"))
     assert_bad_input(result, "missing field 'hidden_size'")
 
 
 def test_model_that_does_not_fit_the_space(capsys, tmp_path, gqa_checkpoint, config_7b):
     subnet = '{"num_layers": 24, "intermediate_sizes": [' + ", ".join(["5504"] * 24) + "]}"
-    result = run(capsys, "subnet", "extract", "--model", str(gqa_checkpoint), "--space", "llama2-7b-paper",
+    result = run_cli(capsys, "subnet", "extract", "--model", str(gqa_checkpoint), "--space", "llama2-7b-paper",
                  "--subnet", subnet, "--out", str(tmp_path / "o"))
     assert_bad_input(result, "super-network has 4 layers and intermediate size 128, but space llama2-7b-paper")
     assert not (tmp_path / "o").exists()
@@ -221,16 +197,16 @@ def test_model_that_does_not_fit_the_space(capsys, tmp_path, gqa_checkpoint, con
 )
 def test_malformed_space_file(capsys, tmp_path, config_7b, content, fragment):
     space = write(tmp_path / "space.json", content)
-    assert_bad_input(run(capsys, "space", "show", space), f"{space}: ", fragment)
+    assert_bad_input(run_cli(capsys, "space", "show", space), f"{space}: ", fragment)
     subnet = write(tmp_path / "s.json", {"num_layers": 2, "intermediate_sizes": [32, 32]})
-    assert_bad_input(run(capsys, "subnet", "stats", "--config", config_7b, "--space", space, "--subnet", subnet))
+    assert_bad_input(run_cli(capsys, "subnet", "stats", "--config", config_7b, "--space", space, "--subnet", subnet))
 
 
 def test_extract_refuses_a_non_empty_out_dir(capsys, tmp_path, small_checkpoint, small_space_file):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     (out_dir / "keep.txt").write_text("precious")
-    result = run(capsys, "subnet", "extract", "--model", str(small_checkpoint), "--space", str(small_space_file),
+    result = run_cli(capsys, "subnet", "extract", "--model", str(small_checkpoint), "--space", str(small_space_file),
                  "--subnet", '{"num_layers": 2, "intermediate_sizes": [32, 32]}', "--out", str(out_dir))
     assert_bad_input(result, "directory exists and is not empty; refusing to overwrite it")
     assert [p.name for p in out_dir.iterdir()] == ["keep.txt"]
@@ -239,7 +215,7 @@ def test_extract_refuses_a_non_empty_out_dir(capsys, tmp_path, small_checkpoint,
 
 def test_extract_validates_before_writing(capsys, tmp_path, small_checkpoint, small_space_file):
     out_dir = tmp_path / "out"
-    result = run(capsys, "subnet", "extract", "--model", str(small_checkpoint), "--space", str(small_space_file),
+    result = run_cli(capsys, "subnet", "extract", "--model", str(small_checkpoint), "--space", str(small_space_file),
                  "--subnet", '{"num_layers": 2, "intermediate_sizes": [32, 33]}', "--out", str(out_dir))
     assert_bad_input(result, "--subnet: layer 1: intermediate size 33 is not in {32, 64, 96, 128}")
     assert not out_dir.exists()
@@ -254,7 +230,7 @@ def test_extract_validates_before_writing(capsys, tmp_path, small_checkpoint, sm
     ],
 )
 def test_option_errors_are_one_line_too(capsys, args, fragment):
-    assert_bad_input(run(capsys, *args), fragment)
+    assert_bad_input(run_cli(capsys, *args), fragment)
 
 
 # ---- the installed command ----------------------------------------------------------------------------

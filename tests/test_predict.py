@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from llamanas_deploy.analytics import subnet_stats
 from llamanas_deploy.cli import main
 from llamanas_deploy.errors import BadInputError
@@ -60,13 +61,6 @@ def write_profile(
         lines.append(json.dumps(record))
     (path / "measurements.jsonl").write_text("\n".join(lines) + "\n")
     return path
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return done.value.code, out, err
 
 
 def assert_bad_input(result: tuple[int, str, str], *fragments: str) -> None:
@@ -210,7 +204,7 @@ def test_a_failed_save_keeps_the_existing_file(fitted, tmp_path, monkeypatch):
 def test_truncated_predictor_file_exits_2(capsys, cli_predictor, tmp_path):
     broken = tmp_path / "truncated.json"
     broken.write_bytes(cli_predictor.read_bytes()[:5000])
-    assert_bad_input(run(capsys, "predict", "--predictor", str(broken), "--subnet", "{\"num_layers\": 4, \"intermediate_sizes\": [192, 192, 192, 192]}"), "truncated.json", "not valid JSON")
+    assert_bad_input(run_cli(capsys, "predict", "--predictor", str(broken), "--subnet", "{\"num_layers\": 4, \"intermediate_sizes\": [192, 192, 192, 192]}"), "truncated.json", "not valid JSON")
 
 
 def test_corrupted_predictor_file_exits_2(capsys, cli_predictor, tmp_path):
@@ -219,10 +213,10 @@ def test_corrupted_predictor_file_exits_2(capsys, cli_predictor, tmp_path):
     broken = tmp_path / "corrupted.json"
     broken.write_text(json.dumps(body))
     args = ("predict", "--predictor", str(broken), "--subnet", "{\"num_layers\": 4, \"intermediate_sizes\": [192, 192, 192, 192]}")
-    assert_bad_input(run(capsys, *args), "corrupted.json", "sha256")
+    assert_bad_input(run_cli(capsys, *args), "corrupted.json", "sha256")
     not_a_predictor = tmp_path / "other.json"
     not_a_predictor.write_text("{\"hello\": 1}")
-    assert_bad_input(run(capsys, "predict", "--predictor", str(not_a_predictor), "--subnet", args[-1]), "other.json")
+    assert_bad_input(run_cli(capsys, "predict", "--predictor", str(not_a_predictor), "--subnet", args[-1]), "other.json")
 
 
 def test_fit_on_a_corrupt_profile_exits_2_and_keeps_the_old_predictor(capsys, cli_predictor, tmp_path):
@@ -232,7 +226,7 @@ def test_fit_on_a_corrupt_profile_exits_2_and_keeps_the_old_predictor(capsys, cl
     (bad / "measurements.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "keep.json"
     out.write_bytes(cli_predictor.read_bytes())
-    assert_bad_input(run(capsys, "fit", "--profile", str(bad), "--out", str(out)), "measurements.jsonl:5")
+    assert_bad_input(run_cli(capsys, "fit", "--profile", str(bad), "--out", str(out)), "measurements.jsonl:5")
     assert out.read_bytes() == cli_predictor.read_bytes()
 
 
@@ -241,7 +235,7 @@ def test_fit_needs_one_setting(capsys, tmp_path):
     extra = write_profile(tmp_path / "onnx", 30, seed=1, backend="ort")
     with open(mixed / "measurements.jsonl", "a") as f:
         f.write((extra / "measurements.jsonl").read_text().replace("\"target\": \"onnx\"", "\"target\": \"mixed-box\""))
-    assert_bad_input(run(capsys, "fit", "--profile", str(mixed), "--out", str(tmp_path / "p.json")), "--backend")
+    assert_bad_input(run_cli(capsys, "fit", "--profile", str(mixed), "--out", str(tmp_path / "p.json")), "--backend")
     assert not (tmp_path / "p.json").exists()
 
 
@@ -261,24 +255,24 @@ def test_predict_one_and_many(capsys, cli_predictor, tmp_path):
     configs = load_space("tiny").sample_random(5, seed=9)
     lines = tmp_path / "subnets.jsonl"
     lines.write_text("\n".join(c.to_json() for c in configs) + "\n")
-    code, stdout, err = run(capsys, "predict", "--predictor", str(cli_predictor), "--subnet", str(lines), "--json")
+    code, stdout, err = run_cli(capsys, "predict", "--predictor", str(cli_predictor), "--subnet", str(lines), "--json")
     assert code == 0, err
     result = json.loads(stdout)
     assert [p["subnet_id"] for p in result["predictions"]] == [c.id for c in configs]
     values = np.array([p["value"] for p in result["predictions"]])
     assert np.all(np.abs(values / np.array([law_ms(c) for c in configs]) - 1) < 0.1)
-    code, stdout, _ = run(capsys, "predict", "--predictor", str(cli_predictor), "--subnet", configs[0].to_json())
+    code, stdout, _ = run_cli(capsys, "predict", "--predictor", str(cli_predictor), "--subnet", configs[0].to_json())
     assert code == 0 and configs[0].id in stdout
 
 
 def test_predict_refuses_another_space_or_target(capsys, cli_predictor, tmp_path, small_space_file):
     subnet = load_space("tiny").smallest.to_json()
     args = ("predict", "--predictor", str(cli_predictor), "--subnet", subnet)
-    assert_bad_input(run(capsys, *args, "--space", str(small_space_file)), "fitted for space tiny-", "small-test-")
+    assert_bad_input(run_cli(capsys, *args, "--space", str(small_space_file)), "fitted for space tiny-", "small-test-")
     other = write_profile(tmp_path / "other-box", 1, fingerprint_id="ffff000011112222")
-    assert_bad_input(run(capsys, *args, "--target-profile", str(other)), "other-box", "ffff000011112222")
+    assert_bad_input(run_cli(capsys, *args, "--target-profile", str(other)), "other-box", "ffff000011112222")
     wide = '{"num_layers": 4, "intermediate_sizes": [192, 192, 192, 1000]}'
-    assert_bad_input(run(capsys, "predict", "--predictor", str(cli_predictor), "--subnet", wide), "intermediate size 1000")
+    assert_bad_input(run_cli(capsys, "predict", "--predictor", str(cli_predictor), "--subnet", wide), "intermediate size 1000")
 
 
 def test_another_feature_schema_is_refused(cli_predictor, tmp_path):
