@@ -39,6 +39,7 @@ class RunRequest:
     max_latency_ms: float | None = None
     speedup: float = 1.5
     samples: int = 60
+    visits: int = 3
     min_profile_subnets: int = 40
     algorithm: str = "nsga2"
     population: int = 20
@@ -80,6 +81,7 @@ def _stage_profile(request: RunRequest, space) -> tuple[Path, bool]:
         _step(1, f"profile: reusing {shipped} (same device fingerprint, backend, shapes)")
         return shipped, True
     from .profile.runner import ProfileRequest, run_profile
+    from .profile.stats import Protocol
 
     out = request.out / "profile"
     _step(1, f"profile: no matching profile of this device; measuring {request.samples} sub-networks into {out}")
@@ -95,6 +97,7 @@ def _stage_profile(request: RunRequest, space) -> tuple[Path, bool]:
             seed=request.seed,
             threads=request.threads,
             clock=request.clock,
+            protocol=Protocol(visits=request.visits),
             out=out,
         ),
         progress=request.progress,
@@ -184,6 +187,7 @@ def choose(front: list[dict[str, Any]], accuracy: str, direction: str, latency: 
 
 def _stage_export(request: RunRequest, chosen: SubnetConfig, predictor_path: Path) -> dict[str, Any]:
     from .export.pipeline import ExportRequest, export_artifact
+    from .profile.stats import Protocol
 
     out = request.out / "artifact"
     manifest_path = out / "manifest.json"
@@ -205,13 +209,13 @@ def _stage_export(request: RunRequest, chosen: SubnetConfig, predictor_path: Pat
             predictor=predictor_path,
             max_eval_tokens=HELDOUT_TOKENS,
             progress=request.progress,
-            bench_options={"threads": request.threads, "clock": request.clock},
+            bench_options={"threads": request.threads, "clock": request.clock, "protocol": Protocol(visits=request.visits)},
         )
     )
 
 
 def _stage_measure(request: RunRequest, predictor, subnets: list[SubnetConfig]) -> list[dict[str, Any]]:
-    """Measure the full network and the winner exactly as the profile was measured."""
+    """Measure the full network and the winner as the profile was measured, in turns (`--visits`)."""
     from .profile.backends import get_backend
     from .profile.base import Shapes
     from .profile.stats import Protocol
@@ -223,7 +227,7 @@ def _stage_measure(request: RunRequest, predictor, subnets: list[SubnetConfig]) 
     )
     shapes = Shapes(**meta["shapes"])
     backend.warm_up(subnets[0], shapes)
-    return [backend.measure(cfg, shapes, Protocol()).to_dict() for cfg in subnets]
+    return [m.to_dict() for m in backend.measure_visits(subnets, shapes, Protocol(visits=request.visits))]
 
 
 def _heldout_perplexities(request: RunRequest, subnets: list[SubnetConfig]) -> list[float]:
@@ -240,6 +244,7 @@ def _heldout_perplexities(request: RunRequest, subnets: list[SubnetConfig]) -> l
 def _summary(request, space, profile, predictor, budget, search, chosen, manifest, measured, perplexities) -> dict:
     from .analytics import subnet_stats
     from .model.families import read_shape
+    from .profile.store import kept_figure
 
     _step(6, "summary")
     shape = read_shape(request.model)
@@ -249,7 +254,7 @@ def _summary(request, space, profile, predictor, budget, search, chosen, manifes
     rows = []
     for cfg, pred, meas, ppl in zip([full_cfg, chosen], predicted, measured, perplexities):
         stats = subnet_stats(shape, cfg, shapes["prompt_len"], shapes["context_len"])
-        decode = meas["decode_ms"]["median"]
+        decode = kept_figure(meas["decode_ms"])
         rows.append(
             {
                 "name": "full super-network" if cfg.id == full_cfg.id else f"sub-network {cfg.id}",
@@ -260,8 +265,8 @@ def _summary(request, space, profile, predictor, budget, search, chosen, manifes
                 "predicted_decode_ms": float(pred),
                 "measured_decode_ms": decode,
                 "prediction_error_pct": 100.0 * (float(pred) - decode) / decode,
-                "measured_prefill_ms": meas["prefill_ms"]["median"],
-                "throughput_tok_s": meas["throughput_tok_s"]["median"],
+                "measured_prefill_ms": kept_figure(meas["prefill_ms"]),
+                "throughput_tok_s": kept_figure(meas["throughput_tok_s"]),
                 "heldout_perplexity": ppl,
                 f"search_{search.accuracy_name}": _search_value(search, cfg),
             }

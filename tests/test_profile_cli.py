@@ -20,6 +20,7 @@ from llamanas_deploy.profile.weights import subnet_model
 from llamanas_deploy.subnet_config import SubnetConfig
 
 FAST = ["--prompt-len", "8", "--context-len", "8", "--gen-len", "4", "--warmup", "1", "--repeats", "3", "--quiet"]
+ONE_VISIT = ["--visits", "1"]
 
 
 @pytest.fixture(autouse=True)
@@ -54,29 +55,40 @@ def profile_args(model, space, out, *extra: str) -> list[str]:
 
 def test_profile_records_positive_figures_with_spreads(capsys, tmp_path, small_checkpoint, small_space_file):
     out = tmp_path / "prof"
-    code, stdout, err = run(capsys, *profile_args(small_checkpoint, small_space_file, out, "--samples", "3", *FAST, "--json"))
+    args = profile_args(small_checkpoint, small_space_file, out, "--samples", "3", *FAST, "--visits", "2", "--json")
+    code, stdout, err = run(capsys, *args)
     assert code == 0, err
     summary = json.loads(stdout)
-    assert (summary["planned"], summary["measured_now"], summary["records"]) == (3, 3, 3)
+    assert (summary["planned"], summary["measured_now"], summary["records"], summary["subnets"]) == (6, 6, 6, 3)
     rows = records(out)
+    # one whole pass over the plan, then the next
+    assert [r["visit"] for r in rows] == [0, 0, 0, 1, 1, 1]
+    assert [r["subnet_id"] for r in rows[:3]] == [r["subnet_id"] for r in rows[3:]]
     for row in rows:
         for figure in ("prefill_ms", "decode_ms", "throughput_tok_s"):
             spread = row[figure]
             assert spread["median"] > 0 and spread["iqr"] >= 0 and spread["cv"] >= 0 and spread["n"] >= 3
             assert spread["flagged"] == (spread["cv"] > 0.10)
+            # the fast end: a lower time, a higher rate
+            faster = spread["best"] >= spread["median"] if figure == "throughput_tok_s" else spread["best"] <= spread["median"]
+            assert faster and spread["best"] > 0
         assert row["peak_mem_mib"] > 0 and row["model_bytes"] > 0
         assert row["flagged"] == any(row[f]["flagged"] for f in ("prefill_ms", "decode_ms", "throughput_tok_s"))
         assert (row["threads"], row["weights"], row["backend"], row["precision"]) == (1, "checkpoint", "torch", "fp32")
     # the plan starts with the smallest and the largest sub-network
     assert [r["subnet"]["num_layers"] for r in rows[:2]] == [2, 4]
     assert rows[1]["model_bytes"] > rows[0]["model_bytes"]
+    # more visits later measure only the new pass
+    code, stdout, _ = run(capsys, *args[:-3], "--visits", "3", "--json")
+    assert code == 0 and json.loads(stdout)["measured_now"] == 3
+    assert [r["visit"] for r in records(out)][6:] == [2, 2, 2]
     fingerprint = json.loads((out / "fingerprint.json").read_text())
     assert fingerprint["target"] == "test" and fingerprint["fingerprint_id"] == rows[0]["fingerprint_id"]
 
 
 def test_rerun_with_more_samples_adds_only_the_new_ones(capsys, tmp_path, small_checkpoint, small_space_file):
     out = tmp_path / "prof"
-    args = profile_args(small_checkpoint, small_space_file, out, "--weights", "random", *FAST, "--json")
+    args = profile_args(small_checkpoint, small_space_file, out, "--weights", "random", *FAST, *ONE_VISIT, "--json")
     assert run(capsys, *args, "--samples", "2")[0] == 0
     first = (out / "measurements.jsonl").read_bytes()
     code, stdout, _ = run(capsys, *args, "--samples", "4")
@@ -92,7 +104,7 @@ def test_rerun_with_more_samples_adds_only_the_new_ones(capsys, tmp_path, small_
 def test_bf16_halves_model_bytes(capsys, tmp_path, small_checkpoint, small_space_file):
     out = tmp_path / "prof"
     for precision in ("fp32", "bf16"):
-        args = profile_args(small_checkpoint, small_space_file, out, "--samples", "1", "--precision", precision, *FAST)
+        args = profile_args(small_checkpoint, small_space_file, out, "--samples", "1", "--precision", precision, *FAST, *ONE_VISIT)
         assert run(capsys, *args)[0] == 0
     fp32, bf16 = records(out)
     assert (fp32["subnet_id"], fp32["precision"], bf16["precision"]) == (bf16["subnet_id"], "fp32", "bf16")
@@ -112,7 +124,7 @@ def test_largest_is_not_faster_than_smallest_at_prefill(capsys, tmp_path):
     )
     out = tmp_path / "prof"
     args = profile_args(model, space, out, "--samples", "2", "--prompt-len", "64", "--context-len", "64",
-                        "--gen-len", "4", "--warmup", "1", "--repeats", "5", "--quiet")  # fmt: skip
+                        "--gen-len", "4", "--warmup", "1", "--repeats", "5", *ONE_VISIT, "--quiet")  # fmt: skip
     assert run(capsys, *args)[0] == 0
     smallest, largest = records(out)
     assert (smallest["subnet"]["num_layers"], largest["subnet"]["num_layers"]) == (1, 8)
@@ -143,7 +155,7 @@ def test_interrupted_profile_resumes_without_loss_or_duplicates(capsys, tmp_path
     proc.wait()
     before = path.read_bytes()
     kept = before[: before.rfind(b"\n") + 1]
-    assert 2 <= kept.count(b"\n") < 8, "the profile should have been killed mid-run"
+    assert 2 <= kept.count(b"\n") < 24, "the profile should have been killed mid-run"
     # a crash in the middle of a write leaves a line without its newline
     path.write_bytes(kept + b'{"schema_version": 1, "target": "test", "subn')
     code, _, err = run(capsys, *args)  # the same command again (in-process: one interpreter start saved)
@@ -151,12 +163,12 @@ def test_interrupted_profile_resumes_without_loss_or_duplicates(capsys, tmp_path
     after = path.read_bytes()
     assert after.startswith(kept)  # nothing measured before the kill is lost or rewritten
     rows = records(out)
-    assert len(rows) == 8 and len({r["subnet_id"] for r in rows}) == 8
+    assert len(rows) == 24 and len({(r["subnet_id"], r["visit"]) for r in rows}) == 24
 
 
 def test_targets_lists_profiles(capsys, tmp_path, small_checkpoint, small_space_file):
     root = tmp_path / "profiles"
-    assert run(capsys, *profile_args(small_checkpoint, small_space_file, root / "test", "--samples", "2", *FAST))[0] == 0
+    assert run(capsys, *profile_args(small_checkpoint, small_space_file, root / "test", "--samples", "2", *FAST, *ONE_VISIT))[0] == 0
     code, stdout, _ = run(capsys, "targets", "--dir", str(root), "--json")
     assert code == 0
     (target,) = json.loads(stdout)["targets"]
@@ -219,7 +231,7 @@ def test_bad_option_values(capsys, tmp_path, small_checkpoint, small_space_file)
 
 def test_fingerprint_mismatch(capsys, tmp_path, small_checkpoint, small_space_file):
     out = tmp_path / "prof"
-    args = profile_args(small_checkpoint, small_space_file, out, "--samples", "1", *FAST)
+    args = profile_args(small_checkpoint, small_space_file, out, "--samples", "1", *FAST, *ONE_VISIT)
     assert run(capsys, *args)[0] == 0
     stored = json.loads((out / "fingerprint.json").read_text())
     stored["fingerprint_id"] = "0123456789abcdef"

@@ -1,4 +1,4 @@
-"""The measuring protocol (median, IQR, robust CV, re-measure / flag) and the device fingerprint."""
+"""The measuring protocol (median, IQR, robust CV, fast end, re-measure / flag, visits) and the device fingerprint."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llamanas_deploy.profile.fingerprint import IDENTITY_KEYS, current_fingerprint, fingerprint_id
-from llamanas_deploy.profile.stats import Protocol, measure, summarize
+from llamanas_deploy.profile.stats import Measurement, Protocol, measure, summarize
 
 positive = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -19,6 +19,16 @@ def test_summarize_known_values():
     s = summarize([1.0, 2.0, 3.0, 4.0, 5.0])
     assert (s.median, s.iqr, s.n) == (3.0, 2.0, 5)
     assert s.cv == pytest.approx(2.0 / 1.349 / 3.0)
+    # the fast end: 10th percentile of a time, 90th of a rate (linear between ranks)
+    assert s.best == pytest.approx(1.4)
+    assert summarize([1.0, 2.0, 3.0, 4.0, 5.0], higher_is_better=True).best == pytest.approx(4.6)
+
+
+def test_slow_phase_moves_the_median_more_than_the_fast_end():
+    quiet = [10.0, 10.2, 10.1, 10.3, 10.0, 10.1, 10.2, 10.4, 10.1, 10.0]
+    half_slow = quiet[:4] + [x * 1.5 for x in quiet[4:]]  # the host slowed down mid-set
+    assert summarize(half_slow).median > 1.2 * summarize(quiet).median
+    assert summarize(half_slow).best == pytest.approx(summarize(quiet).best, rel=0.02)
 
 
 @given(st.lists(positive, min_size=2, max_size=40), positive)
@@ -26,6 +36,7 @@ def test_summarize_is_scale_free_and_bounded(samples, scale):
     s = summarize(samples)
     scaled = summarize([x * scale for x in samples])
     assert min(samples) <= s.median <= max(samples)
+    assert s.best <= s.median * (1 + 1e-12) and s.best >= min(samples) * (1 - 1e-12)
     assert s.iqr >= 0 and s.cv >= 0
     assert scaled.cv == pytest.approx(s.cv, rel=1e-6, abs=1e-9)
 
@@ -71,7 +82,18 @@ def test_figure_noisy_in_every_set_is_flagged_not_dropped():
     assert len(calls) == 18
 
 
-@pytest.mark.parametrize("kwargs", [{"repeats": 2}, {"max_cv": 0}, {"max_attempts": 0}, {"warmup": -1}])
+def test_visits_combine_by_median_over_the_unflagged():
+    def visit(fastest, flagged=False):  # its fast end is fastest * 1.02
+        return Measurement(summarize([fastest, fastest * 1.1, fastest * 1.2]), attempts=1, flagged=flagged)
+
+    combined = Measurement.combine([visit(1.0), visit(2.0), visit(1.2), visit(0.1, flagged=True)])
+    assert combined.spread.best == pytest.approx(1.2 * 1.02)
+    assert (combined.visits, combined.attempts, combined.flagged, combined.spread.n) == (4, 4, False, 9)
+    assert Measurement.combine([visit(1.0, True), visit(3.0, True)]).flagged
+    assert Measurement.combine([visit(1.0, True), visit(3.0, True)]).spread.best == pytest.approx(2.0 * 1.02)
+
+
+@pytest.mark.parametrize("kwargs", [{"repeats": 2}, {"max_cv": 0}, {"max_attempts": 0}, {"warmup": -1}, {"visits": 0}])
 def test_protocol_rejects_nonsense(kwargs):
     with pytest.raises(ValueError):
         Protocol(**kwargs)

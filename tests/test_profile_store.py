@@ -57,6 +57,16 @@ def test_reopening_knows_which_measurements_exist(tmp_path, fingerprint):
         assert writer.has(record(fingerprint, 1))
         assert not writer.has(record(fingerprint, 2))
         assert not writer.has(record(fingerprint, 1, prompt_len=32))  # other shapes: another measurement
+        # another visit of the same sub-network is another measurement; a record without one is visit 0
+        assert writer.has(record(fingerprint, 1) | {"visit": 0})
+        assert not writer.has(record(fingerprint, 1) | {"visit": 1})
+
+
+def test_kept_figure_is_the_fast_end_when_recorded(tmp_path, fingerprint):
+    with ProfileWriter.open(tmp_path, "t", fingerprint) as writer:
+        writer.append(record(fingerprint, 1) | {"decode_ms": FIGURE | {"best": 1.5}})
+    (kept,) = read_profile(tmp_path).records
+    assert kept.value("decode_ms") == 1.5 and kept.value("prefill_ms") == 2.0  # older records: the median
 
 
 def test_torn_last_line_is_dropped_by_readers_and_cut_by_the_writer(tmp_path, fingerprint):

@@ -25,6 +25,7 @@ def _shape_options(func):
         click.option("--gen-len", type=click.IntRange(min=1), help="Generated tokens [the predictor's, else 32]."),
         click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=3), help="Timed runs per set."),
         click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed runs per figure."),
+        click.option("--visits", default=3, show_default=True, type=click.IntRange(min=1), help="Separate measurements, combined."),
         click.option("--clock", type=click.Choice(["wall", "cpu"]),
                      help="wall time, or the thread's CPU time (--threads 1) on a shared machine [predictor's, else wall]."),
     ]  # fmt: skip
@@ -40,7 +41,7 @@ def _bench_options(opts: dict[str, Any], predicted: dict[str, Any] | None) -> di
     base = dict((predicted or {}).get("shapes") or Shapes().to_dict())
     names = ("batch_size", "prompt_len", "context_len", "gen_len")
     shapes = Shapes(**{k: opts[k] if opts[k] is not None else base[k] for k in names})
-    protocol = Protocol(warmup=opts["warmup"], repeats=opts["repeats"])
+    protocol = Protocol(warmup=opts["warmup"], repeats=opts["repeats"], visits=opts["visits"])
     return {"shapes": shapes, "protocol": protocol, "threads": opts["threads"], "clock": opts["clock"]}
 
 
@@ -174,7 +175,7 @@ def bench(artifact: Path, as_json: bool, **opts: Any) -> None:
 
 def _render_bench(r: dict[str, Any]) -> str:
     rows = [
-        [name, r[key]["median"], r[key]["iqr"], f"{r[key]['cv']:.1%}", r[key]["n"], "yes" if r[key]["flagged"] else ""]
+        [name, r[key]["best"], r[key]["median"], r[key]["iqr"], f"{r[key]['cv']:.1%}", r[key]["n"], "yes" if r[key]["flagged"] else ""]
         for name, key in (("prefill ms", "prefill_ms"), ("decode ms/token", "decode_ms"), ("tokens/s", "throughput_tok_s"))
     ]
     s = r["shapes"]
@@ -182,7 +183,7 @@ def _render_bench(r: dict[str, Any]) -> str:
         f"{r['backend']} {r['precision']} on {r['device']}, {r['threads']} thread(s), batch {s['batch_size']}, "
         f"prompt {s['prompt_len']}, context {s['context_len']}, gen {s['gen_len']}; peak +{r['peak_mem_mib']:.0f} MiB"
     )
-    text = head + "\n" + table(rows, ["figure", "median", "IQR", "CV", "n", "flagged"])
+    text = head + "\n" + table(rows, ["figure", "best", "median", "IQR", "CV", "n", "flagged"])
     vs = r.get("vs_predicted")
     if vs:
         note = "" if vs["same_setup"] else " (predictor was fitted for another backend/precision/threads/device)"

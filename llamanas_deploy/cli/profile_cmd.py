@@ -35,19 +35,21 @@ from .common import emit, json_option, space_option, table
 @click.option("--max-cv", default=0.10, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="A set noisier than this (robust CV) is re-measured, then flagged.")  # fmt: skip
 @click.option("--attempts", default=3, show_default=True, type=click.IntRange(min=1), help="Sets at most per figure.")
+@click.option("--visits", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Passes over the plan; each sub-network is measured once per pass, passes apart.")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @json_option
 def profile(**opts) -> None:
     """Measure sampled sub-networks on this device and append them to hardware_profiles/TARGET/.
 
-    Rerunning the same command resumes; a larger --samples extends the same plan.
+    Rerunning the same command resumes; a larger --samples or --visits extends the same plan.
     """
     from ..profile.base import Shapes
     from ..profile.runner import ProfileRequest, run_profile
     from ..profile.stats import Protocol
 
     shapes = Shapes(opts["batch_size"], opts["prompt_len"], opts["context_len"], opts["gen_len"])
-    protocol = Protocol(opts["warmup"], opts["repeats"], opts["max_cv"], opts["attempts"])
+    protocol = Protocol(opts["warmup"], opts["repeats"], opts["max_cv"], opts["attempts"], opts["visits"])
     request = ProfileRequest(
         target=_target_name(opts["target"]),
         model=opts["model"],
@@ -78,8 +80,8 @@ def _render_profile(r: dict) -> str:
     return (
         f"profile {r['target']} ({r['backend']} {r['precision']} {r['device']}, "
         f"{r['threads']} threads, {r['clock']} clock) -> {r['out']}\n"
-        f"  measured now {r['measured_now']}, already present {r['already_present']}, "
-        f"records of this setup {r['records']} ({r['flagged']} flagged)\n"
+        f"  visits measured now {r['measured_now']}, already present {r['already_present']}, "
+        f"records of this setup {r['records']} of {r['subnets']} sub-networks ({r['flagged']} flagged)\n"
         f"  median CV: {cv or 'n/a'}\n  wall time {r['wall_s']:.1f} s"
     )
 

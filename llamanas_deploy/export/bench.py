@@ -1,8 +1,9 @@
 """Measure an artifact on this device with the profiler's protocol, and compare with its prediction.
 
 The timing is the profiler's own: `ArtifactBackend` (the `onnxruntime` backend opening the
-artifact's ONNX file) measured by `Backend.measure` (warm-up, repeats, median, IQR / CV,
-re-measuring or flagging noisy figures). Shapes, threads and clock default to those the
+artifact's ONNX file) measured by `Backend.measure_visits` (warm-up, repeats, median, IQR /
+CV, fast end, re-measuring or flagging noisy figures, visits combined); the figure compared
+with the prediction is the one predictors learn (`store.kept_figure`). Shapes, threads and clock default to those the
 manifest's predictor was trained on, so the error in % compares like with like.
 """
 
@@ -39,7 +40,7 @@ def bench_decoder(
     backend = ArtifactBackend(Artifact(Path(directory), manifest), threads, clock=clock)
     subnet = SubnetConfig.from_dict(manifest["subnet"], f"{directory}/manifest.json")
     backend.warm_up(subnet, shapes)
-    figures = backend.measure(subnet, shapes, protocol).to_dict()
+    figures = backend.measure_visits([subnet], shapes, protocol)[0].to_dict()
     measured = {
         "fingerprint_id": current_fingerprint()["fingerprint_id"],
         "backend": backend.name,
@@ -59,11 +60,11 @@ def bench_decoder(
 
 def compare_with_prediction(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:
     """Error of the prediction in % of the measured figure, for the predictor's metric."""
-    from ..profile.store import METRICS
+    from ..profile.store import METRICS, kept_figure
 
     field = METRICS.get(predicted.get("metric", ""), predicted.get("metric"))
     figure = measured.get(field)
-    value = figure["median"] if isinstance(figure, dict) else figure
+    value = None if figure is None else kept_figure(figure)
     setup = ("backend", "precision", "device", "threads", "fingerprint_id")
     same_setup = all(predicted.get(k) in (None, measured.get(k)) for k in setup)
     return {

@@ -3,7 +3,8 @@
 A profile may hold several settings (backend, precision, device, threads, shapes) and several
 spaces; a predictor is fitted on exactly one of each, so this module picks it (or says which
 flags choose among the ones present), drops flagged measurements (their spread was too wide),
-and keeps one value per sub-network (the median of repeated measurements).
+and keeps one value per sub-network: the median over its visits of each visit's kept figure
+(`MeasurementRecord.value`: the fast end of a timing).
 """
 
 from __future__ import annotations

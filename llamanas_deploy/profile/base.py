@@ -91,6 +91,16 @@ class SubnetMeasurement:
     def flagged(self) -> bool:
         return any(m.flagged for m in (self.prefill_ms, self.decode_ms, self.throughput_tok_s))
 
+    @staticmethod
+    def combine(visits: list["SubnetMeasurement"]) -> "SubnetMeasurement":
+        """Visits of one sub-network as one measurement: timings by `Measurement.combine`, the highest peak."""
+        return SubnetMeasurement(
+            *(Measurement.combine([getattr(v, name) for v in visits]) for name in ("prefill_ms", "decode_ms", "throughput_tok_s")),
+            peak_mem_mib=max(v.peak_mem_mib for v in visits),
+            model_bytes=visits[0].model_bytes,
+            weights=visits[0].weights,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "prefill_ms": self.prefill_ms.to_dict(),
@@ -202,13 +212,25 @@ class Backend:
             decode = measure(self._sampler(self.decode(shapes)), protocol.scaled_by(self.decode_repeat_factor))
             generate = self._sampler(self.generate(shapes))
             tokens = shapes.batch_size * shapes.gen_len
-            throughput = measure(lambda: tokens * 1e3 / generate(), protocol.scaled_by(self.generate_repeat_factor))
+            throughput = measure(
+                lambda: tokens * 1e3 / generate(), protocol.scaled_by(self.generate_repeat_factor), higher_is_better=True
+            )
             peak = probe.peak_mib()
             source = self.weights_source
         finally:
             self.unload()
             probe.stop()
         return SubnetMeasurement(prefill, decode, throughput, peak, model_bytes, source)
+
+    def measure_visits(
+        self, subnets: list[SubnetConfig], shapes: Shapes, protocol: Protocol
+    ) -> list[SubnetMeasurement]:
+        """Each sub-network measured `protocol.visits` times, taking turns; its visits combined."""
+        visits: list[list[SubnetMeasurement]] = [[] for _ in subnets]
+        for _ in range(protocol.visits):
+            for measured, subnet in zip(visits, subnets):
+                measured.append(self.measure(subnet, shapes, protocol))
+        return [SubnetMeasurement.combine(measured) for measured in visits]
 
     def warm_up(self, subnet: SubnetConfig, shapes: Shapes) -> None:
         """Run every workload once, unrecorded, so one-time start-up costs land in no record."""

@@ -3,7 +3,9 @@
 The plan is `space.sample_stratified(samples, seed)`: smallest and largest first, then
 depth x total-width strata; it is prefix-stable, so rerunning with more samples adds only
 the new ones, and rerunning the same command after a crash measures only what is missing
-(a record's key: sub-network, model shape, backend, precision, device, threads, clock, shapes).
+(a record's key: sub-network, visit, model shape, backend, precision, device, threads, clock, shapes).
+With `protocol.visits` > 1 the plan is measured that many times over, one whole pass after
+the other, so each sub-network's visits lie minutes apart (`profile.consensus` combines them).
 """
 
 from __future__ import annotations
@@ -79,9 +81,10 @@ def run_profile(request: ProfileRequest, progress: bool = True) -> dict[str, Any
     started = time.perf_counter()
     with ProfileWriter.open(request.out_dir, request.target, fingerprint) as writer:
         plan = space.sample_stratified(request.samples, request.seed)
-        todo = [cfg for cfg in plan if not writer.has(common | {"subnet_id": cfg.id})]
-        _measure_all(backend, todo, len(plan), common, request, writer, progress)
-    summary = _summary(request, common, len(plan), len(todo), time.perf_counter() - started)
+        visits = [(visit, cfg) for visit in range(request.protocol.visits) for cfg in plan]
+        todo = [(visit, cfg) for visit, cfg in visits if not writer.has(common | {"subnet_id": cfg.id, "visit": visit})]
+        _measure_all(backend, todo, len(visits), common, request, writer, progress)
+    summary = _summary(request, common, len(visits), len(todo), time.perf_counter() - started)
     return summary | {"dropped_torn_bytes": writer.dropped_bytes}
 
 
@@ -90,16 +93,16 @@ def _measure_all(backend: Backend, todo, planned: int, common, request, writer: 
 
     if not todo:
         return
-    bar = tqdm(total=planned, initial=planned - len(todo), desc=f"profile {request.target}", unit="subnet",
+    bar = tqdm(total=planned, initial=planned - len(todo), desc=f"profile {request.target}", unit="visit",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)  # fmt: skip
     with bar:
         bar.set_postfix_str("warming up")
-        backend.warm_up(todo[0], request.shapes)
-        for cfg in todo:
+        backend.warm_up(todo[0][1], request.shapes)
+        for visit, cfg in todo:
             measured = backend.measure(cfg, request.shapes, request.protocol)
             writer.append(
                 common
-                | {"subnet": cfg.to_dict(), "subnet_id": cfg.id, "protocol": request.protocol.to_dict()}
+                | {"subnet": cfg.to_dict(), "subnet_id": cfg.id, "visit": visit, "protocol": request.protocol.to_dict()}
                 | measured.to_dict()
                 | {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             )
@@ -118,7 +121,7 @@ def _last(layers: int, m: SubnetMeasurement) -> str:
 
 def _summary(request: ProfileRequest, common, planned: int, measured_now: int, wall_s: float) -> dict[str, Any]:
     profile = read_profile(request.out_dir)
-    same_setup = [r for r in profile.records if r.key == record_key(common | {"subnet_id": r.raw["subnet_id"]})]
+    same_setup = [r for r in profile.records if r.key == record_key(common | _identity(r.raw))]
     return {
         "target": request.target,
         "out": str(request.out_dir),
@@ -134,12 +137,17 @@ def _summary(request: ProfileRequest, common, planned: int, measured_now: int, w
         "measured_now": measured_now,
         "already_present": planned - measured_now,
         "records": len(same_setup),
+        "subnets": len({r.raw["subnet_id"] for r in same_setup}),
         "flagged": sum(r.flagged for r in same_setup),
         "median_cv": {
             name: statistics.median(r.raw[name]["cv"] for r in same_setup) if same_setup else None for name in FIGURES
         },
         "wall_s": round(wall_s, 2),
     }
+
+
+def _identity(raw: dict[str, Any]) -> dict[str, Any]:
+    return {"subnet_id": raw["subnet_id"], "visit": raw.get("visit", 0)}
 
 
 def _model_id(shape: dict[str, Any]) -> str:

@@ -25,7 +25,9 @@ from ..errors import BadInputError
 from ..subnet_config import SubnetConfig
 from .fingerprint import current_fingerprint, describe
 
-__all__ = ["Profile", "MeasurementRecord", "ProfileWriter", "read_profile", "current_fingerprint", "record_key"]
+__all__ = [
+    "Profile", "MeasurementRecord", "ProfileWriter", "read_profile", "current_fingerprint", "record_key", "kept_figure"
+]  # fmt: skip
 
 SCHEMA_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
@@ -78,11 +80,10 @@ class MeasurementRecord:
         return record_key(self.raw)
 
     def value(self, metric: str) -> float:
-        """The kept figure of `metric` (a `fit --metric` name or a record field): the median for timings."""
+        """The kept figure of `metric` (a `fit --metric` name or a record field); see `kept_figure`."""
         if metric not in METRICS:
             raise BadInputError(f"metric '{metric}' is not one of {sorted(METRICS)}")
-        entry = self.raw[METRICS[metric]]
-        return float(entry["median"] if isinstance(entry, dict) else entry)
+        return kept_figure(self.raw[METRICS[metric]])
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.raw)
@@ -114,9 +115,18 @@ class Profile:
         return [r for r in self.records if all(r.raw.get(k) == v for k, v in wanted.items())]
 
 
+def kept_figure(entry: dict[str, Any] | float) -> float:
+    """A timing's fast end (`best`, see `stats`), or its median in records older than `best`;
+    a plain figure (peak memory) as it is."""
+    if not isinstance(entry, dict):
+        return float(entry)
+    return float(entry["best"] if "best" in entry else entry["median"])
+
+
 def record_key(raw: dict[str, Any]) -> str:
     """What makes two records the same measurement (a rerun skips keys already present)."""
     parts = [raw.get(k) for k in ("subnet_id", "model_id", "backend", "precision", "device", "threads", "clock")]
+    parts.append(raw.get("visit", 0))
     return json.dumps(parts + [raw.get("shapes")], sort_keys=True)
 
 
