@@ -11,6 +11,7 @@ of the batched API (pymoo genes and SubnetConfig lists, 100,000 sub-networks).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def accuracy(profile: Path, metric: str, seed: int, setting: dict) -> tuple[Late
             f"50 samples: MAPE {at_50['mape_pct']:.2f}%, {at_50['within_10_pct']:.1f}% within ±10% "
             f"(full {curve[-1]['n_train']}: {curve[-1]['mape_pct']:.2f}%, {curve[-1]['within_10_pct']:.1f}%)"
         )
+    checks.append(repeatability(data.visits))
     d = result.data_summary
     lines = [
         f"== {data.target} / {metric} ({d['unit']}), {d['setting']['backend']} {d['setting']['precision']}, "
@@ -60,6 +62,22 @@ def accuracy(profile: Path, metric: str, seed: int, setting: dict) -> tuple[Late
         "",
     ]
     return result.predictor, lines
+
+
+def repeatability(visits: list[list[float]]) -> str:
+    """How well the profile's visits of one sub-network agree with each other: a floor under any
+    predictor's error, since the held-out figures it is scored against carry the same noise."""
+    pairs = np.array([abs(a / b - 1) for v in visits for a, b in itertools.combinations(v, 2)])
+    if not pairs.size:
+        return "measurement repeatability: one visit per sub-network, not known"
+    others = np.array([abs(x / np.median(v[:i] + v[i + 1 :]) - 1) for v in visits if len(v) >= 3 for i, x in enumerate(v)])
+    text = (
+        f"measurement repeatability: two visits of one sub-network agree within ±10% in "
+        f"{np.mean(pairs <= 0.10) * 100:.1f}% of {pairs.size} pairs (median difference {np.median(pairs) * 100:.1f}%)"
+    )
+    if others.size:
+        text += f"; one visit within ±10% of the median of the others: {np.mean(others <= 0.10) * 100:.1f}%"
+    return text
 
 
 def common_mode(profile: Path, predictors: dict[str, LatencyPredictor], setting: dict) -> str:

@@ -251,10 +251,11 @@ def _summary(request, space, profile, predictor, budget, search, chosen, manifes
     full_cfg = space.largest
     predicted = predictor.predict([full_cfg, chosen])
     shapes = predictor.metadata_["shapes"]
+    statistic = predictor.metadata_.get("statistic") or "median"  # predictors older than the fast end learned medians
     rows = []
     for cfg, pred, meas, ppl in zip([full_cfg, chosen], predicted, measured, perplexities):
         stats = subnet_stats(shape, cfg, shapes["prompt_len"], shapes["context_len"])
-        decode = kept_figure(meas["decode_ms"])
+        decode = kept_figure(meas["decode_ms"], statistic)
         rows.append(
             {
                 "name": "full super-network" if cfg.id == full_cfg.id else f"sub-network {cfg.id}",
@@ -265,8 +266,8 @@ def _summary(request, space, profile, predictor, budget, search, chosen, manifes
                 "predicted_decode_ms": float(pred),
                 "measured_decode_ms": decode,
                 "prediction_error_pct": 100.0 * (float(pred) - decode) / decode,
-                "measured_prefill_ms": kept_figure(meas["prefill_ms"]),
-                "throughput_tok_s": kept_figure(meas["throughput_tok_s"]),
+                "measured_prefill_ms": kept_figure(meas["prefill_ms"], statistic),
+                "throughput_tok_s": kept_figure(meas["throughput_tok_s"], statistic),
                 "heldout_perplexity": ppl,
                 f"search_{search.accuracy_name}": _search_value(search, cfg),
             }
@@ -303,7 +304,7 @@ def _search_value(search: SearchOutcome, cfg: SubnetConfig) -> float:
 
 def _predictor_info(predictor) -> dict[str, Any]:
     meta = predictor.metadata_
-    keys = ("target", "backend", "precision", "metric", "shapes", "test_metrics")
+    keys = ("target", "backend", "precision", "metric", "statistic", "shapes", "test_metrics")
     return {k: meta.get(k) for k in keys}
 
 

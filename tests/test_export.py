@@ -203,7 +203,8 @@ def test_int8_artifact_carries_prediction_and_measurement(artifacts, predictor_f
     assert measured["decode_ms"]["median"] > 0 and measured["throughput_tok_s"]["median"] > 0
     assert measured["shapes"] == PREDICTOR_SHAPES  # measured as the predictor's profile was
     vs = measured["vs_predicted"]
-    assert vs["same_setup"] and vs["measured"] == measured["decode_ms"]["median"]
+    # compared with the figure predictors learn: the fast end of the set
+    assert vs["same_setup"] and vs["measured"] == measured["decode_ms"]["best"] <= measured["decode_ms"]["median"]
     assert vs["error_pct"] == pytest.approx((vs["predicted"] / vs["measured"] - 1) * 100)
 
 
@@ -296,12 +297,13 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy(artifacts):
 
 
 def test_bench_command_measures_and_compares_with_the_prediction(artifacts, capsys):
-    code, out, err = run_cli(capsys, "bench", "--artifact", str(artifacts["int8"]), "--repeats", "3", "--warmup", "0", "--json")
+    args = ("--repeats", "3", "--warmup", "0", "--visits", "2", "--json")
+    code, out, err = run_cli(capsys, "bench", "--artifact", str(artifacts["int8"]), *args)
     assert code == 0, err
     result = json.loads(out)
     assert result["precision"] == "int8" and result["shapes"] == PREDICTOR_SHAPES  # the predictor's shapes by default
     for figure in ("prefill_ms", "decode_ms", "throughput_tok_s"):
-        assert result[figure]["median"] > 0 and result[figure]["n"] >= 3
+        assert result[figure]["median"] > 0 and result[figure]["n"] >= 6 and result[figure]["visits"] == 2
     assert result["vs_predicted"]["metric"] == "decode_ms" and math.isfinite(result["vs_predicted"]["error_pct"])
     code, out, _ = run_cli(capsys, "bench", "--artifact", str(artifacts["int4"]), "--gen-len", "2", "--repeats", "3")
     assert code == 0 and "decode ms/token" in out and "predicted" not in out  # no predictor named in this one

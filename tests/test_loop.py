@@ -20,7 +20,7 @@ from llamanas_deploy.model.families import read_shape
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig
 
-RUN_ARGS = ["--population", "6", "--evaluations", "12", "--eval-tokens", "256", "--samples", "12", "--quiet"]
+RUN_ARGS = ["--population", "6", "--evaluations", "12", "--eval-tokens", "256", "--samples", "12", "--visits", "2", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -171,6 +171,31 @@ def test_throughput_is_predicted_as_a_rate(features, profile):
     assert abs(fast / (1000 / (1.05 * law_ms(small))) - 1) < 0.05
 
 
+def test_visits_of_a_subnet_become_the_best_of_their_fast_ends(tmp_path):
+    one_visit = write_profile(tmp_path / "one", 12)
+    records = [json.loads(line) for line in (one_visit / "measurements.jsonl").read_text().splitlines()]
+    visits = []
+    for visit, slowdown in enumerate((1.0, 1.6, 1.1)):  # the host was slow during the second pass
+        for r in records:
+            figure = r["decode_ms"]
+            best = figure["median"] * 0.95 * slowdown
+            visits.append(r | {"visit": visit, "decode_ms": figure | {"median": figure["median"] * slowdown, "best": best}})
+    profile = tmp_path / "three"
+    profile.mkdir()
+    (profile / "fingerprint.json").write_text((one_visit / "fingerprint.json").read_text())
+    (profile / "measurements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in visits))
+    data = load_profile_data(profile, "decode_ms")
+    assert data.statistic == "best" and data.provenance()["statistic"] == "best"
+    assert [len(v) for v in data.visits] == [3] * 12
+    np.testing.assert_allclose(data.y, [r["decode_ms"]["median"] * 0.95 for r in records])
+    assert load_profile_data(profile, "peak_mem").y[0] == records[0]["peak_mem_mib"]
+    # one record without the fast end (an older profile): every sub-network falls back to medians
+    (profile / "measurements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in visits + records[:1]))
+    data = load_profile_data(profile, "decode_ms")
+    assert data.statistic == "median"
+    assert data.y[0] == pytest.approx(np.median([records[0]["decode_ms"]["median"] * k for k in (1.0, 1.6, 1.1, 1.0)]))
+
+
 def test_unfitted_predictor_says_so(features):
     with pytest.raises(NotFittedError, match="not fitted"):
         LatencyPredictor(features).predict([load_space("tiny").smallest])

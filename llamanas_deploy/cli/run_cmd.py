@@ -71,6 +71,7 @@ def render_summary(s: dict) -> str:
     full, sub = s["rows"]
     art = s["artifact"]
     measured = art["measured"]
+    statistic = (art.get("predicted") or {}).get("statistic") or "median"
     headers = ["", "params", "fp16 size", "pred. decode ms", "meas. decode ms", "error", "tok/s", "held-out ppl"]
     rows = [_row(r) for r in (full, sub)]
     rows.append(
@@ -79,9 +80,9 @@ def render_summary(s: dict) -> str:
             "",
             "",
             "",
-            _kept(measured.get("decode_ms")),
+            _kept(measured.get("decode_ms"), statistic),
             "",
-            _kept(measured.get("throughput_tok_s")),
+            _kept(measured.get("throughput_tok_s"), statistic),
             _artifact_ppl(art),
         )
     )
@@ -117,10 +118,10 @@ def _row(r: dict) -> tuple:
     )
 
 
-def _kept(figure) -> str:
+def _kept(figure, statistic: str) -> str:
     from ..profile.store import kept_figure
 
-    return f"{kept_figure(figure):.4g}" if isinstance(figure, dict) else ""
+    return f"{kept_figure(figure, statistic):.4g}" if isinstance(figure, dict) else ""
 
 
 def _artifact_ppl(art: dict) -> str:

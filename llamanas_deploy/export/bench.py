@@ -2,9 +2,10 @@
 
 The timing is the profiler's own: `ArtifactBackend` (the `onnxruntime` backend opening the
 artifact's ONNX file) measured by `Backend.measure_visits` (warm-up, repeats, median, IQR /
-CV, fast end, re-measuring or flagging noisy figures, visits combined); the figure compared
-with the prediction is the one predictors learn (`store.kept_figure`). Shapes, threads and clock default to those the
-manifest's predictor was trained on, so the error in % compares like with like.
+CV, fast end, re-measuring or flagging noisy figures, visits combined). Shapes, threads and
+clock default to those the manifest's predictor was trained on, and the figure compared with
+its prediction is the statistic it learned (`store.kept_figure`), so the error in % compares
+like with like.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def compare_with_prediction(measured: dict[str, Any], predicted: dict[str, Any])
 
     field = METRICS.get(predicted.get("metric", ""), predicted.get("metric"))
     figure = measured.get(field)
-    value = None if figure is None else kept_figure(figure)
+    value = None if figure is None else kept_figure(figure, predicted.get("statistic") or "median")
     setup = ("backend", "precision", "device", "threads", "fingerprint_id")
     same_setup = all(predicted.get(k) in (None, measured.get(k)) for k in setup)
     return {

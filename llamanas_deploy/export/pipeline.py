@@ -231,7 +231,9 @@ def _load_predictor(path: Path, space):
 
 def _predicted(predictor, path: Path, subnet: SubnetConfig) -> dict[str, Any]:
     meta = predictor.metadata_
-    keys = ("metric", "unit", "target", "fingerprint_id", "backend", "precision", "device", "threads", "clock", "shapes")
+    keys = (
+        "metric", "unit", "statistic", "target", "fingerprint_id", "backend", "precision", "device", "threads", "clock", "shapes"
+    )  # fmt: skip
     return {"predictor": str(path), "value": float(predictor.predict([subnet])[0]), **{k: meta.get(k) for k in keys}}
 
 

@@ -3,8 +3,10 @@
 A profile may hold several settings (backend, precision, device, threads, shapes) and several
 spaces; a predictor is fitted on exactly one of each, so this module picks it (or says which
 flags choose among the ones present), drops flagged measurements (their spread was too wide),
-and keeps one value per sub-network: the median over its visits of each visit's kept figure
-(`MeasurementRecord.value`: the fast end of a timing).
+and keeps one value per sub-network from its visits (`combine_visits`): the best of their fast
+ends for a timing (as `stats.Measurement.combine` does), or, when some records predate the
+fast end, the median of their medians (`ProfileData.statistic` says which); the highest peak
+memory.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ class ProfileData:
     fingerprint: dict[str, Any]
     setting: dict[str, Any]  # SETTING_KEYS -> value
     configs: list[SubnetConfig]
-    y: np.ndarray
+    y: np.ndarray  # per sub-network: `combine_visits` of its visits
+    visits: list[list[float]]  # per sub-network: each kept visit's figure, in measuring order
+    statistic: str  # of each timing: "best" (fast end) or "median"
     n_records: int
     n_flagged: int
 
@@ -50,6 +54,7 @@ class ProfileData:
             "target": self.target,
             "fingerprint_id": self.fingerprint["fingerprint_id"],
             **{k: self.setting[k] for k in ("backend", "precision", "device", "threads", "clock", "model_id")},
+            "statistic": self.statistic,
             "profile": str(self.path),
         }
 
@@ -76,12 +81,25 @@ def load_profile_data(
     setting = _one_setting(records, source, backend, precision)
     records = [r for r in records if _setting(r.raw) == setting]
     kept = [r for r in records if not _flagged(r.raw, metric)]
-    configs, y = _median_per_subnet(kept, metric, space, source)
+    statistic = "best" if all(r.has_best(metric) for r in kept) else "median"
+    configs, visits = _visits_per_subnet(kept, metric, statistic, space, source)
     if len(configs) < MIN_SUBNETS:
         raise BadInputError(
             f"{source}: {len(configs)} usable sub-networks for {_describe(setting)}; a predictor needs >= {MIN_SUBNETS}"
         )
-    return ProfileData(profile.path, space, profile.fingerprint, setting, configs, y, len(records), len(records) - len(kept))
+    y = np.array([combine_visits(v, metric, statistic) for v in visits], dtype=np.float64)
+    return ProfileData(
+        profile.path, space, profile.fingerprint, setting, configs, y, visits, statistic, len(records), len(records) - len(kept)
+    )
+
+
+def combine_visits(values: list[float], metric: str, statistic: str) -> float:
+    """One sub-network's figure from its visits (see the module docstring)."""
+    if metric == "peak_mem":
+        return max(values)  # a memory budget has to hold on every visit
+    if statistic == "median":
+        return float(np.median(values))
+    return max(values) if metric == "throughput" else min(values)
 
 
 def _flagged(raw: dict[str, Any], metric: str) -> bool:
@@ -138,18 +156,17 @@ def _one_setting(records: list, source: str, backend: str | None, precision: str
     return next(iter(settings.values()))
 
 
-def _median_per_subnet(records: list, metric: str, space: SearchSpace, source: str):
+def _visits_per_subnet(records: list, metric: str, statistic: str, space: SearchSpace, source: str):
     values: dict[str, list[float]] = defaultdict(list)
     configs: dict[str, SubnetConfig] = {}
     for r in records:
         config = space.validate(r.subnet, f"{source}: subnet {r.raw['subnet_id']}")
         try:
-            value = r.value(metric)
+            value = r.value(metric, statistic)
         except (TypeError, ValueError, KeyError):
             value = float("nan")
         if not math.isfinite(value) or value <= 0:
             raise BadInputError(f"{source}: subnet {r.raw['subnet_id']}: {metric} is not a positive number")
         configs[config.id] = config
         values[config.id].append(value)
-    ids = list(configs)
-    return [configs[i] for i in ids], np.array([np.median(values[i]) for i in ids], dtype=np.float64)
+    return list(configs.values()), [values[i] for i in configs]

@@ -93,9 +93,11 @@ class SubnetMeasurement:
 
     @staticmethod
     def combine(visits: list["SubnetMeasurement"]) -> "SubnetMeasurement":
-        """Visits of one sub-network as one measurement: timings by `Measurement.combine`, the highest peak."""
+        """Visits of one sub-network as one measurement: figures by `Measurement.combine`, the highest peak."""
         return SubnetMeasurement(
-            *(Measurement.combine([getattr(v, name) for v in visits]) for name in ("prefill_ms", "decode_ms", "throughput_tok_s")),
+            Measurement.combine([v.prefill_ms for v in visits]),
+            Measurement.combine([v.decode_ms for v in visits]),
+            Measurement.combine([v.throughput_tok_s for v in visits], higher_is_better=True),
             peak_mem_mib=max(v.peak_mem_mib for v in visits),
             model_bytes=visits[0].model_bytes,
             weights=visits[0].weights,

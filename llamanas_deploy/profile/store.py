@@ -33,6 +33,7 @@ SCHEMA_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
 MEASUREMENTS_FILE = "measurements.jsonl"
 FIGURES = ("prefill_ms", "decode_ms", "throughput_tok_s")
+STATISTICS = ("best", "median")  # what a predictor learns of a timing
 # `fit --metric` names -> record fields
 METRICS = {
     "decode_ms": "decode_ms",
@@ -79,11 +80,16 @@ class MeasurementRecord:
     def key(self) -> str:
         return record_key(self.raw)
 
-    def value(self, metric: str) -> float:
+    def value(self, metric: str, statistic: str = "best") -> float:
         """The kept figure of `metric` (a `fit --metric` name or a record field); see `kept_figure`."""
         if metric not in METRICS:
             raise BadInputError(f"metric '{metric}' is not one of {sorted(METRICS)}")
-        return kept_figure(self.raw[METRICS[metric]])
+        return kept_figure(self.raw[METRICS[metric]], statistic)
+
+    def has_best(self, metric: str) -> bool:
+        """Whether the record holds the fast end of `metric` (records before it hold the median only)."""
+        entry = self.raw[METRICS[metric]]
+        return not isinstance(entry, dict) or "best" in entry
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.raw)
@@ -115,12 +121,14 @@ class Profile:
         return [r for r in self.records if all(r.raw.get(k) == v for k, v in wanted.items())]
 
 
-def kept_figure(entry: dict[str, Any] | float) -> float:
-    """A timing's fast end (`best`, see `stats`), or its median in records older than `best`;
-    a plain figure (peak memory) as it is."""
+def kept_figure(entry: dict[str, Any] | float, statistic: str = "best") -> float:
+    """A timing's `statistic`: "best" (its fast end, see `stats`; the median in records older
+    than `best`) or "median"; a plain figure (peak memory) as it is."""
     if not isinstance(entry, dict):
         return float(entry)
-    return float(entry["best"] if "best" in entry else entry["median"])
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    return float(entry["best"] if statistic == "best" and "best" in entry else entry["median"])
 
 
 def record_key(raw: dict[str, Any]) -> str:
