@@ -54,7 +54,8 @@ def accuracy(profile: Path, metric: str, seed: int, setting: dict) -> tuple[Late
     d = result.data_summary
     lines = [
         f"== {data.target} / {metric} ({d['unit']}), {d['setting']['backend']} {d['setting']['precision']}, "
-        f"{d['n_subnets']} sub-networks ({d['n_flagged_dropped']} flagged dropped): {d['n_train']} fit, {d['n_test']} held out",
+        f"{d['n_subnets']} sub-networks from {d['n_records']} visits ({d['n_flagged_dropped']} flagged, dropped): "
+        f"{d['n_train']} fit, {d['n_test']} held out",
         table([[r["model"], *cells(r)] for r in rows], ["model", *HEADERS]),
         "learning curve:",
         table([[r["n_train"], r["draws"], *cells(r)] for r in curve], ["fitted on", "draws", *HEADERS]),
@@ -95,7 +96,7 @@ def common_mode(profile: Path, predictors: dict[str, LatencyPredictor], setting:
     r = np.corrcoef([residuals["decode_ms"][i] for i in shared], [residuals["prefill_ms"][i] for i in shared])[0, 1]
     spread = np.std([residuals["decode_ms"][i] for i in shared]) * 100
     return (
-        f"measurement noise check: decode and prefill errors of the same {len(shared)} records correlate at "
+        f"measurement noise check: decode and prefill errors of the same {len(shared)} sub-networks correlate at "
         f"r = {r:.2f} (decode error spread {spread:.1f}%): {'common-mode, the machine was busy' if r > 0.5 else 'independent'}"
     )
 

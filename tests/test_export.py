@@ -83,7 +83,7 @@ def predictor_file(model_dir, space_file, tmp_path_factory) -> Path:
     configs = space.sample_random(24, seed=0)
     y = [0.05 + 0.1 * c.num_layers + 0.001 * sum(c.intermediate_sizes) for c in configs]
     provenance = {"target": "test", "fingerprint_id": current_fingerprint()["fingerprint_id"], "backend": "onnxruntime",
-                  "precision": "int8", "device": "cpu", "threads": 1, "clock": "wall"}  # fmt: skip
+                  "precision": "int8", "device": "cpu", "threads": 1, "clock": "wall", "statistic": "best"}  # fmt: skip
     features = FeatureBuilder(space, read_shape(model_dir), PREDICTOR_SHAPES)
     predictor = LatencyPredictor(features, "decode_ms", param_grid={"max_depth": (2,), "num_boost_round": (10,)},
                                  cv_folds=3, provenance=provenance).fit(configs, y)  # fmt: skip
@@ -203,7 +203,8 @@ def test_int8_artifact_carries_prediction_and_measurement(artifacts, predictor_f
     assert measured["decode_ms"]["median"] > 0 and measured["throughput_tok_s"]["median"] > 0
     assert measured["shapes"] == PREDICTOR_SHAPES  # measured as the predictor's profile was
     vs = measured["vs_predicted"]
-    # compared with the figure predictors learn: the fast end of the set
+    # compared with the statistic the predictor learned: the fast end
+    assert predicted["statistic"] == "best"
     assert vs["same_setup"] and vs["measured"] == measured["decode_ms"]["best"] <= measured["decode_ms"]["median"]
     assert vs["error_pct"] == pytest.approx((vs["predicted"] / vs["measured"] - 1) * 100)
 

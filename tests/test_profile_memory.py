@@ -44,7 +44,7 @@ def test_peak_memory_stays_near_one_sub_network(capsys, tmp_path):
         with pytest.raises(SystemExit) as done:
             main(["profile", "--model", str(model), "--space", str(space), "--target", "big", "--out", str(out),
                   "--samples", "3", "--prompt-len", "8", "--context-len", "8", "--gen-len", "2",
-                  "--warmup", "0", "--repeats", "3", "--attempts", "1", "--quiet"])  # fmt: skip
+                  "--warmup", "0", "--repeats", "3", "--attempts", "1", "--visits", "1", "--quiet"])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     growth_mib = (_kib("VmHWM") - baseline) / 1024

@@ -48,7 +48,7 @@ def fit(
     space = load_space(space_name) if space_name else None
     data = load_profile_data(profile_dir, metric, space, backend, precision)
     shape = resolve_shape(data, model_path)
-    log(f"fitting {metric} on {len(data.y)} sub-networks of {data.target} ({data.n_flagged} flagged dropped)")
+    log(f"fitting {metric} on {len(data.y)} sub-networks of {data.target} ({data.n_flagged} flagged visits dropped)")
     result = fit_profile(data, shape, metric, test_fraction, seed)
     saved = result.predictor.save(out_path)
     if plot_path:
