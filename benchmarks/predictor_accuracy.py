@@ -2,8 +2,9 @@
 
 For every profile (default: each hardware_profiles/<target>/) and metric (default: decode_ms and
 prefill_ms): XGBoost against the baselines on one held-out split, the learning curve, the
-issue's targets (>= 95% within +-10%, XGBoost best on MAPE) checked, and predictions per second
-of the batched API (pymoo genes and SubnetConfig lists, 100,000 sub-networks).
+issue's targets (>= 95% within +-10%, XGBoost best on MAPE) checked, how repeatable the
+measurements are and how the predictor's accuracy grows with the visits per sub-network, and
+predictions per second of the batched API (pymoo genes and SubnetConfig lists, 100,000 sub-networks).
 
     python benchmarks/predictor_accuracy.py [--profile DIR ...] [--metric decode_ms ...] [--backend B --precision P]
 """
@@ -11,6 +12,7 @@ of the batched API (pymoo genes and SubnetConfig lists, 100,000 sub-networks).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 import time
@@ -20,7 +22,7 @@ import numpy as np
 
 from llamanas_deploy.cli.common import table
 from llamanas_deploy.predict.compare import METRIC_NAMES
-from llamanas_deploy.predict.dataset import load_profile_data, resolve_shape
+from llamanas_deploy.predict.dataset import ProfileData, combine_visits, load_profile_data, resolve_shape
 from llamanas_deploy.predict.estimator import LatencyPredictor
 from llamanas_deploy.predict.train import fit_profile
 
@@ -51,6 +53,7 @@ def accuracy(profile: Path, metric: str, seed: int, setting: dict) -> tuple[Late
             f"(full {curve[-1]['n_train']}: {curve[-1]['mape_pct']:.2f}%, {curve[-1]['within_10_pct']:.1f}%)"
         )
     checks.append(repeatability(data.visits))
+    visits = visit_curve(data, metric, seed)
     d = result.data_summary
     lines = [
         f"== {data.target} / {metric} ({d['unit']}), {d['setting']['backend']} {d['setting']['precision']}, "
@@ -59,10 +62,23 @@ def accuracy(profile: Path, metric: str, seed: int, setting: dict) -> tuple[Late
         table([[r["model"], *cells(r)] for r in rows], ["model", *HEADERS]),
         "learning curve:",
         table([[r["n_train"], r["draws"], *cells(r)] for r in curve], ["fitted on", "draws", *HEADERS]),
+        f"visits per sub-network ({data.statistic} of the first k visits; XGBoost, same split):",
+        table([[k, *cells(r)] for k, r in visits], ["visits", *HEADERS]),
         *checks,
         "",
     ]
     return result.predictor, lines
+
+
+def visit_curve(data: ProfileData, metric: str, seed: int) -> list[tuple[int, dict]]:
+    """XGBoost's held-out figures when each sub-network's value combines only its first k visits."""
+    rows = []
+    for k in range(1, max(len(v) for v in data.visits) + 1):
+        y = np.array([combine_visits(v[:k], metric, data.statistic) for v in data.visits])
+        fitted = fit_profile(dataclasses.replace(data, y=y), resolve_shape(data, None), metric, seed=seed,
+                             with_curve=False, show_progress=False)  # fmt: skip
+        rows.append((k, fitted.comparison[0]))
+    return rows
 
 
 def repeatability(visits: list[list[float]]) -> str:
