@@ -5,7 +5,8 @@ depth x total-width strata; it is prefix-stable, so rerunning with more samples 
 the new ones, and rerunning the same command after a crash measures only what is missing
 (a record's key: sub-network, visit, model shape, backend, precision, device, threads, clock, shapes).
 With `protocol.visits` > 1 the plan is measured that many times over, one whole pass after
-the other, so each sub-network's visits lie minutes apart (`profile.consensus` combines them).
+the other, so each sub-network's visits lie minutes apart (`stats.Measurement.combine` and
+`predict.dataset.combine_visits` make one figure of them).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ sub-network, one pass over the whole plan apart, because the host has slow phase
 seconds that a visit cannot tell from the sub-network's own cost. They only ever slow a
 visit down (shipped dev-VM profile, decode: visits deviate from their sub-network's median
 by -15 % at the 5th percentile but +44 % at the 95th), so visits combine by the best of
-their `best`s: the XGBoost predictor on the held-out split gets 62 % of decode predictions
-within ±10 % of the first visit alone, 90 % of the median of three, 94 % of the best of three.
+their `best`s: the XGBoost predictor gets 62 % of held-out decode predictions within ±10 %
+from one visit, 92 % from the best of two, 96 % from the best of three (benchmarks/
+predictor_accuracy.py; the median of three gave 90 %).
 """
 
 from __future__ import annotations
