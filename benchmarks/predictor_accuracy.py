@@ -12,7 +12,6 @@ predictions per second of the batched API (pymoo genes and SubnetConfig lists, 1
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from llamanas_deploy.cli.common import table
-from llamanas_deploy.predict.compare import METRIC_NAMES
+from llamanas_deploy.predict.compare import METRIC_NAMES, regression_metrics, split_indices
 from llamanas_deploy.predict.dataset import ProfileData, combine_visits, load_profile_data, resolve_shape
 from llamanas_deploy.predict.estimator import LatencyPredictor
 from llamanas_deploy.predict.train import fit_profile
@@ -53,7 +52,7 @@ def accuracy(profile: Path, metric: str, seed: int, setting: dict) -> tuple[Late
             f"(full {curve[-1]['n_train']}: {curve[-1]['mape_pct']:.2f}%, {curve[-1]['within_10_pct']:.1f}%)"
         )
     checks.append(repeatability(data.visits))
-    visits = visit_curve(data, metric, seed)
+    visits = visit_curve(data, metric, result.predictor)
     d = result.data_summary
     lines = [
         f"== {data.target} / {metric} ({d['unit']}), {d['setting']['backend']} {d['setting']['precision']}, "
@@ -70,14 +69,17 @@ def accuracy(profile: Path, metric: str, seed: int, setting: dict) -> tuple[Late
     return result.predictor, lines
 
 
-def visit_curve(data: ProfileData, metric: str, seed: int) -> list[tuple[int, dict]]:
-    """XGBoost's held-out figures when each sub-network's value combines only its first k visits."""
+def visit_curve(data: ProfileData, metric: str, fitted: LatencyPredictor) -> list[tuple[int, dict]]:
+    """XGBoost's held-out figures, on `fitted`'s split, when each sub-network's value combines
+    only its first k visits."""
+    split = fitted.metadata_["split"]
+    train, test = split_indices(len(data.y), split["test_fraction"], split["seed"])
+    configs, features, seed = data.configs, fitted.features, split["seed"]
     rows = []
     for k in range(1, max(len(v) for v in data.visits) + 1):
         y = np.array([combine_visits(v[:k], metric, data.statistic) for v in data.visits])
-        fitted = fit_profile(dataclasses.replace(data, y=y), resolve_shape(data, None), metric, seed=seed,
-                             with_curve=False, show_progress=False)  # fmt: skip
-        rows.append((k, fitted.comparison[0]))
+        predictor = LatencyPredictor(features, metric, random_state=seed).fit([configs[i] for i in train], y[train])
+        rows.append((k, regression_metrics(y[test], predictor.predict([configs[i] for i in test]))))
     return rows
 
 

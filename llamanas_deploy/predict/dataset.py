@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..model.families import BUILTIN_MODELS, ModelShape, read_shape
+from ..profile.stats import best_of
 from ..space import SearchSpace, builtin_spaces, load_space
 from ..subnet_config import SubnetConfig
 
@@ -99,7 +100,7 @@ def combine_visits(values: list[float], metric: str, statistic: str) -> float:
         return max(values)  # a memory budget has to hold on every visit
     if statistic == "median":
         return float(np.median(values))
-    return max(values) if metric == "throughput" else min(values)
+    return best_of(values, higher_is_better=metric == "throughput")
 
 
 def _flagged(raw: dict[str, Any], metric: str) -> bool:

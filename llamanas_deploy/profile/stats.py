@@ -90,13 +90,17 @@ class Measurement:
         """One figure from visits of the same sub-network, over the visits that are not flagged
         (flagged only when every visit was): the best `best`, the median of the rest."""
         kept = [m for m in visits if not m.flagged] or list(visits)
-        fastest = max if higher_is_better else min
         spread = Spread(
             **{key: statistics.median(getattr(m.spread, key) for m in kept) for key in ("median", "iqr", "cv")},
             n=sum(m.spread.n for m in kept),
-            best=fastest(m.spread.best for m in kept),
+            best=best_of([m.spread.best for m in kept], higher_is_better),
         )
         return Measurement(spread, sum(m.attempts for m in visits), all(m.flagged for m in visits), len(visits))
+
+
+def best_of(values: Sequence[float], higher_is_better: bool = False) -> float:
+    """The fastest of several visits' figures: the lowest time, the highest rate."""
+    return max(values) if higher_is_better else min(values)
 
 
 def summarize(samples: Sequence[float], higher_is_better: bool = False) -> Spread:
