@@ -1,7 +1,7 @@
 """Inference on an exported artifact through ONNX Runtime alone: no torch, no transformers.
 
 - `OrtDecoder`: one ORT session of a decoder with a KV cache (I/O names as in
-  `export/config.py`): `forward` one call, `empty_past` for a prefill.
+  `onnx_model/config.py`): `forward` one call, `empty_past` for a prefill.
 - `generate`: greedy or sampled (temperature, top-k) generation through the cache, timed.
 - `perplexity`: next-token perplexity on non-overlapping windows of a token stream.
 - `open_artifact`: an artifact directory whose files still match its manifest, with its
@@ -226,7 +226,7 @@ class Artifact:
 
 def open_artifact(directory: str | Path) -> Artifact:
     """Open an artifact; `BadInputError` when a file is missing or changed since export."""
-    from .export.artifact import read_manifest
+    from .onnx_model.artifact import read_manifest
 
     directory = Path(directory)
     return Artifact(directory, read_manifest(directory))

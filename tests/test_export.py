@@ -18,7 +18,7 @@ import pytest
 
 from conftest import make_checkpoint, write_space
 from llamanas_deploy.cli import main
-from llamanas_deploy.export.artifact import MANIFEST, file_hashes
+from llamanas_deploy.onnx_model.artifact import MANIFEST, file_hashes
 from llamanas_deploy.export.pipeline import ExportRequest, export_artifact
 from llamanas_deploy.profile.base import Shapes
 from llamanas_deploy.profile.stats import Protocol

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from llamanas_deploy.errors import BadInputError
-from llamanas_deploy.export.artifact import KIND, SCHEMA_VERSION, read_manifest, write_manifest
+from llamanas_deploy.onnx_model.artifact import KIND, SCHEMA_VERSION, read_manifest, write_manifest
 from llamanas_deploy.export.bench import compare_with_prediction
-from llamanas_deploy.export.quantize import int4_settings, int8_settings
+from llamanas_deploy.onnx_model.quantize import int4_settings, int8_settings
 from llamanas_deploy.runtime import Sampling, _nll, pick_token
 
 

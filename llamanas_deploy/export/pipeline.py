@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import BadInputError
 from ..subnet_config import SubnetConfig
-from .quantize import PRECISIONS, QuantSettings
+from ..onnx_model.quantize import PRECISIONS, QuantSettings
 
 EVAL_SEQ_LEN = 128
 RANDOM_TOKENS_SEED = 0
@@ -54,7 +54,7 @@ def export_artifact(request: ExportRequest) -> dict[str, Any]:
     from ..model.supernet import SuperNetwork
     from ..runtime import check_device
     from ..space import load_space
-    from .artifact import write_manifest
+    from ..onnx_model.artifact import write_manifest
     from .bench import bench_decoder
 
     # every input is checked before anything slow starts
@@ -115,10 +115,10 @@ class _Built:
 
 def _build(request: ExportRequest, supernet, subnet: SubnetConfig, tmp: Path, settings, stage) -> _Built:
     from ..runtime import OrtDecoder
-    from .artifact import GENAI_CONFIG, copy_tokenizer, genai_config, write_json
-    from .config import onnx_config_for
-    from .onnx_export import ONNX_NAME, export_onnx
-    from .quantize import quantize
+    from ..onnx_model.artifact import GENAI_CONFIG, copy_tokenizer, genai_config, write_json
+    from ..onnx_model.config import onnx_config_for
+    from ..onnx_model.exporter import ONNX_NAME, export_onnx
+    from ..onnx_model.quantize import quantize
     from .verify import verify_fp32, verify_quantized
 
     stage("export")
@@ -155,7 +155,7 @@ def _build(request: ExportRequest, supernet, subnet: SubnetConfig, tmp: Path, se
 
 
 def _quant_settings(request: ExportRequest) -> QuantSettings | None:
-    from .quantize import int4_settings, int8_settings
+    from ..onnx_model.quantize import int4_settings, int8_settings
 
     if request.precision == "int8":
         from ..profile.fingerprint import current_fingerprint

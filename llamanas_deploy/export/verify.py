@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import VerificationError
-from .config import DecoderOnnxConfig
+from ..onnx_model.config import DecoderOnnxConfig
 
 FP32_TOLERANCE = 1e-4
 PREFILL_BATCH, PREFILL_LEN = 2, 12

@@ -7,7 +7,7 @@ Adding a family (say, one whose MLP projections are named differently) is one mo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,13 @@ class ModelShape:
     tie_word_embeddings: bool
     attention_bias: bool = False
     mlp_bias: bool = False
+
+    @property
+    def id(self) -> str:
+        """12-hex hash of the shape: the same sub-network of another model is another measurement."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def q_dim(self) -> int:

@@ -1,6 +1,6 @@
 """`onnxruntime`: the deployed format, fp32 / int8 / int4, timed through ONNX Runtime sessions.
 
-`load` exports the sub-network with the project's exporter (`export/onnx_export.py`, KV cache,
+`load` exports the sub-network with the project's exporter (`onnx_model/exporter.py`, KV cache,
 the same quantization as `llamanas export`) into a temporary directory, once per sub-network,
 and opens one session with a fixed number of intra-op threads. Workloads match the `torch`
 backend: prefill = one prompt from an empty cache (the graph computes logits for every
@@ -53,7 +53,7 @@ class OnnxRuntimeBackend(Backend):
     # ---- one sub-network -------------------------------------------------------------------
     def load(self, subnet: SubnetConfig) -> int:
         """Export `subnet` once (warm-up and measurement reuse it), then open a session."""
-        from ...export.onnx_export import ONNX_NAME
+        from ...onnx_model.exporter import ONNX_NAME
         from ...runtime import OrtDecoder
 
         if self._workdir is None:
@@ -74,9 +74,9 @@ class OnnxRuntimeBackend(Backend):
     def _export(self, subnet: SubnetConfig, tmp: Path) -> Path:
         import torch
 
-        from ...export.config import onnx_config_for
-        from ...export.onnx_export import ONNX_NAME, export_onnx
-        from ...export.quantize import int4_settings, int8_settings, quantize
+        from ...onnx_model.config import onnx_config_for
+        from ...onnx_model.exporter import ONNX_NAME, export_onnx
+        from ...onnx_model.quantize import int4_settings, int8_settings, quantize
         from ..fingerprint import current_fingerprint
         from ..weights import subnet_model
 

@@ -1,0 +1,63 @@
+"""The toolkit's vocabulary, defined once: metrics and their units, devices, precisions, clocks,
+tokenizer files. Every stage and every CLI choice list reads them from here.
+
+Registries with behaviour live with that behaviour and are the one home of their names:
+profiler backends in `profile/backends/__init__.py:BACKENDS`, search algorithms in
+`search/algorithms.py:ALGORITHMS`, model families in `model/families.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import BadInputError
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A hardware figure a profile records and a predictor learns."""
+
+    name: str  # what `fit --metric`, predictors and artifacts call it
+    field: str  # the profile record's field and the search objective's name, unit included
+    unit: str
+    higher_is_better: bool  # a rate: the predictor learns its inverse as a cost
+
+    @property
+    def direction(self) -> str:
+        return "max" if self.higher_is_better else "min"
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("decode_ms", "decode_ms", "ms", False),
+        Metric("prefill_ms", "prefill_ms", "ms", False),
+        Metric("throughput", "throughput_tok_s", "tok/s", True),
+        Metric("peak_mem", "peak_mem_mib", "MiB", False),
+    )
+}
+TIMED_FIGURES = ("prefill_ms", "decode_ms", "throughput_tok_s")  # record fields with a spread of their own
+
+
+def metric(name: str) -> Metric:
+    """The metric called `name` (its short name or its record field); `BadInputError` otherwise."""
+    for m in METRICS.values():
+        if name in (m.name, m.field):
+            return m
+    raise BadInputError(f"metric {name!r} is not one of {sorted(METRICS)}")
+
+
+DEVICES = ("cpu", "cuda")
+CLOCKS = ("wall", "cpu")  # elapsed time, or the measuring thread's CPU time (one thread, shared machine)
+TORCH_PRECISIONS = ("fp32", "bf16")
+EXPORT_PRECISIONS = ("fp32", "int8", "int4")
+PROFILE_PRECISIONS = tuple(dict.fromkeys(TORCH_PRECISIONS + EXPORT_PRECISIONS))
+WEIGHT_SOURCES = ("auto", "random", "checkpoint")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def check_choice(value: str, choices: tuple[str, ...] | list[str], what: str) -> str:
+    """`value` if it is one of `choices`, else `BadInputError` naming `what`."""
+    if value not in choices:
+        raise BadInputError(f"{what} {value!r}: expected one of {list(choices)}")
+    return value

@@ -1,0 +1,75 @@
+"""Reading and writing the project's files: JSON with one error style, atomic writes.
+
+A write goes to a temporary file in the same directory, is flushed and fsynced, then renamed
+over the target, so a crash leaves the old file or the new one, never half of either. JSON is
+written strictly (NaN and infinities are refused: they are not JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import BadInputError
+
+
+def write_text(path: str | Path, text: str, mode: int = 0o644) -> Path:
+    """Write `text` to `path` atomically; the file ends readable by all (a temporary file is private)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        try:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(f.name)
+            raise
+    os.chmod(f.name, mode)
+    os.replace(f.name, path)
+    return path
+
+
+def dumps(data: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """Strict JSON text (no NaN / Infinity); compact when `indent` is None."""
+    separators = (",", ":") if indent is None else None
+    return json.dumps(data, indent=indent, sort_keys=sort_keys, allow_nan=False, separators=separators, default=str)
+
+
+def write_json(path: str | Path, data: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """Write `data` as strict JSON, atomically (a trailing newline when indented)."""
+    text = dumps(data, indent, sort_keys)
+    return write_text(path, text + "\n" if indent is not None else text)
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """The JSON content of `path`; `BadInputError` naming the file when it is missing, unreadable or not JSON."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path}: is a directory, expected a {what}") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: not a {what} (not UTF-8 text)") from None
+    except OSError as err:
+        raise BadInputError(f"{path}: cannot read {what} ({err.strerror})") from None
+    return parse_json(text, str(path))
+
+
+def parse_json(text: str, source: str) -> Any:
+    """`json.loads` with the project's error: `BadInputError` naming `source` and where the text broke."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{source}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except ValueError as err:
+        raise BadInputError(f"{source}: not valid JSON ({err})") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
