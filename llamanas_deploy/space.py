@@ -112,6 +112,24 @@ class SearchSpace:
         return tuple(int(round(i * (self.max_layers - 1) / (depth - 1))) for i in range(depth))
 
     # ---- validation -----------------------------------------------------------------
+    def resolve(self, value: str, source: str | None = None) -> SubnetConfig:
+        """The sub-network `value` names, validated: 'largest', 'smallest', inline JSON, a config
+        file, or `FRONT.json#INDEX` (`source` names it in errors; default: the value itself)."""
+        from .subnet_config import read_subnet_arg
+
+        named = {"largest": self.largest, "smallest": self.smallest}
+        if value in named:
+            return named[value]
+        return self.validate(read_subnet_arg(value), source or _describe_arg(value))
+
+    def resolve_many(self, value: str, source: str | None = None) -> list[SubnetConfig]:
+        """Like `resolve`, but a file may hold many configs (JSON lines, as `llamanas space sample` prints)."""
+        from .subnet_config import read_subnets
+
+        if value in ("largest", "smallest") or "#" in value or value.lstrip().startswith("{"):
+            return [self.resolve(value, source)]
+        return [self.validate(c, source or value) for c in read_subnets(value)]
+
     def validate(self, cfg: SubnetConfig, source: str = "sub-network") -> SubnetConfig:
         """Return `cfg` (canonical) if it belongs to this space, else raise `BadInputError`."""
         if cfg.num_layers not in self.depth_choices:
@@ -236,6 +254,11 @@ class SearchSpace:
 
 def _set(values: tuple[int, ...]) -> str:
     return "{" + ", ".join(str(v) for v in values) + "}"
+
+
+def _describe_arg(value: str) -> str:
+    """How an error names a sub-network argument: the file, or 'inline JSON' for JSON text."""
+    return "inline sub-network JSON" if value.lstrip().startswith("{") else value
 
 
 def builtin_spaces() -> list[str]:

@@ -118,7 +118,7 @@ def read_subnet_arg(value: str) -> SubnetConfig:
     a plain JSON list of configs is indexed the same way.
     """
     if value.lstrip().startswith("{"):
-        return SubnetConfig.from_json(value, "--subnet")
+        return SubnetConfig.from_json(value, "inline sub-network JSON")
     path, _, index = value.partition("#")
     if not index:
         return SubnetConfig.from_file(path)

@@ -70,10 +70,35 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {where}{err.format_message()}", err=True)
         sys.exit(2)
     except BadInputError as err:
-        _fail(err, 2, debug)
+        _fail(_with_flag(err, args), 2, debug)
     except (LlamanasError, Exception) as err:  # noqa: BLE001 - the CLI's one place for errors
         _fail(err, 1, debug)
     sys.exit(0)
+
+
+def _with_flag(err: BadInputError, args: list[str]) -> BadInputError:
+    """A library error about a parameter, restated with the flag of the invoked command that sets it."""
+    flag = _flag_for(err.param, args) if err.param else None
+    if flag is None:
+        return err
+    restated = BadInputError(f"{flag}: {err.detail}")
+    restated.__traceback__ = err.__traceback__
+    return restated
+
+
+def _flag_for(param: str, args: list[str]) -> str | None:
+    ctx = click.Context(cli)
+    command: click.Command | None = cli
+    for word in (a for a in args if not a.startswith("-")):
+        if not isinstance(command, click.Group):
+            break
+        command = command.get_command(ctx, word)
+        if command is None:
+            return None
+    for option in command.params if command is not None else []:
+        if option.name == param and isinstance(option, click.Option):
+            return option.opts[0]
+    return None
 
 
 def _fail(err: Exception, code: int, debug: bool) -> None:
