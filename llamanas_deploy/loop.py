@@ -11,34 +11,37 @@ Each stage reads the previous stage's files, so a rerun of the same command with
 
 from __future__ import annotations
 
-import json
-import os
-import sys
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .concepts import CLOCKS, DEVICES, EXPORT_PRECISIONS, check_choice
 from .errors import BadInputError
+from .jsonfiles import read_json, write_json
+from .progress import Callback, report
 from .subnet_config import SubnetConfig
 
 PROFILE_DIRS = (Path("hardware_profiles"), Path(__file__).resolve().parent.parent / "hardware_profiles")
 LATENCY_METRIC = "decode_ms"
 STAGES = 6
 HELDOUT_TOKENS = 4096  # the export's verification data: full, winner and artifact share one perplexity
+RUN_FILE, SUMMARY_FILE = "run.json", "summary.json"
 
 
 @dataclass(frozen=True)
-class RunRequest:
-    out: Path
+class RunSettings:
+    """Everything one run of the loop depends on (stored in `run.json`: the same settings resume)."""
+
     model: str = "tiny"
     space: str = "tiny"
-    backend: str = "torch"
-    backend_precision: str = "fp32"
+    backend: str = "torch"  # the profiler backend the latency predictor models
+    backend_precision: str = "fp32"  # that backend's precision
     export_precision: str = "int8"
     device: str = "cpu"
     max_latency_ms: float | None = None
-    speedup: float = 1.5
-    samples: int = 60
+    speedup: float = 1.5  # without max_latency_ms: budget = full network's predicted latency / speedup
+    samples: int = 60  # sub-networks to profile when no matching profile of this device exists
     visits: int = 3
     min_profile_subnets: int = 40
     algorithm: str = "nsga2"
@@ -48,65 +51,95 @@ class RunRequest:
     seed: int = 0
     threads: int = 1
     clock: str = "cpu"
-    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(self.export_precision, EXPORT_PRECISIONS, "export_precision")
+        check_choice(self.device, DEVICES, "device")
+        check_choice(self.clock, CLOCKS, "clock")
+        if self.max_latency_ms is not None and not (math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0):
+            raise BadInputError(f"must be a positive finite number of ms, got {self.max_latency_ms}", param="max_latency_ms")
+        if not (math.isfinite(self.speedup) and self.speedup >= 1):
+            raise BadInputError(f"must be a finite number >= 1, got {self.speedup}", param="speedup")
 
 
-def run_loop(request: RunRequest) -> dict[str, Any]:
-    """Run every stage; returns the summary also written to `OUT/summary.json`."""
+@dataclass(frozen=True)
+class RunResult:
+    directory: Path
+    summary: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.summary
+
+
+def run(settings: RunSettings, out: str | Path, callback: Callback = None) -> RunResult:
+    """Run every stage in `out` (resuming what a previous run with the same settings left there)."""
+    from .model.supernet import SuperNetwork
     from .space import load_space
 
-    space = load_space(request.space)
-    request.out.mkdir(parents=True, exist_ok=True)
-    _check_run_dir(request)
-    profile_dir, reused = _stage_profile(request, space)
-    predictor_path = _stage_fit(request, space, profile_dir)
+    out = Path(out)
+    space = load_space(settings.space)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(settings, out)
+    stage = _Stages(callback)
+    profile_dir, reused = _stage_profile(settings, out, space, stage)
+    supernet = SuperNetwork.load(settings.model)
+    supernet.check_space(space)
+    predictor_path = _stage_fit(settings, out, space, supernet, profile_dir, stage)
     predictor = _load_predictor(predictor_path, space)
-    budget = request.max_latency_ms or float(predictor.predict([space.largest])[0]) / request.speedup
-    search = _stage_search(request, space, predictor_path, budget)
+    budget = settings.max_latency_ms or float(predictor.predict([space.largest])[0]) / settings.speedup
+    search = _stage_search(settings, out, space, supernet, predictor_path, budget, stage)
     chosen = choose(search.front, search.accuracy_name, search.accuracy_direction, predictor.metadata_["metric"], budget)
-    manifest = _stage_export(request, chosen, predictor_path)
-    measured = _stage_measure(request, predictor, [space.largest, chosen])
-    perplexities = _heldout_perplexities(request, [space.largest, chosen])
+    manifest = _stage_export(settings, out, space, supernet, chosen, predictor_path, stage)
+    measured = _stage_measure(settings, predictor, [space.largest, chosen], stage)
+    perplexities = _heldout_perplexities(settings, supernet, [space.largest, chosen])
+    stage(6, "summary")
     profile = {"dir": str(profile_dir), "reused": reused}
-    summary = _summary(request, space, profile, predictor, budget, search, chosen, manifest, measured, perplexities)
-    _write_json(request.out / "summary.json", summary)
-    return summary
+    summary = _summary(settings, out, space, supernet, profile, predictor, budget, search, chosen, manifest, measured,
+                       perplexities)  # fmt: skip
+    write_json(out / SUMMARY_FILE, summary)
+    return RunResult(out, summary)
+
+
+class _Stages:
+    """Announces each stage as '[i/6] ...' through the callback, and passes the callback on."""
+
+    def __init__(self, callback: Callback):
+        self.callback = callback
+
+    def __call__(self, number: int, text: str) -> None:
+        report(self.callback, "run", number, STAGES, "stage", message=f"[{number}/{STAGES}] {text}")
+
+    def log(self, text: str) -> None:
+        report(self.callback, "run", message=text)
 
 
 # ---- stages ------------------------------------------------------------------------------
-def _stage_profile(request: RunRequest, space) -> tuple[Path, bool]:
+def _stage_profile(settings: RunSettings, out: Path, space, stage: _Stages) -> tuple[Path, bool]:
     """A profile of this device for the backend: a shipped/earlier one if it matches, else measured now."""
-    shipped = find_matching_profile(request, space)
+    shipped = find_matching_profile(settings, space)
     if shipped is not None:
-        _step(1, f"profile: reusing {shipped} (same device fingerprint, backend, shapes)")
+        stage(1, f"profile: reusing {shipped} (same device fingerprint, backend, shapes)")
         return shipped, True
-    from .profile.runner import ProfileRequest, run_profile
-    from .profile.stats import Protocol
+    from .profile import ProfileSettings, Protocol, profile
 
-    out = request.out / "profile"
-    _step(1, f"profile: no matching profile of this device; measuring {request.samples} sub-networks into {out}")
-    run_profile(
-        ProfileRequest(
-            target=f"run-{request.out.name}",
-            model=request.model,
-            space=request.space,
-            backend=request.backend,
-            precision=request.backend_precision,
-            device=request.device,
-            samples=request.samples,
-            seed=request.seed,
-            threads=request.threads,
-            clock=request.clock,
-            protocol=Protocol(visits=request.visits),
-            out=out,
-        ),
-        progress=request.progress,
+    profile_dir = out / "profile"
+    stage(1, f"profile: no matching profile of this device; measuring {settings.samples} sub-networks into {profile_dir}")
+    profile_settings = ProfileSettings(
+        backend=settings.backend,
+        precision=settings.backend_precision,
+        device=settings.device,
+        samples=settings.samples,
+        seed=settings.seed,
+        threads=settings.threads,
+        clock=settings.clock,
+        protocol=Protocol(visits=settings.visits),
     )
-    return out, False
+    profile(settings.model, space, profile_settings, target=f"run-{out.name}", out=profile_dir, callback=stage.callback)
+    return profile_dir, False
 
 
-def find_matching_profile(request: RunRequest, space) -> Path | None:
-    """The first profile directory measured on this device with enough usable records for the request."""
+def find_matching_profile(settings: RunSettings, space) -> Path | None:
+    """The first profile directory measured on this device with enough usable records for the run."""
     from .predict.dataset import load_profile_data
     from .profile.fingerprint import current_fingerprint
 
@@ -115,35 +148,34 @@ def find_matching_profile(request: RunRequest, space) -> Path | None:
         for candidate in sorted(root.glob("*/fingerprint.json")) if root.is_dir() else []:
             try:
                 data = load_profile_data(
-                    candidate.parent, LATENCY_METRIC, space, request.backend, request.backend_precision
+                    candidate.parent, LATENCY_METRIC, space, settings.backend, settings.backend_precision
                 )
             except BadInputError:
                 continue
             setting = data.setting
             if (
                 data.fingerprint["fingerprint_id"] == here
-                and setting["device"] == request.device
-                and setting["threads"] == request.threads
-                and len(data.y) >= request.min_profile_subnets
+                and setting["device"] == settings.device
+                and setting["threads"] == settings.threads
+                and len(data.y) >= settings.min_profile_subnets
             ):
                 return candidate.parent
     return None
 
 
-def _stage_fit(request: RunRequest, space, profile_dir: Path) -> Path:
-    path = request.out / f"predictor-{LATENCY_METRIC}.json"
+def _stage_fit(settings: RunSettings, out: Path, space, supernet, profile_dir: Path, stage: _Stages) -> Path:
+    path = out / f"predictor-{LATENCY_METRIC}.json"
     if path.is_file():
-        _step(2, f"fit: reusing {path}")
+        stage(2, f"fit: reusing {path}")
         return path
-    from .predict.dataset import load_profile_data, resolve_shape
-    from .predict.train import fit_profile
+    from .predict import FitSettings, fit
 
-    _step(2, f"fit: XGBoost {LATENCY_METRIC} predictor on {profile_dir}")
-    data = load_profile_data(profile_dir, LATENCY_METRIC, space, request.backend, request.backend_precision)
-    result = fit_profile(data, resolve_shape(data, request.model), LATENCY_METRIC, seed=request.seed, with_curve=False,
-                         show_progress=request.progress)  # fmt: skip
+    stage(2, f"fit: XGBoost {LATENCY_METRIC} predictor on {profile_dir}")
+    result = fit(profile_dir, LATENCY_METRIC, FitSettings(seed=settings.seed, learning_curve=False), space=space,
+                 model=supernet, backend=settings.backend, precision=settings.backend_precision,
+                 callback=stage.callback)  # fmt: skip
     metrics = result.predictor.metadata_["test_metrics"]
-    log(f"      held-out: MAPE {metrics['mape_pct']:.2f}%, {metrics['within_10_pct']:.0f}% within ±10%")
+    stage.log(f"      held-out: MAPE {metrics['mape_pct']:.2f}%, {metrics['within_10_pct']:.0f}% within ±10%")
     return result.predictor.save(path)
 
 
@@ -157,97 +189,83 @@ class SearchOutcome:
     evaluations: int
 
 
-def _stage_search(request: RunRequest, space, predictor_path: Path, budget_ms: float) -> SearchOutcome:
-    from .search.objectives import build_objective_set
-    from .search.run import SearchSettings, run_search
+def _stage_search(settings: RunSettings, out: Path, space, supernet, predictor_path: Path, budget_ms: float,
+                  stage: _Stages) -> SearchOutcome:  # fmt: skip
+    from .search import ALGORITHMS, Perplexity, PredictedLatency, SearchProblem, minimize
 
-    _step(3, f"search: {request.algorithm}, {request.evaluations} evaluations, latency budget {budget_ms:.2f} ms")
-    objectives = build_objective_set(request.model, space, [f"latency:{predictor_path}"], eval_tokens=request.eval_tokens)
-    settings = SearchSettings(
-        algorithm=request.algorithm,
-        population=request.population,
-        evaluations=request.evaluations,
-        seed=request.seed,
-        max_latency_ms=budget_ms,
-    )
-    result = run_search(space, objectives, request.out / "search", settings, show_progress=request.progress)
-    accuracy = objectives.accuracy
-    return SearchOutcome(result.front, result.full, accuracy.name, accuracy.direction, result.out_dir, result.evaluations)
+    stage(3, f"search: {settings.algorithm}, {settings.evaluations} evaluations, latency budget {budget_ms:.2f} ms")
+    accuracy = Perplexity(max_tokens=settings.eval_tokens)
+    problem = SearchProblem(supernet, space, [accuracy, PredictedLatency(predictor_path)], max_latency_ms=budget_ms)
+    algorithm = ALGORITHMS[settings.algorithm](population=settings.population)
+    result = minimize(problem, algorithm, evaluations=settings.evaluations, seed=settings.seed, out=out / "search",
+                      callback=stage.callback)  # fmt: skip
+    measure = problem.accuracy
+    return SearchOutcome(result.front, result.full, measure.name, measure.direction, result.out_dir, result.evaluations)
 
 
 def choose(front: list[dict[str, Any]], accuracy: str, direction: str, latency: str, budget_ms: float) -> SubnetConfig:
     """The most accurate front member whose predicted latency is within the budget."""
     feasible = [e for e in front if e["objectives"][latency] <= budget_ms]
     if not feasible:
-        raise BadInputError(f"no sub-network found within the latency budget of {budget_ms:.3f} ms; raise --max-latency")
+        raise BadInputError(f"no sub-network found within the latency budget of {budget_ms:.3f} ms",
+                            param="max_latency_ms")  # fmt: skip
     sign = -1.0 if direction == "max" else 1.0
     best = min(feasible, key=lambda e: (sign * e["objectives"][accuracy], e["objectives"][latency]))
     return SubnetConfig.from_dict(best["subnet"], "front")
 
 
-def _stage_export(request: RunRequest, chosen: SubnetConfig, predictor_path: Path) -> dict[str, Any]:
-    from .export.pipeline import ExportRequest, export_artifact
-    from .profile.stats import Protocol
+def _stage_export(settings: RunSettings, out: Path, space, supernet, chosen: SubnetConfig, predictor_path: Path,
+                  stage: _Stages) -> dict[str, Any]:  # fmt: skip
+    from .export import BenchSettings, ExportSettings, export
+    from .profile import Protocol
 
-    out = request.out / "artifact"
-    manifest_path = out / "manifest.json"
+    artifact = out / "artifact"
+    manifest_path = artifact / "manifest.json"
     if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("subnet_id") == chosen.id and manifest.get("precision") == request.export_precision:
-            _step(4, f"export: reusing {out}")
+        manifest = read_json(manifest_path, "artifact manifest")
+        if manifest.get("subnet_id") == chosen.id and manifest.get("precision") == settings.export_precision:
+            stage(4, f"export: reusing {artifact}")
             return manifest
-        raise BadInputError(f"{out}: holds another artifact; use a new --out")
-    _step(4, f"export: {chosen.id} ({chosen.num_layers} layers) to ONNX {request.export_precision}, verify, bench")
-    return export_artifact(
-        ExportRequest(
-            model=request.model,
-            space=request.space,
-            subnet=chosen,
-            precision=request.export_precision,
-            device=request.device,
-            out=out,
-            predictor=predictor_path,
-            max_eval_tokens=HELDOUT_TOKENS,
-            progress=request.progress,
-            bench_options={"threads": request.threads, "clock": request.clock, "protocol": Protocol(visits=request.visits)},
-        )
-    )
+        raise BadInputError(f"{artifact}: holds another artifact; use a new run directory")
+    stage(4, f"export: {chosen.id} ({chosen.num_layers} layers) to ONNX {settings.export_precision}, verify, bench")
+    export_settings = ExportSettings(precision=settings.export_precision, device=settings.device,
+                                     max_eval_tokens=HELDOUT_TOKENS)  # fmt: skip
+    bench = BenchSettings(protocol=Protocol(visits=settings.visits), threads=settings.threads, clock=settings.clock)
+    result = export(supernet, space, chosen, artifact, export_settings, predictor=predictor_path, bench=bench,
+                    callback=stage.callback)  # fmt: skip
+    return result.manifest
 
 
-def _stage_measure(request: RunRequest, predictor, subnets: list[SubnetConfig]) -> list[dict[str, Any]]:
-    """Measure the full network and the winner as the profile was measured, in turns (`--visits`)."""
+def _stage_measure(settings: RunSettings, predictor, subnets: list[SubnetConfig], stage: _Stages) -> list[dict[str, Any]]:
+    """Measure the full network and the winner as the profile was measured, in turns (`visits`)."""
+    from .profile import Protocol, Shapes
     from .profile.backends import get_backend
-    from .profile.base import Shapes
-    from .profile.stats import Protocol
 
     meta = predictor.metadata_
-    _step(5, f"measure: full network and winner with the {meta['backend']} backend (the profile's protocol)")
+    stage(5, f"measure: full network and winner with the {meta['backend']} backend (the profile's protocol)")
     backend = get_backend(meta["backend"])(
-        request.model, meta["precision"], meta["device"], meta["threads"], "auto", request.seed, meta["clock"]
+        settings.model, meta["precision"], meta["device"], meta["threads"], "auto", settings.seed, meta["clock"]
     )
     shapes = Shapes(**meta["shapes"])
     backend.warm_up(subnets[0], shapes)
-    return [m.to_dict() for m in backend.measure_visits(subnets, shapes, Protocol(visits=request.visits))]
+    return [m.to_dict() for m in backend.measure_visits(subnets, shapes, Protocol(visits=settings.visits))]
 
 
-def _heldout_perplexities(request: RunRequest, subnets: list[SubnetConfig]) -> list[float]:
+def _heldout_perplexities(settings: RunSettings, supernet, subnets: list[SubnetConfig]) -> list[float]:
     """Perplexity on the same held-out tokens the export verified the artifact on."""
     from .evaluate import load_heldout, perplexity
-    from .model.supernet import SuperNetwork
 
-    supernet = SuperNetwork.load(request.model)
-    tokens = load_heldout(request.model, HELDOUT_TOKENS)
+    tokens = load_heldout(settings.model, HELDOUT_TOKENS)
     return [perplexity(supernet, cfg, tokens).value for cfg in subnets]
 
 
 # ---- summary ---------------------------------------------------------------------------------
-def _summary(request, space, profile, predictor, budget, search, chosen, manifest, measured, perplexities) -> dict:
+def _summary(settings, out, space, supernet, profile, predictor, budget, search, chosen, manifest, measured,
+             perplexities) -> dict:  # fmt: skip
     from .analytics import subnet_stats
-    from .model.families import read_shape
     from .profile.store import kept_figure
 
-    _step(6, "summary")
-    shape = read_shape(request.model)
+    shape = supernet.shape
     full_cfg = space.largest
     predicted = predictor.predict([full_cfg, chosen])
     shapes = predictor.metadata_["shapes"]
@@ -275,10 +293,10 @@ def _summary(request, space, profile, predictor, budget, search, chosen, manifes
     full, sub = rows
     return {
         "schema_version": 1,
-        "run_dir": str(request.out),
-        "request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
+        "run_dir": str(out),
+        "request": {"out": str(out), **asdict(settings)},
         "profile": profile,
-        "predictor": {"file": str(request.out / f"predictor-{LATENCY_METRIC}.json"), **_predictor_info(predictor)},
+        "predictor": {"file": str(out / f"predictor-{LATENCY_METRIC}.json"), **_predictor_info(predictor)},
         "latency_budget_ms": budget,
         "search": {"dir": str(search.out_dir), "evaluations": search.evaluations, "front_size": len(search.front)},
         "search_accuracy_metric": search.accuracy_name,
@@ -291,8 +309,8 @@ def _summary(request, space, profile, predictor, budget, search, chosen, manifes
             "throughput": sub["throughput_tok_s"] / full["throughput_tok_s"],
             "heldout_perplexity_delta": sub["heldout_perplexity"] - full["heldout_perplexity"],
         },
-        "artifact": _artifact_info(request.out / "artifact", manifest),
-        "files": sorted(str(p.relative_to(request.out)) for p in request.out.rglob("*") if p.is_file()),
+        "artifact": _artifact_info(out / "artifact", manifest),
+        "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
     }
 
 
@@ -322,36 +340,22 @@ def _artifact_info(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-def _check_run_dir(request: RunRequest) -> None:
-    """A run directory belongs to one request: the same command resumes, another is refused."""
-    path = request.out / "run.json"
-    wanted = {k: v for k, v in asdict(request).items() if k not in ("out", "progress")}
+def _check_run_dir(settings: RunSettings, out: Path) -> None:
+    """A run directory belongs to one set of settings: the same ones resume, others are refused."""
+    path = out / RUN_FILE
+    wanted = asdict(settings)
     if path.is_file():
-        stored = json.loads(path.read_text())
+        stored = read_json(path, "run settings file")
         if stored != wanted:
-            changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
-            raise BadInputError(f"{request.out}: holds a run with other settings ({', '.join(changed)}); use a new --out")
+            changed = sorted(k for k in wanted if not isinstance(stored, dict) or stored.get(k) != wanted[k])
+            raise BadInputError(f"{out}: holds a run with other settings ({', '.join(changed)}); use a new run directory")
         return
-    _write_json(path, wanted)
+    write_json(path, wanted)
 
 
 def _load_predictor(path: Path, space):
-    from .predict.estimator import LatencyPredictor
+    from .predict import LatencyPredictor
 
     predictor = LatencyPredictor.load(path)
     predictor.check_space(space)
     return predictor
-
-
-def _step(number: int, text: str) -> None:
-    log(f"[{number}/{STAGES}] {text}")
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

@@ -7,64 +7,61 @@ from pathlib import Path
 
 import click
 
-from .common import emit, json_option, space_option, table
+from ..concepts import EXPORT_PRECISIONS, PROFILE_PRECISIONS
+from ..loop import RunSettings
+from .common import (
+    AliasedOption, clock_option, device_option, emit, json_option, model_option, progress_printer, quiet_option,
+    space_option, table, threads_option,
+)  # fmt: skip
+
+D = RunSettings()
+
+
+def _algorithms() -> list[str]:
+    from ..search.algorithms import ALGORITHMS
+
+    return sorted(ALGORITHMS)
 
 
 @click.command()
-@click.option("--model", default="tiny", show_default=True, help="Super-network dir or built-in name.")
+@model_option(D.model)
 @space_option
-@click.option("--backend", default="torch", show_default=True, help="Profiler backend the predictor models.")
-@click.option("--backend-precision", default="fp32", show_default=True, help="Precision of the profiled backend.")
-@click.option("--precision", "export_precision", type=click.Choice(["fp32", "int8", "int4"]), default="int8",
-              show_default=True, help="Precision of the exported ONNX artifact.")  # fmt: skip
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--max-latency", type=click.FloatRange(min=0, min_open=True), help="Predicted decode ms budget.")
-@click.option("--speedup", default=1.5, show_default=True, type=click.FloatRange(min=1.0),
-              help="Without --max-latency: budget = full network's predicted latency / SPEEDUP.")  # fmt: skip
-@click.option("--samples", default=60, show_default=True, type=click.IntRange(min=10),
-              help="Sub-networks to profile when no matching profile of this device exists.")  # fmt: skip
-@click.option("--visits", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Passes over that profile's plan; turns measuring the full network and the winner.")  # fmt: skip
-@click.option("--algorithm", type=click.Choice(["nsga2", "linas", "random"]), default="nsga2", show_default=True)
-@click.option("--population", default=20, show_default=True, type=click.IntRange(min=2))
-@click.option("--evaluations", default=60, show_default=True, type=click.IntRange(min=2))
-@click.option("--eval-tokens", default=2048, show_default=True, type=click.IntRange(min=64),
-              help="Held-out tokens per perplexity evaluation.")  # fmt: skip
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--backend", default=D.backend, show_default=True, help="Profiler backend the predictor models.")
+@click.option("--profile-precision", "--backend-precision", "backend_precision", cls=AliasedOption,
+              type=click.Choice(PROFILE_PRECISIONS), default=D.backend_precision, show_default=True,
+              help="Precision of the profiled backend (what the latency predictor models).")
+@click.option("--export-precision", "--precision", "export_precision", cls=AliasedOption,
+              type=click.Choice(EXPORT_PRECISIONS), default=D.export_precision, show_default=True,
+              help="Precision of the exported ONNX artifact.")
+@device_option(D.device)
+@click.option("--max-latency", "max_latency_ms", type=float, help="Predicted decode ms budget.")
+@click.option("--speedup", default=D.speedup, show_default=True, type=float,
+              help="Without --max-latency: budget = full network's predicted latency / SPEEDUP.")
+@click.option("--samples", default=D.samples, show_default=True, type=click.IntRange(min=10),
+              help="Sub-networks to profile when no matching profile of this device exists.")
+@click.option("--visits", default=D.visits, show_default=True, type=click.IntRange(min=1),
+              help="Passes over that profile's plan; turns measuring the full network and the winner.")
+@click.option("--algorithm", type=click.Choice(_algorithms()), default=D.algorithm, show_default=True)
+@click.option("--population", default=D.population, show_default=True, type=click.IntRange(min=2))
+@click.option("--evaluations", default=D.evaluations, show_default=True, type=click.IntRange(min=2))
+@click.option("--eval-tokens", default=D.eval_tokens, show_default=True, type=click.IntRange(min=64),
+              help="Held-out tokens per perplexity evaluation.")
+@threads_option(D.threads)
+@clock_option(D.clock)
+@click.option("--seed", default=D.seed, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [runs/DATE-TIME].")
-@click.option("--quiet", is_flag=True, help="No progress bars (stage lines still go to stderr).")
+@quiet_option
 @json_option
-def run(**opts) -> None:
+def run(out: Path | None, as_json: bool, quiet: bool, space_name: str, **settings) -> None:
     """Profile -> fit -> search -> export -> verify and measure, on this device, in one run directory.
 
     Rerunning with the same --out resumes: finished stages are reused.
     """
-    from ..loop import RunRequest, run_loop
+    from ..loop import run as run_loop
 
-    out = opts.pop("out") or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    as_json = opts.pop("as_json")
-    request = RunRequest(
-        out=out,
-        model=opts["model"],
-        space=opts["space_name"],
-        backend=opts["backend"],
-        backend_precision=opts["backend_precision"],
-        export_precision=opts["export_precision"],
-        device=opts["device"],
-        max_latency_ms=opts["max_latency"],
-        speedup=opts["speedup"],
-        samples=opts["samples"],
-        visits=opts["visits"],
-        algorithm=opts["algorithm"],
-        population=opts["population"],
-        evaluations=opts["evaluations"],
-        eval_tokens=opts["eval_tokens"],
-        seed=opts["seed"],
-        threads=opts["threads"],
-        progress=not opts["quiet"],
-    )
-    emit(run_loop(request), as_json, render_summary)
+    out = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    result = run_loop(RunSettings(space=space_name, **settings), out, progress_printer(quiet))
+    emit(result.to_dict(), as_json, render_summary)
 
 
 def render_summary(s: dict) -> str:
