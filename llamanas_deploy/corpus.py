@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from .jsonfiles import write_text
 
 HELDOUT_EVERY = 10  # a topic is held out when sha256(name) % HELDOUT_EVERY == 0
 VOCAB_SIZE = 4096
@@ -108,10 +108,10 @@ def write_assets(out_dir: str | Path) -> dict:
     heldout_text = "\n\n".join(heldout.values())
     tokenizer = train_tokenizer(list(train.values()))
     task = build_task(list(heldout.values()))
-    _atomic_write(out / "tokenizer.json", tokenizer.to_str(pretty=True))
-    _atomic_write(out / "tokenizer_config.json", json.dumps(_tokenizer_config(), indent=2) + "\n")
-    _atomic_write(out / "heldout.txt", heldout_text)
-    _atomic_write(out / "mc_task.jsonl", "".join(json.dumps(ex) + "\n" for ex in task))
+    write_text(out / "tokenizer.json", tokenizer.to_str(pretty=True))
+    write_text(out / "tokenizer_config.json", json.dumps(_tokenizer_config(), indent=2) + "\n")
+    write_text(out / "heldout.txt", heldout_text)
+    write_text(out / "mc_task.jsonl", "".join(json.dumps(ex) + "\n" for ex in task))
     info = {
         "schema_version": 1,
         "source": "pydoc_data.topics",
@@ -124,7 +124,7 @@ def write_assets(out_dir: str | Path) -> dict:
         "tokenizer": {"type": "byte-level BPE", "vocab_size": tokenizer.get_vocab_size()},
         "mc_task": {"examples": len(task), "choices": TASK_CHOICES, "seed": TASK_SEED},
     }
-    _atomic_write(out / "corpus.json", json.dumps(info, indent=2) + "\n")
+    write_text(out / "corpus.json", json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -139,14 +139,6 @@ def _tokenizer_config() -> dict:
         "model_max_length": 1024,
         "clean_up_tokenization_spaces": False,
     }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

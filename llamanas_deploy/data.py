@@ -14,11 +14,11 @@ Every problem raises `BadInputError` naming the file (and line) and what was wro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import BadInputError
+from .jsonfiles import parse_json
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{with_input}. "
@@ -69,7 +69,7 @@ def _jsonl_texts(text: str, path: Path, text_field: str) -> list[str]:
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        record = _parse_json(line, f"{path}:{number}")
+        record = parse_json(line, f"{path}:{number}")
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             raise BadInputError(f"{path}:{number}: expected a JSON object with a string field '{text_field}'")
         texts.append(record[text_field])
@@ -77,7 +77,7 @@ def _jsonl_texts(text: str, path: Path, text_field: str) -> list[str]:
 
 
 def _alpaca_texts(text: str, path: Path) -> list[str]:
-    records = _parse_json(text, str(path))
+    records = parse_json(text, str(path))
     if not isinstance(records, list):
         raise BadInputError(f"{path}: Alpaca data must be a JSON list of {{instruction, input, output}} objects")
     return [format_alpaca(record, f"{path}: record {i}") for i, record in enumerate(records)]
@@ -96,13 +96,6 @@ def format_alpaca(record: Any, source: str) -> str:
         input_block=f"### Input:\n{extra}\n\n" if extra else "",
         output=record["output"],
     )
-
-
-def _parse_json(text: str, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{source}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
 
 
 # ---- tokenizer ------------------------------------------------------------------------------

@@ -47,18 +47,18 @@ def write_json(path: str | Path, data: Any, indent: int | None = 2, sort_keys: b
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """The JSON content of `path`; `BadInputError` naming the file when it is missing, unreadable or not JSON."""
+    return parse_json(read_text(path, what), str(path))
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of `path`; `BadInputError` naming the file when it is missing or unreadable."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such {what}") from None
-    except IsADirectoryError:
-        raise BadInputError(f"{path}: is a directory, expected a {what}") from None
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise BadInputError(f"{path}: not a {what} (not UTF-8 text)") from None
+        raise BadInputError(f"{path}: cannot read {what} (not a UTF-8 text file)") from None
     except OSError as err:
-        raise BadInputError(f"{path}: cannot read {what} ({err.strerror})") from None
-    return parse_json(text, str(path))
+        raise BadInputError(f"{path}: cannot read {what} ({err.strerror or err})") from None
 
 
 def parse_json(text: str, source: str) -> Any:

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import BadInputError
+from .jsonfiles import read_json
 from .subnet_config import SubnetConfig
 
 SPACE_SCHEMA_VERSION = 1
@@ -274,13 +275,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         raise BadInputError(
             f"space '{name_or_path}': no such built-in space ({', '.join(builtin_spaces())}) and no such file"
         )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    except UnicodeDecodeError:
-        raise BadInputError(f"{path}: not a UTF-8 text file") from None
-    return space_from_dict(data, str(path))
+    return space_from_dict(read_json(path, "space file"), str(path))
 
 
 def space_from_dict(data: Any, source: str) -> SearchSpace:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import BadInputError
+from .jsonfiles import parse_json, read_json, read_text
 
 CONFIG_KEYS = ("num_layers", "intermediate_sizes", "layers")
 
@@ -91,20 +92,16 @@ class SubnetConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "sub-network config") -> "SubnetConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise BadInputError(f"{source}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
-        return cls.from_dict(data, source)
+        return cls.from_dict(parse_json(text, source), source)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "SubnetConfig":
-        return cls.from_json(_read_text(path, "sub-network config"), str(path))
+        return cls.from_json(read_text(path, "sub-network config"), str(path))
 
 
 def read_subnets(path: str | Path) -> list[SubnetConfig]:
     """Read one config (a JSON object) or many (JSON lines, as `llamanas space sample` prints)."""
-    text = _read_text(path, "sub-network configs")
+    text = read_text(path, "sub-network configs")
     lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     if len(lines) > 1 and all(line.lstrip().startswith("{") and line.rstrip().endswith("}") for _, line in lines):
         return [SubnetConfig.from_json(line, f"{path}:{i}") for i, line in lines]
@@ -124,10 +121,7 @@ def read_subnet_arg(value: str) -> SubnetConfig:
         return SubnetConfig.from_file(path)
     if not index.isdigit():
         raise BadInputError(f"{value}: the part after '#' must be an index into the front, got '{index}'")
-    try:
-        data = json.loads(_read_text(path, "front file"))
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    data = read_json(path, "front file")
     entries = data.get("front") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise BadInputError(f"{path}: expected a front file with a 'front' list, or a JSON list of configs")
@@ -137,15 +131,6 @@ def read_subnet_arg(value: str) -> SubnetConfig:
     if isinstance(entry, dict) and "subnet" in entry:
         entry = entry["subnet"]
     return SubnetConfig.from_dict(entry, f"{value}")
-
-
-def _read_text(path: str | Path, what: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError as err:
-        raise BadInputError(f"{path}: cannot read {what} ({err.strerror or err})") from None
-    except UnicodeDecodeError:
-        raise BadInputError(f"{path}: cannot read {what} (not a UTF-8 text file)") from None
 
 
 def _is_int(value: Any) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..jsonfiles import read_json
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUILTIN_MODELS = {"tiny": ASSETS_DIR / "tiny"}
@@ -131,12 +132,7 @@ def read_config_dict(name_or_path: str | Path) -> tuple[dict[str, Any], Path]:
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
         raise BadInputError(f"{name_or_path}: no such model directory or config.json")
-    try:
-        cfg = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{config_path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    except UnicodeDecodeError:
-        raise BadInputError(f"{config_path}: not a UTF-8 text file") from None
+    cfg = read_json(config_path, "model config")
     if not isinstance(cfg, dict):
         raise BadInputError(f"{config_path}: expected a JSON object")
     return cfg, config_path
