@@ -64,9 +64,10 @@ def main() -> None:
     pretrain = ft.FinetuneSettings(
         steps=args.pretrain_steps, batch_size=args.batch_size, seq_len=128, lr=args.pretrain_lr,
         warmup_steps=args.pretrain_steps // 10, weight_decay=0.1, strategy="full", from_scratch=True, seed=args.seed,
+        save_every=50,
     )  # fmt: skip
     start = f"{args.work}/start-standard-p{args.pretrain_steps}-b{args.batch_size}-lr{args.pretrain_lr:g}-seed{args.seed}"
-    ft.finetune("tiny", space, ["pydoc-train"], start, pretrain, save_every=50)
+    ft.finetune("tiny", space, ["pydoc-train"], start, pretrain)
 
     supernet = SuperNetwork.load(start)
     results = {"start point (trained, sliced)": measure(supernet)}
@@ -75,13 +76,14 @@ def main() -> None:
     results["start point, neurons reordered"] = measure(supernet)
 
     # another seed: the fine-tuning arms read batches in another order than the pre-training did
-    tune = replace(pretrain, steps=args.steps, lr=args.lr, warmup_steps=args.steps // 10, from_scratch=False, seed=args.seed + 1)
+    tune = replace(pretrain, steps=args.steps, lr=args.lr, warmup_steps=args.steps // 10, from_scratch=False, seed=args.seed + 1,
+                   save_every=25)
     arms = {"standard (continued)": replace(tune, strategy="full")}
     arms |= {f"one-shot {v}": replace(tune, **VARIANTS[v]) for v in args.variants.split(",")}
     for name, settings in arms.items():
         slug = name.replace(" (continued)", "").replace(" ", "-")
         out = f"{start}-then-{slug}-s{args.steps}-lr{args.lr:g}"
-        ft.finetune(start, space, ["pydoc-train"], out, settings, save_every=25)
+        ft.finetune(start, space, ["pydoc-train"], out, settings)
         results[name] = measure(SuperNetwork.load(out))
     _report(results, subnets, heldout, args, table)
 

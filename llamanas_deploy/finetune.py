@@ -20,18 +20,17 @@ Hugging Face checkpoint directory (`config.json`, `model.safetensors`, tokenizer
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
-import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import BadInputError
+from .errors import BadInputError, LlamanasError
+from .jsonfiles import read_json
+from .progress import Callback, report
 from .space import SearchSpace
 from .subnet_config import SubnetConfig
 
@@ -39,13 +38,13 @@ STRATEGIES = ("paper", "sandwich", "full")
 CHECKPOINT_DIR = "checkpoint"
 POINTER = "checkpoint.json"
 RECORD = "training.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
+RUNTIME_FIELDS = ("save_every",)  # how the run is carried out, not what it computes
 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Everything that determines the result; a resumed run must have the same settings."""
+    """Everything that determines the result (a resumed run must have the same), and how often to save."""
 
     steps: int = 300
     batch_size: int = 16
@@ -61,14 +60,23 @@ class FinetuneSettings:
     from_scratch: bool = False
     seed: int = 0
     save_dtype: str = "float32"
+    save_every: int = 25
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise BadInputError(f"--strategy '{self.strategy}' is not one of {list(STRATEGIES)}")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise BadInputError(f"--save-dtype '{self.save_dtype}' is not one of {list(SAVE_DTYPES)}")
-        if min(self.steps, self.batch_size, self.seq_len) < 1 or self.lr <= 0:
-            raise BadInputError("steps, batch size and sequence length must be >= 1 and lr > 0")
+        for name, choices in (("strategy", STRATEGIES), ("save_dtype", SAVE_DTYPES)):
+            if getattr(self, name) not in choices:
+                raise BadInputError(f"{getattr(self, name)!r} is not one of {list(choices)}", param=name)
+        for name in ("steps", "batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"{getattr(self, name)} is not >= 1", param=name)
+        if self.seq_len < 2:
+            raise BadInputError(f"{self.seq_len} is not >= 2", param="seq_len")
+        if self.lr <= 0:
+            raise BadInputError(f"{self.lr} is not > 0", param="lr")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a resumed run must share with the run it continues."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_FIELDS}
 
 
 @dataclass
@@ -77,41 +85,89 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class FinetuneResult:
+    """A run's outcome: `finished` (the checkpoint is in `out`) or `stopped` (resumable)."""
+
+    out: Path
+    status: str
+    steps: int
+    run: dict[str, Any]
+    history: list[dict[str, float]]
+
+    @property
+    def final_loss_full(self) -> float | None:
+        return _mean(h["loss_full"] for h in self.history[-20:])
+
+    @property
+    def final_loss_sub(self) -> float | None:
+        return _mean(h["loss_sub"] for h in self.history[-20:] if "loss_sub" in h)
+
+    def record(self) -> dict[str, Any]:
+        """The content of `training.json`."""
+        return {
+            "schema_version": 1,
+            "status": self.status,
+            "run": self.run,
+            "steps": self.steps,
+            "final_loss_full": self.final_loss_full,
+            "final_loss_sub": self.final_loss_sub,
+            "history": self.history,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `llamanas finetune --json` prints: the record without the history, and the directory."""
+        return {k: v for k, v in self.record().items() if k != "history"} | {"out": str(self.out)}
+
+    @classmethod
+    def from_record(cls, out: Path, record: dict[str, Any]) -> "FinetuneResult":
+        return cls(out, record["status"], record["steps"], record["run"], record["history"])
+
+
 # ---- the public entry point -----------------------------------------------------------------
 
 
 def finetune(
-    model: str | Path,
+    model,
     space: SearchSpace,
     data: Sequence[str],
-    out_dir: str | Path,
-    settings: FinetuneSettings,
+    out: str | Path,
+    settings: FinetuneSettings = FinetuneSettings(),
+    *,
     text_field: str = "text",
-    save_every: int = 50,
+    callback: Callback = None,
     stop_after: int | None = None,
-) -> dict[str, Any]:
-    """Fine-tune `model` (a checkpoint dir or built-in name) on `data`; returns the run record.
+) -> FinetuneResult:
+    """Fine-tune `model` (a `SuperNetwork`, trained in place, or a checkpoint dir / built-in name) on `data`.
 
+    The finished run is a checkpoint directory in `out`; the same call after a crash resumes.
     `stop_after` ends the call after that many steps of this call (the run stays resumable).
     """
     import torch
 
-    out = Path(out_dir)
-    run = {"model": str(model), "space_id": space.id, "data": list(data), "text_field": text_field} | asdict(settings)
-    finished = _finished_record(out, run)
+    out = Path(out)
+    source = _source(model)
+    run = {"model": str(source), "space_id": space.id, "data": list(data), "text_field": text_field}
+    run |= settings.identity()
+    finished = _finished_record(out, run, callback)
     if finished is not None:
         return finished
     torch.manual_seed(settings.seed)
-    rows = training_rows(model, data, text_field, settings.seq_len)
+    rows = training_rows(source, data, text_field, settings.seq_len)
     supernet = _load_supernet(model, space, settings)
     optimizer = make_optimizer(supernet.model, settings)
-    state = _resume(out, run, supernet.model, optimizer)
+    state = _resume(out, run, supernet.model, optimizer, callback)
     if state.step == 0 and settings.reorder_neurons:
         reorder_neurons_(supernet.model, [_batch(rows, settings, s) for s in range(4)])
-    state = _train(supernet, space, rows, optimizer, settings, state, out, run, save_every, stop_after)
+    state = _train(supernet, space, rows, optimizer, settings, state, out, run, stop_after, callback)
     if state.step < settings.steps:
-        return {"status": "stopped", "step": state.step} | run
-    return _save_final(supernet, model, out, run, state)
+        return FinetuneResult(out, "stopped", state.step, run, state.history)
+    return _save_final(supernet, source, out, run, state)
+
+
+def _source(model) -> Path | str:
+    """Where the model comes from: a loaded super-network's directory, else the name or path given."""
+    return getattr(model, "source", model)
 
 
 def training_rows(model: str | Path, data: Sequence[str], text_field: str, seq_len: int):
@@ -126,14 +182,17 @@ def training_rows(model: str | Path, data: Sequence[str], text_field: str, seq_l
     for source in data:
         ids += tokenize(read_texts(source, text_field), tokenizer, eos)
     if len(ids) < 2 * seq_len:
-        raise BadInputError(f"{', '.join(data)}: {len(ids)} tokens, fewer than two sequences of {seq_len}")
+        raise BadInputError(f"{', '.join(data)}: {len(ids)} tokens, fewer than two sequences of {seq_len}", param="data")
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _load_supernet(model: str | Path, space: SearchSpace, settings: FinetuneSettings):
+def _load_supernet(model, space: SearchSpace, settings: FinetuneSettings):
     from .model.supernet import SuperNetwork
 
-    supernet = SuperNetwork.random(model, settings.seed) if settings.from_scratch else SuperNetwork.load(model)
+    if settings.from_scratch:
+        supernet = SuperNetwork.random(_source(model), settings.seed)
+    else:
+        supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
     supernet.check_space(space)
     supernet.model.train()
     return supernet
@@ -272,24 +331,23 @@ def _accumulate(total):
 # ---- the loop -------------------------------------------------------------------------------
 
 
-def _train(supernet, space, ids, optimizer, settings, state: RunState, out: Path, run, save_every, stop_after):
-    from tqdm import tqdm
-
+def _train(supernet, space, ids, optimizer, settings, state: RunState, out: Path, run, stop_after, callback):
     tokens_per_step = settings.batch_size * settings.seq_len
     end = settings.steps if stop_after is None else min(settings.steps, state.step + stop_after)
-    bar = tqdm(total=settings.steps, initial=state.step, file=sys.stderr, desc="finetune", unit="step")
     start_time, start_step = time.perf_counter(), state.step
-    with bar:
-        while state.step < end:
-            losses = train_step(supernet, space, _batch(ids, settings, state.step), optimizer, settings, state.step)
-            state.history.append(losses)
-            state.step += 1
-            rate = (state.step - start_step) * tokens_per_step / (time.perf_counter() - start_time)
-            sub = {"sub": f"{losses['loss_sub']:.3f}"} if "loss_sub" in losses else {}
-            bar.set_postfix(loss=f"{losses['loss_full']:.3f}", **sub, tok_s=f"{rate:.0f}")
-            bar.update(1)
-            if state.step % save_every == 0 or state.step == end:
-                save_checkpoint(out, supernet.model, optimizer, state, run)
+    report(callback, "finetune", state.step, settings.steps, "step")
+    while state.step < end:
+        losses = train_step(supernet, space, _batch(ids, settings, state.step), optimizer, settings, state.step)
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise LlamanasError(f"step {state.step}: the loss is not finite ({losses}); try a lower learning rate")
+        state.history.append(losses)
+        state.step += 1
+        rate = (state.step - start_step) * tokens_per_step / (time.perf_counter() - start_time)
+        sub = f" sub={losses['loss_sub']:.3f}" if "loss_sub" in losses else ""
+        status = f"loss={losses['loss_full']:.3f}{sub} tok/s={rate:.0f}"
+        if state.step % settings.save_every == 0 or state.step == end:
+            save_checkpoint(out, supernet.model, optimizer, state, run)
+        report(callback, "finetune", state.step, settings.steps, "step", status=status)
     return state
 
 
@@ -302,6 +360,7 @@ def save_checkpoint(out: Path, model, optimizer, state: RunState, run: dict) -> 
     import torch
     from safetensors.torch import save_file
 
+    from .jsonfiles import write_json
     from .model.build import tied_weight_keys
 
     ckpt = out / CHECKPOINT_DIR
@@ -319,24 +378,25 @@ def save_checkpoint(out: Path, model, optimizer, state: RunState, run: dict) -> 
     groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in optim["param_groups"]]
     pointer = {"schema_version": 1, "step": state.step, "file": name, "run": run, "param_groups": groups}
     pointer["history"] = state.history
-    atomic_write_text(ckpt / POINTER, json.dumps(pointer) + "\n")
+    write_json(ckpt / POINTER, pointer, indent=None)
     for old in ckpt.glob("state-*.safetensors"):
         if old.name != name:
             old.unlink()
 
 
-def _resume(out: Path, run: dict, model, optimizer) -> RunState:
+def _resume(out: Path, run: dict, model, optimizer, callback: Callback) -> RunState:
     """The checkpoint's state loaded into `model` and `optimizer`, or a fresh state."""
     pointer_file = out / CHECKPOINT_DIR / POINTER
     if not pointer_file.is_file():
         # a run killed before its first checkpoint leaves only an empty or partial checkpoint dir
         if out.exists() and any(p.name != CHECKPOINT_DIR for p in out.iterdir()):
-            raise BadInputError(f"--out {out}: directory exists, is not empty and holds no checkpoint; refusing to overwrite it")
+            raise BadInputError(f"{out}: directory exists, is not empty and holds no checkpoint; refusing to overwrite it",
+                                param="out")  # fmt: skip
         return RunState()
-    pointer = _read_json(pointer_file)
+    pointer = read_json(pointer_file, "checkpoint pointer")
     _check_same_run(pointer.get("run", {}), run, pointer_file)
     _load_tensors(out / CHECKPOINT_DIR / pointer["file"], pointer, model, optimizer)
-    print(f"resuming {out} from step {pointer['step']}", file=sys.stderr)
+    report(callback, "finetune", message=f"resuming {out} from step {pointer['step']}")
     return RunState(step=pointer["step"], history=pointer["history"])
 
 
@@ -363,79 +423,43 @@ def _check_same_run(saved: dict, run: dict, source: Path) -> None:
     changed = sorted(k for k in set(saved) | set(run) if saved.get(k) != run.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {run.get(k)!r}" for k in changed[:3])
-        raise BadInputError(f"{source}: this run was started with other settings ({diffs}); use a new --out")
+        raise BadInputError(f"{source}: this run was started with other settings ({diffs}); use a new directory",
+                            param="out")  # fmt: skip
 
 
-def _finished_record(out: Path, run: dict) -> dict | None:
+def _finished_record(out: Path, run: dict, callback: Callback) -> FinetuneResult | None:
     record_file = out / RECORD
     if not record_file.is_file():
         return None
-    record = _read_json(record_file)
+    record = read_json(record_file, "training record")
     _check_same_run(record.get("run", {}), run, record_file)
-    print(f"{out}: this run already finished", file=sys.stderr)
-    return record
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BadInputError(f"{path}: cannot read ({err})") from None
+    report(callback, "finetune", message=f"{out}: this run already finished")
+    return FinetuneResult.from_record(out, record)
 
 
 # ---- the result -----------------------------------------------------------------------------
 
 
-def _save_final(supernet, source_model: str | Path, out: Path, run: dict, state: RunState) -> dict:
+def _save_final(supernet, source, out: Path, run: dict, state: RunState) -> FinetuneResult:
     """config.json, model.safetensors, tokenizer files and training.json; then drop the checkpoint."""
+    from .concepts import TOKENIZER_FILES
+    from .jsonfiles import write_json
+    from .model.build import save_model
     from .model.families import resolve_model_path
 
-    source_dir = resolve_model_path(source_model)
+    source_dir = resolve_model_path(source)
     source_dir = source_dir if source_dir.is_dir() else source_dir.parent
-    save_hf_checkpoint(supernet.model, supernet.config, out, run["save_dtype"])
+    save_model(supernet.model, out, dtype=run["save_dtype"])
     for name in TOKENIZER_FILES:
         if (source_dir / name).is_file() and source_dir.resolve() != out.resolve():
             shutil.copyfile(source_dir / name, out / f".{name}.tmp")
             os.replace(out / f".{name}.tmp", out / name)
-    last = state.history[-20:]
-    record = {
-        "schema_version": 1,
-        "status": "finished",
-        "run": run,
-        "steps": state.step,
-        "final_loss_full": _mean(h["loss_full"] for h in last),
-        "final_loss_sub": _mean(h["loss_sub"] for h in last if "loss_sub" in h),
-        "history": state.history,
-    }
-    atomic_write_text(out / RECORD, json.dumps(record, indent=1) + "\n")
+    result = FinetuneResult(out, "finished", state.step, run, state.history)
+    write_json(out / RECORD, result.record(), indent=1)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    return record
+    return result
 
 
 def _mean(values) -> float | None:
     values = list(values)
     return sum(values) / len(values) if values else None
-
-
-def save_hf_checkpoint(model, config: dict[str, Any], out: Path, dtype: str = "float32") -> None:
-    """A directory transformers' `LlamaForCausalLM.from_pretrained` loads as it is."""
-    import torch
-    from safetensors.torch import save_file
-
-    from .model.build import WEIGHTS_NAME, tied_weight_keys
-
-    out.mkdir(parents=True, exist_ok=True)
-    tied = tied_weight_keys(model)
-    state = {k: v.detach().to(getattr(torch, dtype)).contiguous() for k, v in model.state_dict().items() if k not in tied}
-    save_file(state, str(out / f".{WEIGHTS_NAME}.tmp"), metadata={"format": "pt"})
-    os.chmod(out / f".{WEIGHTS_NAME}.tmp", 0o644)
-    os.replace(out / f".{WEIGHTS_NAME}.tmp", out / WEIGHTS_NAME)
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def _losses(supernet, rows) -> tuple[float, float]:
 
 @pytest.mark.parametrize("strategy, distill", [("paper", False), ("sandwich", True)])
 def test_a_few_steps_lower_the_loss_of_full_and_subnetwork(text_model, space, strategy, distill):
-    settings = ft.FinetuneSettings(**(ft.asdict(SETTINGS) | {"strategy": strategy, "distill": distill}))
+    settings = replace(SETTINGS, strategy=strategy, distill=distill)
     torch.manual_seed(0)
     ids = ft.training_rows(text_model, ["pydoc-heldout"], "text", settings.seq_len)
     rows = ft._batch(ids, settings, 0)
@@ -128,18 +129,19 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one
 
 
 def test_stopped_run_continues_in_process_exactly(text_model, space, tmp_path):
-    settings = ft.FinetuneSettings(steps=6, batch_size=4, seq_len=32, lr=3e-3, strategy="sandwich", distill=True)
-    first = ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings, save_every=2, stop_after=3)
-    assert first["status"] == "stopped" and first["step"] == 3
-    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings, save_every=2)
-    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "b", settings, save_every=2)
+    settings = ft.FinetuneSettings(steps=6, batch_size=4, seq_len=32, lr=3e-3, strategy="sandwich", distill=True,
+                                   save_every=2)  # fmt: skip
+    first = ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings, stop_after=3)
+    assert first.status == "stopped" and first.steps == 3
+    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings)
+    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "b", settings)
     a = SuperNetwork.load(tmp_path / "a").weights_sha256()
     assert a == SuperNetwork.load(tmp_path / "b").weights_sha256()
     # rerunning a finished run changes nothing; other settings on the same --out are refused
     again = ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings)
-    assert again["status"] == "finished" and SuperNetwork.load(tmp_path / "a").weights_sha256() == a
+    assert again.status == "finished" and SuperNetwork.load(tmp_path / "a").weights_sha256() == a
     with pytest.raises(BadInputError, match="other settings .*lr"):
-        ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", ft.FinetuneSettings(**(ft.asdict(settings) | {"lr": 1e-3})))
+        ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", replace(settings, lr=1e-3))
 
 
 def test_output_is_a_checkpoint_transformers_loads_as_it_is(text_model, space, tmp_path):
@@ -175,3 +177,27 @@ def test_bad_data_files_exit_2_with_one_line(text_model, small_space_file, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert done.value.code == 2 and len(err) == 1 and name in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_library_is_silent_and_reports_through_the_callback(text_model, space, tmp_path, capsys):
+    events = []
+    supernet = SuperNetwork.load(text_model)
+    settings = ft.FinetuneSettings(steps=2, batch_size=4, seq_len=32, save_every=1)
+    result = ft.finetune(supernet, space, ["pydoc-heldout"], tmp_path / "run", settings, callback=events.append)
+    assert capsys.readouterr() == ("", "")
+    assert [e.done for e in events if e.total] == [0, 1, 2] and "loss=" in events[-1].status
+    assert result.to_dict()["run"]["model"] == str(text_model) and "history" not in result.to_dict()
+    assert result.to_dict() == json.loads(json.dumps(result.to_dict()))
+    again = ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "run", settings, callback=events.append)
+    assert again.to_dict() == result.to_dict() and events[-1].message.endswith("already finished")
+
+
+def test_bad_settings_name_the_parameter_and_the_cli_its_flag(text_model, small_space_file, tmp_path, capsys):
+    with pytest.raises(BadInputError) as err:
+        ft.FinetuneSettings(strategy="nope")
+    assert err.value.param == "strategy" and "--" not in str(err.value)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as done:
+        main(_cli_args(text_model, small_space_file, tmp_path / "out", 2))
+    assert done.value.code == 2 and capsys.readouterr().err.startswith("error: --out: ")

@@ -152,9 +152,22 @@ def load_model(
     return model, config_dict, model_dir
 
 
-def save_model(model: nn.Module, out_dir: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
-    """Write `config.json` + `model.safetensors`; the config records per-layer MLP widths."""
+def save_model(
+    model: nn.Module,
+    out_dir: str | Path,
+    extra_config: dict[str, Any] | None = None,
+    *,
+    dtype: str | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write `config.json` + `model.safetensors` atomically; the config records per-layer MLP widths.
+
+    `dtype` ("float16", ...) casts the stored tensors; `state_dict` replaces the model's own (a
+    sharded model's weights gathered into full tensors), keyed as `model.state_dict()`.
+    """
     from safetensors.torch import save_file
+
+    from ..jsonfiles import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,11 +175,19 @@ def save_model(model: nn.Module, out_dir: str | Path, extra_config: dict[str, An
     config["intermediate_sizes"] = [layer.mlp.down_proj.in_features for layer in model.model.layers]
     config["num_hidden_layers"] = len(model.model.layers)
     config.update(extra_config or {})
+    cast = getattr(torch, dtype) if dtype else None
     # a tied tensor is stored once, under its source name (as transformers does)
     tied = tied_weight_keys(model)
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in tied}
-    save_file(state, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    state = {
+        k: (v.detach().to(cast) if cast else v.detach()).contiguous()
+        for k, v in (model.state_dict() if state_dict is None else state_dict).items()
+        if k not in tied
+    }
+    tmp = out_dir / f".{WEIGHTS_NAME}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.chmod(0o644)
+    tmp.replace(out_dir / WEIGHTS_NAME)
+    write_json(out_dir / "config.json", config, sort_keys=True)
     return out_dir
 
 
