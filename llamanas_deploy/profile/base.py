@@ -33,8 +33,9 @@ import gc
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
+from ..concepts import CLOCKS
 from ..errors import BadInputError
 from ..subnet_config import SubnetConfig
 from .stats import Measurement, Protocol, measure
@@ -43,11 +44,29 @@ MIB = 1024**2
 # "wall": elapsed time, the protocol's clock. "cpu": CPU time of the calling thread, which with
 # one intra-op thread is where all the work runs; on a machine shared with other jobs it leaves
 # out the time the thread was waiting for a core (the median then matches a quiet machine's wall time).
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+CLOCK_READERS = {"wall": time.perf_counter, "cpu": time.thread_time}  # keys: concepts.CLOCKS
 
 
 class BackendUnavailable(BadInputError):
     """The backend cannot run on this machine (missing package, no such device)."""
+
+
+def check_param_choice(value: Any, choices: Sequence[Any], param: str) -> Any:
+    """`value` if it is one of `choices`, else `BadInputError` naming the parameter `param`."""
+    if value not in choices:
+        raise BadInputError(f"{value!r}: expected one of {list(choices)}", param=param)
+    return value
+
+
+def check_clock(clock: str, device: str, threads: int) -> None:
+    """Refuse a clock the setting cannot use: the thread's CPU time sees one CPU thread only."""
+    check_param_choice(clock, CLOCKS, "clock")
+    if clock == "cpu" and (device != "cpu" or threads != 1):
+        raise BadInputError(
+            f"cpu measures the calling thread's CPU time: it needs device cpu and threads 1, "
+            f"got device {device}, threads {threads}",
+            param="clock",
+        )
 
 
 @dataclass(frozen=True)
@@ -62,7 +81,7 @@ class Shapes:
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if not isinstance(value, int) or value < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+                raise BadInputError(f"must be a positive integer, got {value!r}", param=name)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -136,13 +155,7 @@ class Backend:
         seed: int = 0,
         clock: str = "wall",
     ):
-        if clock not in CLOCKS:
-            raise BadInputError(f"--clock {clock}: expected one of {list(CLOCKS)}")
-        if clock == "cpu" and (device != "cpu" or threads != 1):
-            raise BadInputError(
-                f"--clock cpu measures the calling thread's CPU time: it needs --device cpu and --threads 1, "
-                f"got --device {device} --threads {threads}"
-            )
+        check_clock(clock, device, threads)
         self.model = model
         self.precision = precision
         self.device = device
@@ -184,7 +197,7 @@ class Backend:
         """Wall time of one `run`, synchronized on both ends; `reset` is not timed."""
         if workload.reset is not None:
             workload.reset()
-        read_clock = CLOCKS[self.clock]
+        read_clock = CLOCK_READERS[self.clock]
         self.synchronize()
         start = read_clock()
         workload.run()
@@ -196,12 +209,17 @@ class Backend:
 
     # ---- what the base owns -----------------------------------------------------------------
     @classmethod
-    def validate(cls, device: str, precision: str) -> None:
-        """Refuse a device or precision this backend does not have, then check availability."""
+    def check_supported(cls, device: str, precision: str) -> None:
+        """Refuse a device or precision this backend does not have (on any machine)."""
         if device not in cls.devices:
-            raise BackendUnavailable(f"--device {device}: backend {cls.name} runs on {list(cls.devices)}")
+            raise BackendUnavailable(f"{device!r}: backend {cls.name} runs on {list(cls.devices)}", param="device")
         if precision not in cls.precisions:
-            raise BadInputError(f"--precision {precision}: backend {cls.name} supports {list(cls.precisions)}")
+            raise BadInputError(f"{precision!r}: backend {cls.name} supports {list(cls.precisions)}", param="precision")
+
+    @classmethod
+    def validate(cls, device: str, precision: str) -> None:
+        """Refuse a device or precision this backend does not have, then check it runs on this machine."""
+        cls.check_supported(device, precision)
         cls.check_available(device, precision)
 
     def measure(self, subnet: SubnetConfig, shapes: Shapes, protocol: Protocol) -> SubnetMeasurement:

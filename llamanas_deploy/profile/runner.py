@@ -1,8 +1,8 @@
-"""`llamanas profile`: the sampling plan, resuming an interrupted profile, progress, summary.
+"""`profile(model, space, settings, target=...)`: the sampling plan, resuming an interrupted profile, progress, summary.
 
 The plan is `space.sample_stratified(samples, seed)`: smallest and largest first, then
 depth x total-width strata; it is prefix-stable, so rerunning with more samples adds only
-the new ones, and rerunning the same command after a crash measures only what is missing
+the new ones, and rerunning the same call after a crash measures only what is missing
 (a record's key: sub-network, visit, model shape, backend, precision, device, threads, clock, shapes).
 With `protocol.visits` > 1 the plan is measured that many times over, one whole pass after
 the other, so each sub-network's visits lie minutes apart (`stats.Measurement.combine` and
@@ -11,104 +11,179 @@ the other, so each sub-network's visits lie minutes apart (`stats.Measurement.co
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..model.families import read_shape
-from ..space import load_space
-from .backends import get_backend
-from .base import Backend, Shapes, SubnetMeasurement
+from ..concepts import DEVICES, PROFILE_PRECISIONS, TIMED_FIGURES, WEIGHT_SOURCES
+from ..errors import BadInputError
+from ..model.families import ModelShape, read_shape
+from ..progress import Callback, report
+from ..space import SearchSpace, load_space
+from .backends import BACKENDS, get_backend
+from .fingerprint import describe
+from .base import Backend, Shapes, SubnetMeasurement, check_clock, check_param_choice
 from .stats import Protocol
-from .store import FIGURES, SCHEMA_VERSION, ProfileWriter, current_fingerprint, read_profile, record_key
+from .store import FINGERPRINT_FILE, SCHEMA_VERSION, ProfileWriter, current_fingerprint, read_profile, record_key
+
+if TYPE_CHECKING:
+    from ..model.supernet import SuperNetwork
 
 DEFAULT_PROFILES_DIR = Path("hardware_profiles")
 
 
 @dataclass(frozen=True)
-class ProfileRequest:
-    """Everything one `llamanas profile` run needs."""
+class ProfileSettings:
+    """How a profile is measured: backend, precision, device, plan size, threads, clock, workload, protocol."""
 
-    target: str
-    model: str = "tiny"
-    space: str = "tiny"
     backend: str = "torch"
     precision: str = "fp32"
     device: str = "cpu"
-    samples: int = 100
-    seed: int = 0
-    threads: int = 1
-    weights: str = "auto"
+    samples: int = 100  # sub-networks in the plan
+    seed: int = 0  # of the sampling plan and of random weights
+    threads: int = 1  # fixed intra-op thread count
+    weights: str = "auto"  # the checkpoint's weights when the model has them, else random from config.json
     clock: str = "wall"
     shapes: Shapes = field(default_factory=Shapes)
-    protocol: Protocol = field(default_factory=Protocol)
-    out: Path | None = None
+    protocol: Protocol = field(default_factory=lambda: Protocol(visits=3))
 
-    @property
-    def out_dir(self) -> Path:
-        return self.out if self.out is not None else DEFAULT_PROFILES_DIR / self.target
+    def __post_init__(self) -> None:
+        check_param_choice(self.backend, sorted(BACKENDS), "backend")
+        check_param_choice(self.precision, PROFILE_PRECISIONS, "precision")
+        check_param_choice(self.device, DEVICES, "device")
+        check_param_choice(self.weights, WEIGHT_SOURCES, "weights")
+        for name in ("samples", "threads"):
+            _check_positive_int(getattr(self, name), name)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise BadInputError(f"must be an integer, got {self.seed!r}", param="seed")
+        if not isinstance(self.shapes, Shapes):
+            raise BadInputError(f"must be a Shapes, got {type(self.shapes).__name__}", param="shapes")
+        if not isinstance(self.protocol, Protocol):
+            raise BadInputError(f"must be a Protocol, got {type(self.protocol).__name__}", param="protocol")
+        check_clock(self.clock, self.device, self.threads)
+        get_backend(self.backend).check_supported(self.device, self.precision)
+
+    def setup(self) -> dict[str, Any]:
+        """The fields every record and the summary repeat."""
+        return {"backend": self.backend, "precision": self.precision, "device": self.device, "threads": self.threads,
+                "clock": self.clock, "shapes": self.shapes.to_dict()}  # fmt: skip
 
 
-def run_profile(request: ProfileRequest, progress: bool = True) -> dict[str, Any]:
-    """Measure the planned sub-networks that the profile does not hold yet; return a summary."""
-    space = load_space(request.space)
-    shape = read_shape(request.model)
-    space.check_super_network(shape, str(request.model))
-    backend_class = get_backend(request.backend)
-    backend_class.validate(request.device, request.precision)
-    backend = backend_class(
-        request.model, request.precision, request.device, request.threads, request.weights, request.seed, request.clock
-    )
+def _check_positive_int(value: Any, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BadInputError(f"must be a positive integer, got {value!r}", param=name)
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """What one `profile` call did, and what the profile now holds for its setup."""
+
+    dir: Path
+    target: str
+    settings: ProfileSettings
+    fingerprint_id: str
+    space_id: str
+    planned: int  # visits in the plan
+    measured_now: int
+    records: int  # records of this setup in the profile
+    subnets: int
+    flagged: int
+    median_cv: dict[str, float | None]
+    wall_s: float
+    dropped_torn_bytes: int  # a half-written last record cut off on opening
+
+    def to_dict(self) -> dict[str, Any]:
+        setup = self.settings.setup()
+        return {
+            "target": self.target,
+            "out": str(self.dir),
+            "fingerprint_id": self.fingerprint_id,
+            "space_id": self.space_id,
+            **{k: setup[k] for k in ("backend", "precision", "device", "threads", "clock", "shapes")},
+            "planned": self.planned,
+            "measured_now": self.measured_now,
+            "already_present": self.planned - self.measured_now,
+            "records": self.records,
+            "subnets": self.subnets,
+            "flagged": self.flagged,
+            "median_cv": self.median_cv,
+            "wall_s": self.wall_s,
+            "dropped_torn_bytes": self.dropped_torn_bytes,
+        }
+
+
+def profile(
+    model: "SuperNetwork | str | Path",
+    space: SearchSpace | str | Path,
+    settings: ProfileSettings = ProfileSettings(),
+    *,
+    target: str,
+    out: str | Path | None = None,
+    callback: Callback = None,
+) -> ProfileResult:
+    """Measure the planned sub-networks that the profile of `target` does not hold yet.
+
+    `model` is a loaded `SuperNetwork` (its source directory and shape are used; latency does
+    not depend on weight values, and one sub-network at a time is built from the source), a
+    checkpoint directory, its `config.json`, or a built-in name. The profile goes to `out`
+    (default `hardware_profiles/<target>`); `callback` receives one event per visit measured.
+    """
+    check_target_name(target)
+    source, shape = _model_source(model)
+    space = space if isinstance(space, SearchSpace) else load_space(space)
+    space.check_super_network(shape, str(source))
+    backend_class = get_backend(settings.backend)
+    backend_class.validate(settings.device, settings.precision)
+    backend = backend_class(source, settings.precision, settings.device, settings.threads, settings.weights,
+                            settings.seed, settings.clock)  # fmt: skip
     fingerprint = current_fingerprint()  # after the backend fixed the thread count, which it records
-    common = {
-        "schema_version": SCHEMA_VERSION,
-        "target": request.target,
-        "fingerprint_id": fingerprint["fingerprint_id"],
-        "space_id": space.id,
-        "model_id": _model_id(asdict(shape)),
-        "backend": request.backend,
-        "precision": request.precision,
-        "device": request.device,
-        "threads": request.threads,
-        "clock": request.clock,
-        "shapes": request.shapes.to_dict(),
-    }
+    common = {"schema_version": SCHEMA_VERSION, "target": target, "fingerprint_id": fingerprint["fingerprint_id"],
+              "space_id": space.id, "model_id": shape.id, **settings.setup()}  # fmt: skip
+    out_dir = Path(out) if out is not None else DEFAULT_PROFILES_DIR / target
     started = time.perf_counter()
-    with ProfileWriter.open(request.out_dir, request.target, fingerprint) as writer:
-        plan = space.sample_stratified(request.samples, request.seed)
-        visits = [(visit, cfg) for visit in range(request.protocol.visits) for cfg in plan]
+    with ProfileWriter.open(out_dir, target, fingerprint) as writer:
+        plan = space.sample_stratified(settings.samples, settings.seed)
+        visits = [(visit, cfg) for visit in range(settings.protocol.visits) for cfg in plan]
         todo = [(visit, cfg) for visit, cfg in visits if not writer.has(common | {"subnet_id": cfg.id, "visit": visit})]
-        _measure_all(backend, todo, len(visits), common, request, writer, progress)
-    summary = _summary(request, common, len(visits), len(todo), time.perf_counter() - started)
-    return summary | {"dropped_torn_bytes": writer.dropped_bytes}
+        _measure_all(backend, todo, len(visits), common, settings, writer, callback)
+    return _result(out_dir, settings, common, len(visits), len(todo), time.perf_counter() - started, writer.dropped_bytes)
 
 
-def _measure_all(backend: Backend, todo, planned: int, common, request, writer: ProfileWriter, progress: bool) -> None:
-    from tqdm import tqdm
+def check_target_name(name: str) -> str:
+    """`name` if it can name a profile directory: letters, digits, '-', '_' and '.', not starting with '.'."""
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise BadInputError(f"{name!r}: use letters, digits, '-', '_' and '.' only", param="target")
+    return name
 
+
+def _model_source(model: "SuperNetwork | str | Path") -> tuple[str | Path, ModelShape]:
+    """Where the backends build sub-networks from, and the model's shape."""
+    if isinstance(model, (str, Path)):
+        return model, read_shape(model)
+    return model.source, model.shape
+
+
+def _measure_all(backend: Backend, todo, planned: int, common, settings: ProfileSettings, writer: ProfileWriter,
+                 callback: Callback) -> None:  # fmt: skip
     if not todo:
         return
-    bar = tqdm(total=planned, initial=planned - len(todo), desc=f"profile {request.target}", unit="visit",
-               file=sys.stderr, disable=not progress, dynamic_ncols=True)  # fmt: skip
-    with bar:
-        bar.set_postfix_str("warming up")
-        backend.warm_up(todo[0][1], request.shapes)
-        for visit, cfg in todo:
-            measured = backend.measure(cfg, request.shapes, request.protocol)
-            writer.append(
-                common
-                | {"subnet": cfg.to_dict(), "subnet_id": cfg.id, "visit": visit, "protocol": request.protocol.to_dict()}
-                | measured.to_dict()
-                | {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            )
-            bar.set_postfix_str(_last(cfg.num_layers, measured))
-            bar.update()
+    done = planned - len(todo)
+    report(callback, "profile", done, planned, "visit", status="warming up")
+    backend.warm_up(todo[0][1], settings.shapes)
+    for visit, cfg in todo:
+        measured = backend.measure(cfg, settings.shapes, settings.protocol)
+        writer.append(
+            common
+            | {"subnet": cfg.to_dict(), "subnet_id": cfg.id, "visit": visit, "protocol": settings.protocol.to_dict()}
+            | measured.to_dict()
+            | {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        )
+        done += 1
+        report(callback, "profile", done, planned, "visit", status=_last(cfg.num_layers, measured))
 
 
 def _last(layers: int, m: SubnetMeasurement) -> str:
@@ -120,37 +195,52 @@ def _last(layers: int, m: SubnetMeasurement) -> str:
     )
 
 
-def _summary(request: ProfileRequest, common, planned: int, measured_now: int, wall_s: float) -> dict[str, Any]:
-    profile = read_profile(request.out_dir)
-    same_setup = [r for r in profile.records if r.key == record_key(common | _identity(r.raw))]
-    return {
-        "target": request.target,
-        "out": str(request.out_dir),
-        "fingerprint_id": common["fingerprint_id"],
-        "space_id": common["space_id"],
-        "backend": request.backend,
-        "precision": request.precision,
-        "device": request.device,
-        "threads": request.threads,
-        "clock": request.clock,
-        "shapes": common["shapes"],
-        "planned": planned,
-        "measured_now": measured_now,
-        "already_present": planned - measured_now,
-        "records": len(same_setup),
-        "subnets": len({r.raw["subnet_id"] for r in same_setup}),
-        "flagged": sum(r.flagged for r in same_setup),
-        "median_cv": {
-            name: statistics.median(r.raw[name]["cv"] for r in same_setup) if same_setup else None for name in FIGURES
-        },
-        "wall_s": round(wall_s, 2),
+def _result(out_dir: Path, settings: ProfileSettings, common, planned: int, measured_now: int, wall_s: float,
+            dropped: int) -> ProfileResult:  # fmt: skip
+    profile_read = read_profile(out_dir)
+    same_setup = [r for r in profile_read.records if r.key == record_key(common | _identity(r.raw))]
+    median_cv = {
+        name: statistics.median(r.raw[name]["cv"] for r in same_setup) if same_setup else None for name in TIMED_FIGURES
     }
+    return ProfileResult(
+        dir=out_dir,
+        target=common["target"],
+        settings=settings,
+        fingerprint_id=common["fingerprint_id"],
+        space_id=common["space_id"],
+        planned=planned,
+        measured_now=measured_now,
+        records=len(same_setup),
+        subnets=len({r.raw["subnet_id"] for r in same_setup}),
+        flagged=sum(r.flagged for r in same_setup),
+        median_cv=median_cv,
+        wall_s=round(wall_s, 2),
+        dropped_torn_bytes=dropped,
+    )
 
 
 def _identity(raw: dict[str, Any]) -> dict[str, Any]:
     return {"subnet_id": raw["subnet_id"], "visit": raw.get("visit", 0)}
 
 
-def _model_id(shape: dict[str, Any]) -> str:
-    """Hash of the model's shape: the same sub-network of another model is another measurement."""
-    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+def list_targets(directory: str | Path = DEFAULT_PROFILES_DIR) -> list[dict[str, Any]]:
+    """The hardware profiles in `directory` (one sub-directory per target): device, setups, record counts."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BadInputError(f"{directory}: no such directory", param="directory")
+    return [_describe_profile(path) for path in sorted(directory.iterdir()) if (path / FINGERPRINT_FILE).is_file()]
+
+
+def _describe_profile(path: Path) -> dict[str, Any]:
+    prof = read_profile(path)
+    setups = Counter(f"{r.backend}/{r.precision}/{r.raw['device']}" for r in prof.records)
+    return {
+        "target": prof.target,
+        "path": str(path),
+        "fingerprint_id": prof.fingerprint["fingerprint_id"],
+        "device": describe(prof.fingerprint["device"]),
+        "records": len(prof.records),
+        "flagged": sum(r.flagged for r in prof.records),
+        "setups": dict(setups),
+        "spaces": sorted({r.space_id for r in prof.records}),
+    }

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..concepts import TIMED_FIGURES, metric
 from ..errors import BadInputError
+from ..jsonfiles import parse_json, read_json, write_json
 from ..subnet_config import SubnetConfig
 from .fingerprint import current_fingerprint, describe
 
@@ -32,20 +33,10 @@ __all__ = [
 SCHEMA_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
 MEASUREMENTS_FILE = "measurements.jsonl"
-FIGURES = ("prefill_ms", "decode_ms", "throughput_tok_s")
 STATISTICS = ("best", "median")  # what a predictor learns of a timing
-# `fit --metric` names -> record fields
-METRICS = {
-    "decode_ms": "decode_ms",
-    "prefill_ms": "prefill_ms",
-    "throughput": "throughput_tok_s",
-    "throughput_tok_s": "throughput_tok_s",
-    "peak_mem": "peak_mem_mib",
-    "peak_mem_mib": "peak_mem_mib",
-}
 REQUIRED_FIELDS = (
     "schema_version", "target", "fingerprint_id", "space_id", "subnet", "subnet_id", "backend",
-    "precision", "device", "threads", "shapes", *FIGURES, "peak_mem_mib", "model_bytes", "flagged", "timestamp",
+    "precision", "device", "threads", "shapes", *TIMED_FIGURES, "peak_mem_mib", "model_bytes", "flagged", "timestamp",
 )  # fmt: skip
 
 
@@ -80,15 +71,13 @@ class MeasurementRecord:
     def key(self) -> str:
         return record_key(self.raw)
 
-    def value(self, metric: str, statistic: str = "best") -> float:
-        """The kept figure of `metric` (a `fit --metric` name or a record field); see `kept_figure`."""
-        if metric not in METRICS:
-            raise BadInputError(f"metric '{metric}' is not one of {sorted(METRICS)}")
-        return kept_figure(self.raw[METRICS[metric]], statistic)
+    def value(self, name: str, statistic: str = "best") -> float:
+        """The kept figure of metric `name` (its name or its record field); see `kept_figure`."""
+        return kept_figure(self.raw[metric(name).field], statistic)
 
-    def has_best(self, metric: str) -> bool:
-        """Whether the record holds the fast end of `metric` (records before it hold the median only)."""
-        entry = self.raw[METRICS[metric]]
+    def has_best(self, name: str) -> bool:
+        """Whether the record holds the fast end of metric `name` (records before it hold the median only)."""
+        entry = self.raw[metric(name).field]
         return not isinstance(entry, dict) or "best" in entry
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,13 +142,13 @@ def read_profile(path: str | Path) -> Profile:
     return Profile(path, fingerprint, records)
 
 
-def read_fingerprint(path: Path) -> dict[str, Any]:
+def read_fingerprint(path: str | Path) -> dict[str, Any]:
+    """A profile's `fingerprint.json` (the file, or the profile directory holding it), checked."""
+    path = Path(path)
+    path = path / FINGERPRINT_FILE if path.is_dir() else path
     if not path.is_file():
         raise BadInputError(f"{path}: missing; a profile directory needs its {FINGERPRINT_FILE}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInputError(f"{path}: not valid JSON ({err})") from None
+    data = read_json(path, "fingerprint file")
     needed = ("schema_version", "target", "fingerprint_id", "device")
     missing = [k for k in needed if not isinstance(data, dict) or k not in data]
     if missing:
@@ -177,10 +166,7 @@ def _complete_lines(path: Path) -> Iterable[tuple[int, str]]:
 
 
 def _parse_record(line: str, source: str, fingerprint_id: str) -> MeasurementRecord:
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{source}: not valid JSON ({err.msg})") from None
+    raw = parse_json(line, source)
     if not isinstance(raw, dict):
         raise BadInputError(f"{source}: a record must be a JSON object")
     missing = [k for k in REQUIRED_FIELDS if k not in raw]
@@ -192,7 +178,7 @@ def _parse_record(line: str, source: str, fingerprint_id: str) -> MeasurementRec
         raise BadInputError(
             f"{source}: record measured on device {raw['fingerprint_id']}, but the profile's device is {fingerprint_id}"
         )
-    for name in FIGURES:
+    for name in TIMED_FIGURES:
         if not isinstance(raw[name], dict) or not all(k in raw[name] for k in ("median", "iqr", "cv", "n")):
             raise BadInputError(f"{source}: {name} must be an object with median, iqr, cv, n")
     subnet = SubnetConfig.from_dict(raw["subnet"], f"{source}: subnet")
@@ -280,7 +266,7 @@ def _ensure_fingerprint(path: Path, target: str, fingerprint: dict[str, Any]) ->
     """The stored fingerprint if it is this device's; a new file if there is none; else refuse."""
     if not path.is_file():
         data = {"schema_version": SCHEMA_VERSION, "target": target, **fingerprint}
-        _write_atomic(path, json.dumps(data, indent=2) + "\n")
+        write_json(path, data)
         return data
     stored = read_fingerprint(path)
     if stored["fingerprint_id"] != fingerprint["fingerprint_id"]:
@@ -288,7 +274,7 @@ def _ensure_fingerprint(path: Path, target: str, fingerprint: dict[str, Any]) ->
         raise BadInputError(
             f"{path}: profile '{stored['target']}' was measured on another device "
             f"(fingerprint {stored['fingerprint_id']}, this machine {fingerprint['fingerprint_id']}: {diff}); "
-            f"refusing to mix measurements, use a new --target or --out"
+            f"refusing to mix measurements, use a new target or output directory"
         )
     if stored["target"] != target:
         raise BadInputError(f"{path}: this directory holds target '{stored['target']}', not '{target}'")
@@ -316,11 +302,3 @@ def _drop_torn_tail(path: Path) -> int:
         os.fsync(f.fileno())
     return len(data) - keep
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.chmod(tmp.name, 0o644)  # a temporary file is private; a profile is meant to be shared
-    os.replace(tmp.name, path)

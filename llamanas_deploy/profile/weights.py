@@ -10,24 +10,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..jsonfiles import read_json
 from ..subnet_config import SubnetConfig
-
-WEIGHT_CHOICES = ("auto", "random", "checkpoint")
 
 
 def checkpoint_files(model_dir: Path) -> dict[str, Path] | None:
     """tensor name -> safetensors file, or None when the directory holds no weights."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise BadInputError(f"{index}: not a safetensors index ({err})") from None
-        return {name: model_dir / file for name, file in weight_map.items()}
+        weight_map = read_json(index, "safetensors index")
+        if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+            raise BadInputError(f"{index}: not a safetensors index (no weight_map object)")
+        return {name: model_dir / file for name, file in weight_map["weight_map"].items()}
     single = model_dir / "model.safetensors"
     if single.is_file():
         from safetensors import safe_open
@@ -44,7 +41,7 @@ def weights_source(model: str | Path, weights: str) -> str:
     _, config_path = read_config_dict(model)
     has_checkpoint = checkpoint_files(config_path.parent) is not None
     if weights == "checkpoint" and not has_checkpoint:
-        raise BadInputError(f"--weights checkpoint: {config_path.parent} has no model.safetensors (or index)")
+        raise BadInputError(f"checkpoint: {config_path.parent} has no model.safetensors (or index)", param="weights")
     return "checkpoint" if weights != "random" and has_checkpoint else "random"
 
 

@@ -22,6 +22,6 @@ BACKENDS = {
 def get_backend(name: str) -> type[Backend]:
     """The backend class registered as `name`; `BadInputError` for an unknown name."""
     if name not in BACKENDS:
-        raise BadInputError(f"--backend {name}: unknown backend (known: {', '.join(sorted(BACKENDS))})")
+        raise BadInputError(f"unknown backend {name!r} (known: {', '.join(sorted(BACKENDS))})", param="backend")
     module, attribute = BACKENDS[name].split(":")
     return getattr(importlib.import_module(module), attribute)

@@ -23,8 +23,9 @@ class IpexBackend(TorchBackend):
         except Exception as err:  # the extension raises various errors on a torch version mismatch
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BackendUnavailable(
-                f"--backend ipex: Intel Extension for PyTorch does not import with torch {torch.__version__} "
-                f"({reason}); it is end-of-life, use --backend torch-compile"
+                f"ipex: Intel Extension for PyTorch does not import with torch {torch.__version__} "
+                f"({reason}); it is end-of-life, use the torch-compile backend",
+                param="backend",
             ) from None
 
     def prepare(self, net):

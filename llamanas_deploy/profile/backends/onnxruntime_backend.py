@@ -37,7 +37,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             check_device(device)
         except BadInputError as err:
-            raise BackendUnavailable(str(err)) from None
+            raise BackendUnavailable(err.detail, param=err.param or "device") from None
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

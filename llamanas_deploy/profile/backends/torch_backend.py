@@ -29,7 +29,7 @@ class TorchBackend(Backend):
         import torch
 
         if device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable(f"--device cuda: this torch ({torch.__version__}) sees no CUDA GPU")
+            raise BackendUnavailable(f"cuda: this torch ({torch.__version__}) sees no CUDA GPU", param="device")
 
     def __init__(self, *args: Any, **kwargs: Any):
         import torch
