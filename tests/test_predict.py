@@ -20,7 +20,7 @@ from llamanas_deploy.cli import main
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.model.families import read_shape
 from llamanas_deploy.predict import FeatureBuilder, LatencyPredictor, NotFittedError
-from llamanas_deploy.predict.dataset import load_profile_data, model_id
+from llamanas_deploy.predict.dataset import load_profile_data
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig
 
@@ -53,7 +53,7 @@ def write_profile(
         t = law_ms(cfg)
         record = {
             "schema_version": 1, "target": target, "fingerprint_id": fingerprint_id, "space_id": space.id,
-            "model_id": model_id(read_shape("tiny")), "backend": "torch", "precision": "fp32", "device": "cpu",
+            "model_id": read_shape("tiny").id, "backend": "torch", "precision": "fp32", "device": "cpu",
             "threads": 1, "clock": "cpu", "shapes": SHAPES, "subnet": cfg.to_dict(), "subnet_id": cfg.id,
             "prefill_ms": figure(3 * t**1.1), "decode_ms": figure(t), "throughput_tok_s": figure(1000 / (1.05 * t)),
             "peak_mem_mib": 10.0 + cfg.num_layers, "model_bytes": 1, "flagged": False, "timestamp": "2026-01-01T00:00:00+00:00",
@@ -86,7 +86,7 @@ def profile(tmp_path_factory) -> Path:
 def fitted(features, profile) -> tuple[LatencyPredictor, list[SubnetConfig], np.ndarray]:
     """A predictor fitted on 120 sub-networks; the other 40 are returned as a held-out set."""
     data = load_profile_data(profile, "decode_ms")
-    predictor = LatencyPredictor(features, "decode_ms", provenance=data.provenance()).fit(data.configs[:120], data.y[:120])
+    predictor = LatencyPredictor(features, "decode_ms").fit(data.configs[:120], data.y[:120], provenance=data.provenance())
     return predictor, data.configs[120:], data.y[120:]
 
 

@@ -109,17 +109,20 @@ def _cv():
 
 
 def compare(
-    make_predictor: Callable[[], LatencyPredictor],
+    estimator: LatencyPredictor,
     configs: Sequence[SubnetConfig],
     y: np.ndarray,
     train: np.ndarray,
     test: np.ndarray,
     seed: int = 0,
     progress: Callable[[str], None] = lambda name: None,
+    provenance: dict[str, Any] | None = None,
 ) -> tuple[LatencyPredictor, list[dict[str, Any]], np.ndarray]:
-    """(our predictor fitted on `train`, one metrics row per model on `test`, our test predictions)."""
+    """(a clone of `estimator` fitted on `train`, one metrics row per model on `test`, its test predictions)."""
+    from sklearn.base import clone
+
     progress(OURS)
-    ours = make_predictor().fit([configs[i] for i in train], y[train])
+    ours = clone(estimator).fit([configs[i] for i in train], y[train], provenance=provenance)
     ours_pred = ours.predict([configs[i] for i in test])
     rows = [{"model": OURS, **regression_metrics(y[test], ours_pred)}]
     X = ours.features.transform(configs)
@@ -143,14 +146,17 @@ def learning_curve_plan(n_train: int, repeats: int = 3, repeat_up_to: int = 50) 
 
 
 def learning_curve(
-    make_predictor: Callable[[], LatencyPredictor],
+    estimator: LatencyPredictor,
     configs: Sequence[SubnetConfig],
     y: np.ndarray,
     train: np.ndarray,
     test: np.ndarray,
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[dict[str, Any]]:
-    """Our metrics on `test` when fitting on n random training rows, averaged over draws (`learning_curve_plan`)."""
+    """Our metrics on `test` when fitting clones of `estimator` on n random training rows, averaged over
+    draws (`learning_curve_plan`)."""
+    from sklearn.base import clone
+
     test_configs = [configs[i] for i in test]
     rows = []
     for n, draws in learning_curve_plan(len(train)):
@@ -158,7 +164,7 @@ def learning_curve(
         for r in range(draws):
             progress(n)
             rows_n = train if n == len(train) else np.random.default_rng(r).choice(train, size=n, replace=False)
-            model = make_predictor().fit([configs[i] for i in rows_n], y[rows_n])
+            model = clone(estimator).fit([configs[i] for i in rows_n], y[rows_n])
             scores.append(regression_metrics(y[test], model.predict(test_configs)))
         rows.append({"n_train": n, "draws": draws, **{k: float(np.mean([s[k] for s in scores])) for k in METRIC_NAMES}})
     return rows
@@ -185,4 +191,4 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, path: str, title: s
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # a half-drawn plot never replaces the previous one

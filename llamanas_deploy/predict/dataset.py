@@ -2,7 +2,7 @@
 
 A profile may hold several settings (backend, precision, device, threads, shapes) and several
 spaces; a predictor is fitted on exactly one of each, so this module picks it (or says which
-flags choose among the ones present), drops flagged measurements (their spread was too wide),
+parameters choose among the ones present), drops flagged measurements (their spread was too wide),
 and keeps one value per sub-network from its visits (`combine_visits`): the best of their fast
 ends for a timing (as `stats.Measurement.combine` does), or, when some records predate the
 fast end, the median of their medians (`ProfileData.statistic` says which); the highest peak
@@ -11,30 +11,36 @@ memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..concepts import TIMED_FIGURES
+from ..concepts import metric as metric_named
 from ..errors import BadInputError
 from ..model.families import BUILTIN_MODELS, ModelShape, read_shape
 from ..profile.stats import best_of
 from ..space import SearchSpace, builtin_spaces, load_space
 from ..subnet_config import SubnetConfig
 
+if TYPE_CHECKING:
+    from ..model.supernet import SuperNetwork
+
 MIN_SUBNETS = 10
 SETTING_KEYS = ("backend", "precision", "device", "threads", "clock", "shapes", "model_id")
-METRIC_FIELDS = {"decode_ms": "decode_ms", "prefill_ms": "prefill_ms", "throughput": "throughput_tok_s", "peak_mem": "peak_mem_mib"}
 
 
 @dataclass
 class ProfileData:
+    """One metric of one measurement setting of a profile, one value per sub-network (`load_profile_data`)."""
+
     path: Path
+    metric: str  # its name in `concepts.METRICS`
     space: SearchSpace
     fingerprint: dict[str, Any]
     setting: dict[str, Any]  # SETTING_KEYS -> value
@@ -67,8 +73,10 @@ def load_profile_data(
     backend: str | None = None,
     precision: str | None = None,
 ) -> ProfileData:
+    """The records of `metric` in the profile at `path` for one space and one setting (see the module docstring)."""
     from ..profile.store import MEASUREMENTS_FILE, read_profile
 
+    metric = metric_named(metric).name
     profile = read_profile(path)
     source = f"{profile.path / MEASUREMENTS_FILE}"
     if not profile.records:
@@ -90,43 +98,43 @@ def load_profile_data(
         )
     y = np.array([combine_visits(v, metric, statistic) for v in visits], dtype=np.float64)
     return ProfileData(
-        profile.path, space, profile.fingerprint, setting, configs, y, visits, statistic, len(records), len(records) - len(kept)
+        profile.path, metric, space, profile.fingerprint, setting, configs, y, visits, statistic, len(records), len(records) - len(kept)
     )
 
 
 def combine_visits(values: list[float], metric: str, statistic: str) -> float:
     """One sub-network's figure from its visits (see the module docstring)."""
-    if metric == "peak_mem":
-        return max(values)  # a memory budget has to hold on every visit
+    figure = metric_named(metric)
+    if figure.field not in TIMED_FIGURES:
+        return max(values)  # peak memory: a memory budget has to hold on every visit
     if statistic == "median":
         return float(np.median(values))
-    return best_of(values, higher_is_better=metric == "throughput")
+    return best_of(values, higher_is_better=figure.higher_is_better)
 
 
 def _flagged(raw: dict[str, Any], metric: str) -> bool:
     """A timing's own flag when the profiler gives one, else the record's; a plain figure (peak
     memory) has no spread of its own, so a flag raised by the record's timings does not drop it."""
-    figure = raw.get(METRIC_FIELDS[metric])
+    figure = raw.get(metric_named(metric).field)
     return isinstance(figure, dict) and bool(figure.get("flagged", raw["flagged"]))
 
 
-def model_id(shape: ModelShape) -> str:
-    """The profiler's id of a model shape (profile/runner.py hashes `asdict(shape)` the same way)."""
-    return hashlib.sha256(json.dumps(asdict(shape), sort_keys=True).encode()).hexdigest()[:12]
-
-
-def resolve_shape(data: ProfileData, model: str | None) -> ModelShape:
-    """The super-network shape the profile measured: `model`, checked, or the built-in one it names."""
+def resolve_shape(data: ProfileData, model: "SuperNetwork | str | Path | None") -> ModelShape:
+    """The super-network shape the profile measured: `model`'s, checked, or the built-in one it names."""
     wanted = data.setting.get("model_id")
-    candidates = [model] if model else list(BUILTIN_MODELS)
-    for name in candidates:
+    if model is not None:
+        shape, name = (read_shape(model), str(model)) if isinstance(model, (str, Path)) else (model.shape, str(model.source))
+        if wanted not in (None, shape.id):
+            raise BadInputError(f"{name}: shape id {shape.id}, but {data.path} measured model {wanted}", param="model")
+        data.space.check_super_network(shape, name)
+        return shape
+    for name in BUILTIN_MODELS:
         shape = read_shape(name)
-        if wanted in (None, model_id(shape)):
+        if wanted in (None, shape.id):
             data.space.check_super_network(shape, name)
             return shape
-    if model:
-        raise BadInputError(f"--model {model}: shape id {model_id(read_shape(model))}, but {data.path} measured model {wanted}")
-    raise BadInputError(f"{data.path}: measured model {wanted} is not a built-in model; pass --model with its config.json")
+    raise BadInputError(f"{data.path}: measured model {wanted} is not a built-in model; give the model's config.json",
+                        param="model")  # fmt: skip
 
 
 def _space_of(records: list, source: str) -> SearchSpace:
@@ -135,7 +143,7 @@ def _space_of(records: list, source: str) -> SearchSpace:
     builtins = {load_space(name).id: name for name in builtin_spaces()}
     if len(ids) == 1 and ids[0] in builtins:
         return load_space(builtins[ids[0]])
-    raise BadInputError(f"{source}: measurements of space(s) {ids}; pass --space with the space's name or JSON file")
+    raise BadInputError(f"{source}: measurements of space(s) {ids}; give the space's name or JSON file", param="space")
 
 
 def _setting(raw: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +161,8 @@ def _one_setting(records: list, source: str, backend: str | None, precision: str
         raise BadInputError(f"{source}: no measurements with {wanted}")
     if len(settings) > 1:
         listed = "; ".join(_describe(s) for s in settings.values())
-        raise BadInputError(f"{source}: {len(settings)} measurement settings match ({listed}); choose with --backend/--precision")
+        raise BadInputError(f"{source}: {len(settings)} measurement settings match ({listed}); choose the backend and precision",
+                            param="backend")  # fmt: skip
     return next(iter(settings.values()))
 
 

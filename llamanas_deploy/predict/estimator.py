@@ -12,6 +12,11 @@ samples already give the right scale, and predictions never fall off a cliff out
 seen together in training. Hyper-parameters (tree depth, number of rounds) are chosen by k-fold
 cross-validation of the whole pipeline on the data given to `fit`.
 
+A scikit-learn estimator: parameters in `__init__` only (`get_params` / `set_params` /
+`sklearn.base.clone` work), fitted state in attributes ending in `_`. Where the training data
+came from is given to `fit(configs, y, provenance=...)` and kept in `metadata_`, with the time
+of the fit and the library versions.
+
 Saved as one JSON file: metadata, the feature description, the prior, and XGBoost's own JSON
 model embedded as an object (no pickle), with a sha256 over all of it so corruption is caught.
 """
@@ -21,26 +26,23 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
 
+from .. import __version__
+from ..concepts import METRICS, metric
 from ..errors import BadInputError, LlamanasError
+from ..jsonfiles import dumps, read_json, write_text
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
 from .features import FEATURE_SCHEMA_VERSION, FeatureBuilder
 
 FILE_FORMAT = "llamanas-latency-predictor"
 FILE_SCHEMA_VERSION = 1
-METRICS = {  # fit --metric -> (unit, is a rate: higher is better, so the cost is its inverse)
-    "decode_ms": ("ms", False),
-    "prefill_ms": ("ms", False),
-    "throughput": ("tok/s", True),
-    "peak_mem": ("MiB", False),
-}
 DEFAULT_GRID = {"max_depth": (2, 4), "num_boost_round": (10, 30, 100, 300)}
 REQUIRED_METADATA = ("space_id", "metric", "shapes", "feature_schema_version", "hyperparameters")
 
@@ -49,8 +51,9 @@ class NotFittedError(LlamanasError):
     """A predictor was used before `fit` or `load`."""
 
 
-class LatencyPredictor:
-    """Predicts one hardware figure (`metric`) of sub-networks of one space on one target."""
+class LatencyPredictor(RegressorMixin, BaseEstimator):
+    """Predicts one hardware figure (`metric`, a name in `concepts.METRICS`) of sub-networks of one
+    space on one target."""
 
     def __init__(
         self,
@@ -62,7 +65,6 @@ class LatencyPredictor:
         objective: str = "reg:absoluteerror",
         random_state: int = 0,
         n_jobs: int = 1,
-        provenance: dict[str, Any] | None = None,
     ):
         self.features = features
         self.metric = metric
@@ -72,12 +74,13 @@ class LatencyPredictor:
         self.objective = objective
         self.random_state = random_state
         self.n_jobs = n_jobs
-        self.provenance = provenance
 
     # ---- fitting ------------------------------------------------------------------------------
-    def fit(self, configs: Sequence[SubnetConfig], y: Sequence[float]) -> "LatencyPredictor":
-        if self.metric not in METRICS:
-            raise BadInputError(f"metric '{self.metric}' is not one of {sorted(METRICS)}")
+    def fit(
+        self, configs: Sequence[SubnetConfig], y: Sequence[float], provenance: dict[str, Any] | None = None
+    ) -> "LatencyPredictor":
+        """Fit on measured `y` of `configs`; `provenance` (target, fingerprint, backend, ...) goes into `metadata_`."""
+        metric(self.metric)
         y = np.asarray(y, dtype=np.float64)
         if len(configs) != len(y) or len(y) < 2:
             raise BadInputError(f"fit needs >= 2 sub-networks with one value each, got {len(configs)} and {len(y)}")
@@ -86,7 +89,7 @@ class LatencyPredictor:
         X = self.features.transform(configs)
         self.best_params_, self.cv_mape_pct_ = self._select(X, y)
         self.prior_coef_, self.booster_ = self._fit_pipeline(X, y, **self.best_params_)
-        self.metadata_ = self._metadata(len(y))
+        self.metadata_ = self._metadata(len(y), provenance)
         return self
 
     def _select(self, X: np.ndarray, y: np.ndarray) -> tuple[dict[str, int], float | None]:
@@ -126,17 +129,19 @@ class LatencyPredictor:
         booster = xgb.train(params, xgb.DMatrix(X, label=residual), num_boost_round=num_boost_round)
         return coef, booster
 
-    def _metadata(self, n_train: int) -> dict[str, Any]:
+    def _metadata(self, n_train: int, provenance: dict[str, Any] | None) -> dict[str, Any]:
         return {
-            "metric": self.metric,
-            "unit": METRICS[self.metric][0],
+            "metric": metric(self.metric).name,
+            "unit": metric(self.metric).unit,
             "space_id": self.features.space.id,
             "shapes": dict(self.features.shapes),
             "feature_schema_version": FEATURE_SCHEMA_VERSION,
             "hyperparameters": {**self.best_params_, "learning_rate": self.learning_rate, "objective": self.objective},
             "cv_mape_pct": self.cv_mape_pct_,
             "n_train": n_train,
-            **(self.provenance or {}),
+            **(provenance or {}),
+            "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
         }
 
     # ---- predicting ---------------------------------------------------------------------------
@@ -166,7 +171,7 @@ class LatencyPredictor:
         return self._prior_basis(X) @ coef
 
     def _to_cost(self, y: np.ndarray) -> np.ndarray:
-        return 1.0 / y if METRICS[self.metric][1] else y
+        return 1.0 / y if metric(self.metric).higher_is_better else y
 
     _from_cost = _to_cost  # the inverse of an inverse
 
@@ -216,20 +221,7 @@ class LatencyPredictor:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a failure leaves any existing file at `path` untouched."""
-        path = Path(path)
-        text = json.dumps(self.to_dict(), separators=(",", ":"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-            try:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-                os.chmod(f.name, 0o644)
-                os.replace(f.name, path)
-            except BaseException:
-                os.unlink(f.name)
-                raise
-        return path
+        return write_text(path, dumps(self.to_dict(), indent=None))
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyPredictor":
@@ -270,17 +262,19 @@ def _digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _versions() -> dict[str, str]:
+    import xgboost
+
+    return {"xgboost": xgboost.__version__, "llamanas_deploy": __version__}
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a predictor file (checked as `load` checks it) without loading its model."""
+    return _read_body(Path(path))["metadata"]
+
+
 def _read_body(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise BadInputError(f"{path}: cannot read predictor file ({err.strerror})") from None
-    except UnicodeDecodeError:
-        raise BadInputError(f"{path}: not a predictor file (not UTF-8 text)") from None
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{path}: not valid JSON ({err.msg} at char {err.pos}); truncated or corrupted?") from None
+    body = read_json(path, "predictor file")
     if not isinstance(body, dict) or body.get("format") != FILE_FORMAT:
         raise BadInputError(f"{path}: not a {FILE_FORMAT} file")
     if body.get("schema_version") != FILE_SCHEMA_VERSION:
