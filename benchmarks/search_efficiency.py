@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from llamanas_deploy.cli.common import table
-from llamanas_deploy.search import ObjectiveSet, SearchSettings, build_objective_set, run_search
+from llamanas_deploy.errors import BadInputError
+from llamanas_deploy.jsonfiles import read_json
+from llamanas_deploy.search import ALGORITHMS as REGISTRY
+from llamanas_deploy.search import SearchProblem, minimize, objectives_from_specs
 from llamanas_deploy.search.objectives import sign
 from llamanas_deploy.search.session import Normalization, pareto_indices
 from llamanas_deploy.space import load_space
@@ -58,8 +61,8 @@ class SharedMeasure:
 def default_predictor(space_id: str) -> str | None:
     for path in sorted((ROOT / "predictors").glob("*.json")):
         try:
-            meta = json.loads(path.read_text()).get("metadata", {})
-        except (OSError, json.JSONDecodeError):
+            meta = read_json(path, "predictor file").get("metadata", {})
+        except BadInputError:
             continue
         if meta.get("space_id") == space_id and meta.get("metric") == "decode_ms":
             return str(path)
@@ -94,10 +97,10 @@ def main() -> None:
     space = load_space(args.space)
     predictor = args.predictor or default_predictor(space.id)
     specs = ["accuracy", f"latency:{predictor}" if predictor else "size"]
-    base = build_objective_set(args.model, space, specs, eval_tokens=args.eval_tokens)
+    base = SearchProblem(args.model, space, objectives_from_specs(specs, max_tokens=args.eval_tokens))
     accuracy = SharedMeasure(base.objectives[0])
-    objective_set = ObjectiveSet([accuracy, *base.objectives[1:]], base.size, base.latency)
-    print(f"model {args.model}, space {space.id}, objectives {[o.name for o in objective_set.objectives]}"
+    problem = SearchProblem(base.supernet, space, [accuracy, *base.objectives[1:]])
+    print(f"model {args.model}, space {space.id}, objectives {[o.name for o in problem.objectives]}"
           f" ({'predictor ' + predictor if predictor else 'no predictor for this space: analytic size'}), "
           f"budget {args.evaluations} real evaluations, population {args.population}, seeds {args.seeds}", file=sys.stderr)
 
@@ -107,11 +110,10 @@ def main() -> None:
         for seed in range(args.seeds):
             for algorithm in ALGORITHMS:
                 out = Path(tmp) / f"{algorithm}-{seed}"
-                settings = SearchSettings(algorithm, args.population, args.evaluations, seed)
                 start = time.perf_counter()
-                run_search(space, objective_set, out, settings, show_progress=False)
+                minimize(problem, REGISTRY[algorithm](population=args.population), args.evaluations, seed, out=out)
                 seconds[algorithm].append(time.perf_counter() - start)
-                curves[algorithm].append(hypervolume_curve(out, objective_set.objectives, space))
+                curves[algorithm].append(hypervolume_curve(out, problem.objectives, space))
                 print(f"seed {seed} {algorithm}: hypervolume {curves[algorithm][-1][-1]:.4f} "
                       f"({seconds[algorithm][-1]:.0f} s)", file=sys.stderr)
     print(render(curves, seconds, args, accuracy.measured))

@@ -125,3 +125,24 @@ def test_other_settings_in_out_dir_exit_2(tmp_path, tiny_random_model, llamanas)
     run = llamanas(*base, "--seed", "2")
     assert run.returncode == 2 and "different settings (seed differ)" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", ["--max-latency", "--max-size"])
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_limits_must_be_finite_and_positive(tmp_path, flag, value, llamanas):
+    run = llamanas("search", "--objective", "size", flag, value, "--out", tmp_path / "out")
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"error: {flag}: expected a finite number > 0, got {float(value)!r}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_accuracy_on_the_models_task(tmp_path, tiny_random_model, llamanas):
+    run = llamanas("search", "--model", tiny_random_model, "--objective", "accuracy:task", "--objective", "size",
+                   "--algorithm", "random", "--population", "3", "--evaluations", "3", "--eval-examples", "4",
+                   "--out", tmp_path / "out", "--json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["objectives"] == [{"name": "acc_norm", "direction": "max"}, {"name": "fp16_gib", "direction": "min"}]
+    assert all(0 <= e["objectives"]["acc_norm"] <= 1 for e in report["front"])
+    measures = json.loads((tmp_path / "out" / "search.json").read_text())["measures"]
+    assert measures[0]["kind"] == "multiple_choice" and measures[0]["max_examples"] == 4

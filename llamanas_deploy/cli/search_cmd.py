@@ -1,35 +1,45 @@
-"""`llamanas search`: multi-objective search for a device-specific sub-network."""
+"""`llamanas search`: multi-objective search for a device-specific sub-network (`search.minimize`)."""
 
 from __future__ import annotations
 
+import inspect
+
 import click
 
-from .common import emit, json_option, space_option, table
+from ..search.algorithms import ALGORITHMS, NSGA2
+from ..search.objectives import Perplexity, TaskAccuracy
+from ..search.run import minimize
+from .common import emit, json_option, model_option, progress_printer, space_option, table
+
+_MINIMIZE = {name: p.default for name, p in inspect.signature(minimize).parameters.items()}
 
 
 @click.command()
-@click.option("--model", "model_path", default="tiny", show_default=True, help="Super-network dir or built-in name.")
+@model_option()
 @space_option
 @click.option(
     "--objective",
-    "objective_specs",
+    "objectives",
     multiple=True,
     help="accuracy[:TASK_OR_DATA] | latency:PREDICTOR_FILE | size (repeat; default accuracy = held-out perplexity).",
 )
 @click.option("--max-latency", "max_latency_ms", type=float, help="Constraint: predicted latency <= MS.")
 @click.option("--max-size", "max_size_gib", type=float, help="Constraint: fp16 size <= GIB.")
-@click.option("--algorithm", type=click.Choice(["nsga2", "linas", "random"]), default="nsga2", show_default=True)
-@click.option("--population", default=50, show_default=True, type=click.IntRange(min=2))
-@click.option("--evaluations", default=250, show_default=True, type=click.IntRange(min=2), help="Real evaluations.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--eval-tokens", default=2048, show_default=True, type=click.IntRange(min=1), help="Perplexity tokens.")
-@click.option("--eval-examples", default=100, show_default=True, type=click.IntRange(min=1), help="Task examples.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output dir (resumes if same).")
+@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=NSGA2.name, show_default=True)
+@click.option("--population", default=NSGA2().population, show_default=True, type=click.IntRange(min=2))
+@click.option("--evaluations", default=_MINIMIZE["evaluations"], show_default=True, type=click.IntRange(min=2),
+              help="Real evaluations.")  # fmt: skip
+@click.option("--seed", default=_MINIMIZE["seed"], show_default=True, type=int)
+@click.option("--eval-tokens", default=Perplexity().max_tokens, show_default=True, type=click.IntRange(min=1),
+              help="Perplexity tokens.")  # fmt: skip
+@click.option("--eval-examples", default=TaskAccuracy().max_examples, show_default=True, type=click.IntRange(min=1),
+              help="Task examples.")  # fmt: skip
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output dir (resumes if same).")
 @json_option
 def search(
-    model_path: str,
+    model: str,
     space_name: str,
-    objective_specs: tuple[str, ...],
+    objectives: tuple[str, ...],
     max_latency_ms: float | None,
     max_size_gib: float | None,
     algorithm: str,
@@ -38,7 +48,7 @@ def search(
     seed: int,
     eval_tokens: int,
     eval_examples: int,
-    out_dir: str,
+    out: str,
     as_json: bool,
 ) -> None:
     """Search the space: accuracy measured on the super-network, latency from a device predictor.
@@ -47,17 +57,13 @@ def search(
     evaluated sub-network, hypervolume per generation, a plot and a summary to --out. Run it
     again with the same settings to resume an interrupted search.
     """
-    from ..search import SearchSettings, build_objective_set, run_search
-    from ..space import load_space
+    from ..search import SearchProblem, objectives_from_specs
 
-    space = load_space(space_name)
-    settings = SearchSettings(algorithm, population, evaluations, seed, max_latency_ms, max_size_gib)
-    settings.check()
-    objective_set = build_objective_set(model_path, space, objective_specs, eval_tokens, eval_examples)
-    result = run_search(space, objective_set, out_dir, settings)
-    report = result.to_dict()
-    report["objectives"] = [{"name": o.name, "direction": o.direction} for o in objective_set.objectives]
-    emit(report, as_json, _render)
+    chosen = ALGORITHMS[algorithm](population=population)
+    built = objectives_from_specs(objectives, max_tokens=eval_tokens, max_examples=eval_examples)
+    problem = SearchProblem(model, space_name, built, max_latency_ms=max_latency_ms, max_size_gib=max_size_gib)
+    result = minimize(problem, chosen, evaluations, seed, out=out, callback=progress_printer(quiet=False))
+    emit(result.to_dict(), as_json, _render)
 
 
 def _render(r: dict) -> str:

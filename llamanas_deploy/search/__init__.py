@@ -1,22 +1,34 @@
-"""Hardware-aware search: NSGA-II, LINAS and random search over a space's sub-networks.
+"""Hardware-aware search: NSGA-II, LINAS and random search over a space's sub-networks, pymoo style.
 
-Accuracy is measured on the super-network, latency comes from a device predictor, size is
-analytic (objectives.py); pymoo does the genetic work (problem.py, algorithms.py); every real
-evaluation lands in a ledger on disk (ledger.py) so a search resumes; results.py writes the
-front, hypervolume history, plot and summary. `run_search` (run.py) ties them together.
+    problem = SearchProblem("tiny", "tiny", [Perplexity(), PredictedLatency("pred.json")], max_latency_ms=5.0)
+    result = minimize(problem, NSGA2(population=50), evaluations=250, seed=0, out="search")
+
+Objectives are objects (objectives.py): accuracy is measured on the super-network, latency comes
+from a device predictor, size is analytic; `SearchProblem` binds them to one super-network
+(problem.py); the algorithms are objects configured in their constructors (algorithms.py, with
+pymoo doing the genetic work); every real evaluation lands in a ledger on disk (ledger.py) so a
+search resumes; results.py writes the front, hypervolume history, plot and summary; `minimize`
+(run.py) ties them together and reports progress through `callback`.
 """
 
-from .objectives import AccuracyObjective, LatencyObjective, Objective, ObjectiveSet, SizeObjective, build_objective_set
-from .run import SearchResult, SearchSettings, run_search
+from .algorithms import ALGORITHMS, LINAS, NSGA2, Algorithm, RandomSearch
+from .objectives import ModelSize, Objective, Perplexity, PredictedLatency, TaskAccuracy, objectives_from_specs
+from .problem import SearchProblem
+from .run import SearchResult, minimize
 
 __all__ = [
-    "AccuracyObjective",
-    "LatencyObjective",
+    "ALGORITHMS",
+    "Algorithm",
+    "LINAS",
+    "NSGA2",
+    "RandomSearch",
+    "ModelSize",
     "Objective",
-    "ObjectiveSet",
-    "SizeObjective",
-    "build_objective_set",
+    "Perplexity",
+    "PredictedLatency",
+    "TaskAccuracy",
+    "objectives_from_specs",
+    "SearchProblem",
     "SearchResult",
-    "SearchSettings",
-    "run_search",
+    "minimize",
 ]

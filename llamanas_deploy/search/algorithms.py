@@ -1,10 +1,11 @@
-"""The three search algorithms, each spending a session's budget of real evaluations.
+"""The three search algorithms, objects configured in their constructors (as pymoo's are), each
+spending a session's budget of real evaluations in `run(session, seed)`:
 
-- `nsga2`: pymoo NSGA-II with the paper's operators; every individual is evaluated for real.
-- `linas`: LINAS as in Intel DyNAS-T — evaluate a population for real, fit XGBoost predictors
+- `NSGA2` (`nsga2`): pymoo NSGA-II with the paper's operators; every individual is evaluated for real.
+- `LINAS` (`linas`): LINAS as in Intel DyNAS-T — evaluate a population for real, fit XGBoost predictors
   of the expensive objectives on everything evaluated so far, run NSGA-II on the predicted
   objectives (thousands of cheap inner evaluations), evaluate its final population for real.
-- `random`: distinct sub-networks drawn uniformly (depth, then every layer's width).
+- `RandomSearch` (`random`): distinct sub-networks drawn uniformly (depth, then every layer's width).
 
 All three start from the same first batch (smallest and largest sub-network, then random
 ones), which also fixes the hypervolume's normalization, so their fronts compare directly.
@@ -14,10 +15,11 @@ replays its trajectory from the ledger for free and measures from where it stopp
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from ..errors import BadInputError
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig, unique
 from .problem import canonical_genes, decode_all, make_nsga2, make_problem
@@ -33,50 +35,99 @@ def initial_population(space: SearchSpace, size: int, seed: int) -> list[SubnetC
     return unique([space.smallest, space.largest, *space.sample_random(size, seed)])[:size]
 
 
-def run_nsga2(session: SearchSession, pop_size: int, seed: int) -> None:
-    from pymoo.core.termination import NoTermination
+class Algorithm:
+    """A search algorithm, configured in its constructor; `run` spends a session's budget."""
 
-    space = session.space
-    algorithm = make_nsga2(space, pop_size, initial_population(space, min(pop_size, session.budget), seed))
-    problem = make_problem(space, len(session.objectives), len(session.constraints), session.evaluate)
-    algorithm.setup(problem, termination=NoTermination(), seed=seed)
-    stalled = 0
-    while session.remaining > 0 and stalled < STALL_GENERATIONS:
-        algorithm.n_offsprings = min(pop_size, session.remaining)
-        infills = algorithm.ask()
-        if infills is None or len(infills) == 0:
-            break
-        before = session.spent
-        algorithm.evaluator.eval(problem, infills, algorithm=algorithm)
-        algorithm.tell(infills=infills)
-        session.end_generation()
-        stalled = stalled + 1 if session.spent == before else 0
+    name: ClassVar[str]
 
+    def __init__(self, population: int = 50):
+        if isinstance(population, bool) or not isinstance(population, int) or population < 2:
+            raise BadInputError(f"expected an integer >= 2, got {population!r}", param="population")
+        self.population = population
 
-def run_random(session: SearchSession, pop_size: int, seed: int) -> None:
-    space = session.space
-    order = initial_population(space, session.budget, seed)
-    order = unique(order + space.sample_random(session.budget, seed + 1))[: session.budget]
-    for start in range(0, len(order), pop_size):
-        session.evaluate(order[start : start + pop_size])
-        session.end_generation()
+    def run(self, session: SearchSession, seed: int) -> None:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """What a search directory records of the algorithm (`search.json`)."""
+        return {"algorithm": self.name, "population": self.population, "linas_inner_evaluations": LINAS_INNER_EVALUATIONS}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(population={self.population})"
 
 
-def run_linas(
-    session: SearchSession, pop_size: int, seed: int, inner_evaluations: int = LINAS_INNER_EVALUATIONS
-) -> None:
-    space = session.space
-    batch = initial_population(space, min(pop_size, session.budget), seed)
-    iteration = 0
-    while batch:
-        session.evaluate(batch)
-        session.end_generation()
-        if session.remaining <= 0:
-            break
-        iteration += 1
-        predicted = fit_surrogate(session, seed + iteration)
-        candidates = inner_search(session, predicted, pop_size, seed + iteration, inner_evaluations)
-        batch = _fill(session, candidates, min(pop_size, session.remaining), seed + iteration)
+class NSGA2(Algorithm):
+    """pymoo NSGA-II with the paper's operators; every individual is evaluated for real."""
+
+    name = "nsga2"
+
+    def run(self, session: SearchSession, seed: int) -> None:
+        from pymoo.core.termination import NoTermination
+
+        space, pop_size = session.space, self.population
+        algorithm = make_nsga2(space, pop_size, initial_population(space, min(pop_size, session.budget), seed))
+        problem = make_problem(space, len(session.objectives), len(session.constraints), session.evaluate)
+        algorithm.setup(problem, termination=NoTermination(), seed=seed)
+        stalled = 0
+        while session.remaining > 0 and stalled < STALL_GENERATIONS:
+            algorithm.n_offsprings = min(pop_size, session.remaining)
+            infills = algorithm.ask()
+            if infills is None or len(infills) == 0:
+                break
+            before = session.spent
+            algorithm.evaluator.eval(problem, infills, algorithm=algorithm)
+            algorithm.tell(infills=infills)
+            session.end_generation()
+            stalled = stalled + 1 if session.spent == before else 0
+
+
+class RandomSearch(Algorithm):
+    """Distinct sub-networks drawn uniformly (depth, then every layer's width), a population at a time."""
+
+    name = "random"
+
+    def run(self, session: SearchSession, seed: int) -> None:
+        space = session.space
+        order = initial_population(space, session.budget, seed)
+        order = unique(order + space.sample_random(session.budget, seed + 1))[: session.budget]
+        for start in range(0, len(order), self.population):
+            session.evaluate(order[start : start + self.population])
+            session.end_generation()
+
+
+class LINAS(Algorithm):
+    """LINAS (Intel DyNAS-T): NSGA-II on XGBoost-predicted objectives between real evaluations.
+
+    `inner_evaluations`: predicted evaluations of each inner NSGA-II run (DyNAS-T: 5000).
+    """
+
+    name = "linas"
+
+    def __init__(self, population: int = 50, inner_evaluations: int = LINAS_INNER_EVALUATIONS):
+        super().__init__(population)
+        if isinstance(inner_evaluations, bool) or not isinstance(inner_evaluations, int) or inner_evaluations < 1:
+            raise BadInputError(f"expected an integer >= 1, got {inner_evaluations!r}", param="inner_evaluations")
+        self.inner_evaluations = inner_evaluations
+
+    def run(self, session: SearchSession, seed: int) -> None:
+        pop_size = self.population
+        batch = initial_population(session.space, min(pop_size, session.budget), seed)
+        iteration = 0
+        while batch:
+            session.evaluate(batch)
+            session.end_generation()
+            if session.remaining <= 0:
+                break
+            iteration += 1
+            predicted = fit_surrogate(session, seed + iteration)
+            candidates = inner_search(session, predicted, pop_size, seed + iteration, self.inner_evaluations)
+            batch = _fill(session, candidates, min(pop_size, session.remaining), seed + iteration)
+
+    def settings(self) -> dict[str, Any]:
+        return super().settings() | {"linas_inner_evaluations": self.inner_evaluations}
+
+    def __repr__(self) -> str:
+        return f"LINAS(population={self.population}, inner_evaluations={self.inner_evaluations})"
 
 
 def fit_surrogate(session: SearchSession, seed: int) -> Callable[[list[SubnetConfig]], np.ndarray]:
@@ -158,4 +209,4 @@ def _fill(session: SearchSession, candidates: list[SubnetConfig], n: int, seed: 
     return batch
 
 
-ALGORITHMS = {"nsga2": run_nsga2, "linas": run_linas, "random": run_random}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (NSGA2, LINAS, RandomSearch)}  # the one home of their names

@@ -7,14 +7,15 @@ resumes measuring exactly where it stopped.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, LlamanasError
+from ..jsonfiles import dumps, parse_json, write_text
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
 from .objectives import Objective
@@ -41,8 +42,10 @@ class Ledger:
         """(len(configs), len(measures)) matrix of recorded values, in `measures` order."""
         return np.array([[self.records[c.id]["values"][m.name] for m in self.measures] for c in configs], float)
 
-    def measure(self, configs: Sequence[SubnetConfig], progress=None) -> int:
-        """Measure and append the configs not yet in the ledger; returns how many were new."""
+    def measure(self, configs: Sequence[SubnetConfig], on_measured: Callable[[int], None] | None = None) -> int:
+        """Measure and append the configs not yet in the ledger; returns how many were new.
+
+        `on_measured(k)` is called after the k-th new one is appended."""
         new = [c for c in dict((c.id, c) for c in configs).values() if c.id not in self.records]
         if not new:
             return 0
@@ -52,11 +55,14 @@ class Ledger:
             values = {name: float(v[i]) for name, v in cheap.items()}
             values |= {m.name: float(m.evaluate([cfg])[0]) for m in expensive}
             self._append(cfg, values)
-            if progress is not None:
-                progress.update(1)
+            if on_measured is not None:
+                on_measured(i + 1)
         return len(new)
 
     def _append(self, cfg: SubnetConfig, values: dict[str, float]) -> None:
+        bad = {name: v for name, v in values.items() if not math.isfinite(v)}
+        if bad:
+            raise LlamanasError(f"sub-network {cfg.id}: measured {bad}; the ledger keeps finite numbers only")
         record = {
             "schema_version": LEDGER_SCHEMA_VERSION,
             "space_id": self.space.id,
@@ -66,7 +72,7 @@ class Ledger:
             "values": values,
         }
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record, indent=None) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.records[cfg.id] = record
@@ -77,16 +83,13 @@ class Ledger:
         if lines and lines[-1]:
             # the last write was cut short by a kill: that one evaluation is lost, the rest is kept
             lines[-1] = ""
-            _rewrite(self.path, "\n".join(lines))
+            write_text(self.path, "\n".join(lines))
         names = {m.name for m in self.measures}
         for number, line in enumerate(lines[:-1], 1):
             self._load_line(line, f"{self.path}:{number}", names)
 
     def _load_line(self, line: str, where: str, names: set[str]) -> None:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BadInputError(f"{where}: not valid JSON ({err.msg})") from None
+        record = parse_json(line, where)
         if not isinstance(record, dict) or record.get("space_id") != self.space.id:
             raise BadInputError(f"{where}: expected an evaluation record of space {self.space.id}")
         cfg = self.space.validate(SubnetConfig.from_dict(record.get("subnet"), where), where)
@@ -96,9 +99,3 @@ class Ledger:
         if record.get("subnet_id") != cfg.id:
             raise BadInputError(f"{where}: subnet_id {record.get('subnet_id')!r} does not match its config ({cfg.id})")
         self.records[cfg.id] = record
-
-
-def _rewrite(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,33 +1,38 @@
-"""What the search measures: pluggable objectives, each a name, a direction and a batch evaluation.
+"""What the search measures: objectives a user builds, bound to a super-network by `SearchProblem`.
 
-The search core only sees the `Objective` protocol. Three kinds ship:
+Four ship, each configured in its constructor:
 
-- `AccuracyObjective` — perplexity or multiple-choice accuracy measured on the super-network
-  (`expensive`: every call costs real compute, so the search budgets and caches it);
-- `LatencyObjective` — a device latency predictor fitted on the same space (cheap);
-- `SizeObjective` — fp16 GiB from the analytic parameter count (cheap).
+- `Perplexity(data=None, max_tokens=2048)` — held-out perplexity measured on the super-network;
+- `TaskAccuracy(task=None, max_examples=100)` — multiple-choice accuracy (`acc_norm`), likewise;
+- `PredictedLatency(predictor)` — a device metric from a `LatencyPredictor` fitted on the space;
+- `ModelSize()` — fp16 GiB from the analytic parameter count.
+
+`bind(problem)` turns one into a measure: an object with `name` (the record key, unit included),
+`direction` ("min"/"max"), `expensive` (measured for real: budgeted, cached, one sub-network at a
+time), `evaluate(configs)` and `describe()`. Any object with those five and no `bind` is a custom
+objective and is used as it is. `objectives_from_specs` reads the CLI's `--objective` strings.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
 from ..analytics import subnet_stats
 from ..errors import BadInputError
 from ..model.families import ModelShape
-from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
 
-DIRECTIONS = ("min", "max")
+if TYPE_CHECKING:
+    from ..predict import LatencyPredictor
+    from .problem import SearchProblem
 
 
 class Objective(Protocol):
-    """One measured quantity of a sub-network."""
+    """One measured quantity of a sub-network (a bound objective)."""
 
     name: str  # key in every record, with its unit: "perplexity", "decode_ms", "fp16_gib"
     direction: str  # "min" or "max"
@@ -49,14 +54,32 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@dataclass
-class SizeObjective:
+def _positive(value: Any, param: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadInputError(f"expected an integer >= 1, got {value!r}", param=param)
+    return value
+
+
+# ---- size -------------------------------------------------------------------------------------
+
+
+class ModelSize:
     """Model size as the paper reports it: bytes in fp16, in GiB (analytic, from `config.json`)."""
 
-    shape: ModelShape
-    name: str = "fp16_gib"
-    direction: str = "min"
-    expensive: bool = False
+    name, direction, expensive = "fp16_gib", "min", False
+
+    def bind(self, problem: SearchProblem) -> SizeMeasure:
+        return SizeMeasure(problem.shape)
+
+    def __repr__(self) -> str:
+        return "ModelSize()"
+
+
+class SizeMeasure:
+    name, direction, expensive = ModelSize.name, ModelSize.direction, ModelSize.expensive
+
+    def __init__(self, shape: ModelShape):
+        self.shape = shape
 
     def evaluate(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
         return np.array([subnet_stats(self.shape, c).fp16_gib for c in configs], dtype=float)
@@ -65,56 +88,122 @@ class SizeObjective:
         return {"kind": "analytic", "shape": self.shape.__dict__}
 
 
-# the predictor's metric -> (record name, direction)
-LATENCY_METRICS = {
-    "decode_ms": ("decode_ms", "min"),
-    "prefill_ms": ("prefill_ms", "min"),
-    "throughput": ("throughput_tok_s", "max"),
-    "throughput_tok_s": ("throughput_tok_s", "max"),
-    "peak_mem": ("peak_mem_mib", "min"),
-    "peak_mem_mib": ("peak_mem_mib", "min"),
-}
+# ---- latency ----------------------------------------------------------------------------------
 
 
-class LatencyObjective:
-    """A device metric predicted by a `LatencyPredictor` file that was fitted on this space."""
+class PredictedLatency:
+    """A device metric predicted by a `LatencyPredictor` (or the path of its file) fitted on the space.
+
+    The predictor's metric names the record and its direction (`concepts.metric`):
+    `decode_ms`, `prefill_ms` and `peak_mem_mib` are minimized, `throughput_tok_s` maximized.
+    """
 
     expensive = False
 
-    def __init__(self, predictor_path: str | Path, space: SearchSpace):
+    def __init__(self, predictor: LatencyPredictor | str | Path):
+        from ..concepts import metric
         from ..predict import LatencyPredictor
 
-        self.path = Path(predictor_path)
-        self.predictor = LatencyPredictor.load(self.path)
-        self.predictor.check_space(space)
-        meta = self.predictor.metadata_
-        metric = meta.get("metric")
-        if metric not in LATENCY_METRICS:
-            raise BadInputError(f"{self.path}: predictor metric {metric!r} is not one of {sorted(LATENCY_METRICS)}")
-        self.name, self.direction = LATENCY_METRICS[metric]
-        self.metadata = meta
+        self.file = None if isinstance(predictor, LatencyPredictor) else Path(predictor)
+        self.predictor = LatencyPredictor.load(self.file) if self.file is not None else predictor
+        self.metadata = self.predictor.metadata_
+        try:
+            chosen = metric(str(self.metadata.get("metric")))
+        except BadInputError as err:
+            raise BadInputError(f"{self.predictor.source}: predictor {err}") from None
+        self.name, self.direction = chosen.field, chosen.direction
+
+    def bind(self, problem: SearchProblem) -> PredictedLatency:
+        self.predictor.check_space(problem.space)
+        return self
 
     def evaluate(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
         return np.asarray(self.predictor.predict(list(configs)), dtype=float)
 
     def describe(self) -> dict[str, Any]:
         keys = ("space_id", "target", "fingerprint_id", "backend", "precision", "metric", "shapes")
-        return {
-            "kind": "predictor",
-            "file": str(self.path),
-            "sha256": file_sha256(self.path),
-            **{k: self.metadata.get(k) for k in keys},
-        }
+        return {**self._identity(), **{k: self.metadata.get(k) for k in keys}}
+
+    def _identity(self) -> dict[str, Any]:
+        if self.file is not None:
+            return {"kind": "predictor", "file": str(self.file), "sha256": file_sha256(self.file)}
+        from ..jsonfiles import dumps
+
+        text = dumps(self.predictor.to_dict(), indent=None)  # the bytes `save` writes
+        return {"kind": "predictor", "file": None, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+    def __repr__(self) -> str:
+        return f"PredictedLatency({str(self.file) if self.file else self.predictor!r})"
 
 
-class AccuracyObjective:
-    """Perplexity (held-out text) or multiple-choice accuracy, measured on the super-network."""
+# ---- accuracy ---------------------------------------------------------------------------------
+
+
+class Perplexity:
+    """Perplexity on held-out text, measured on the super-network (lower is better).
+
+    `data`: None for the model's shipped `heldout.txt`; a text file (.txt, .jsonl, Alpaca .json)
+    or a built-in corpus name; or a list of token ids. `max_tokens` bounds each evaluation.
+    """
+
+    name, direction, expensive = "perplexity", "min", True
+
+    def __init__(self, data: str | Path | Sequence[int] | None = None, max_tokens: int = 2048):
+        self.data = data
+        self.max_tokens = _positive(max_tokens, "max_tokens")
+
+    def bind(self, problem: SearchProblem) -> AccuracyMeasure:
+        from ..data import load_tokenizer, read_texts, tokenize
+        from ..evaluate import load_heldout
+
+        supernet = problem.supernet
+        if self.data is None:
+            ids, source = load_heldout(supernet.source), f"{problem.model}:heldout"
+        elif isinstance(self.data, (str, Path)):
+            ids, source = tokenize(read_texts(str(self.data)), load_tokenizer(supernet.source), eos_id=None), str(self.data)
+        else:
+            ids = [int(i) for i in self.data]
+            source = "token_ids:" + hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+        return AccuracyMeasure(supernet, ids, "perplexity", source, self.max_tokens)
+
+    def __repr__(self) -> str:
+        return f"Perplexity(data={self.data!r}, max_tokens={self.max_tokens})"
+
+
+class TaskAccuracy:
+    """Multiple-choice accuracy (`acc_norm`, higher is better), measured on the super-network.
+
+    `task`: None for the model's shipped `mc_task.jsonl`, or a JSONL task file
+    (`{"context", "choices", "answer"}` lines). `max_examples` bounds each evaluation.
+    """
+
+    name, direction, expensive = "acc_norm", "max", True
+
+    def __init__(self, task: str | Path | None = None, max_examples: int = 100):
+        self.task = task
+        self.max_examples = _positive(max_examples, "max_examples")
+
+    def bind(self, problem: SearchProblem) -> AccuracyMeasure:
+        from ..evaluate import load_task
+
+        supernet = problem.supernet
+        source = f"{problem.model}:task" if self.task is None else str(self.task)
+        data = load_task(supernet.source, self.task)
+        return AccuracyMeasure(supernet, data, "multiple_choice", source, self.max_examples)
+
+    def __repr__(self) -> str:
+        return f"TaskAccuracy(task={self.task!r}, max_examples={self.max_examples})"
+
+
+class AccuracyMeasure:
+    """Perplexity or multiple-choice accuracy of sub-networks inside a loaded super-network."""
 
     expensive = True
 
     def __init__(self, supernet, data, kind: str, source: str, limit: int):
         self.supernet, self.data, self.kind, self.source, self.limit = supernet, data, kind, source, limit
-        self.name, self.direction = ("perplexity", "min") if kind == "perplexity" else ("acc_norm", "max")
+        spec = Perplexity if kind == "perplexity" else TaskAccuracy
+        self.name, self.direction = spec.name, spec.direction
         self._model_sha256 = supernet.weights_sha256()
 
     def evaluate(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
@@ -129,24 +218,42 @@ class AccuracyObjective:
         return {"kind": self.kind, "data": self.source, "model_sha256": self._model_sha256, limit: self.limit}
 
 
-def accuracy_objective(supernet, model: str, spec: str, max_tokens: int, max_examples: int) -> AccuracyObjective:
-    """What `--objective accuracy[:SPEC]` names.
+# ---- the CLI's spec strings -------------------------------------------------------------------
 
-    SPEC: empty or `perplexity` (the model's shipped held-out text), `task` (its shipped
-    multiple-choice task), a task JSONL file (`context`/`choices`/`answer` records), or any
-    other data file or built-in corpus (perplexity on its text).
+
+def objectives_from_specs(
+    specs: Sequence[str], max_tokens: int = 2048, max_examples: int = 100
+) -> list[Perplexity | TaskAccuracy | PredictedLatency | ModelSize]:
+    """Objectives from spec strings: `accuracy[:SPEC]`, `latency:PREDICTOR_FILE`, `size`.
+
+    SPEC: empty, `perplexity` or `heldout` (the model's held-out text), `task` (its multiple-choice
+    task), a task JSONL file, or any other data file or built-in corpus (perplexity on its text).
+    With no accuracy objective named, held-out perplexity comes first. Predictor files are read here.
     """
-    from ..data import load_tokenizer, read_texts, tokenize
-    from ..evaluate import load_heldout, load_task
+    parsed = [_parse_spec(s) for s in specs]
+    if not any(kind == "accuracy" for kind, _ in parsed):
+        parsed.insert(0, ("accuracy", ""))
+    built = {"size": lambda _: ModelSize(), "latency": PredictedLatency}
+    return [
+        _accuracy(arg, max_tokens, max_examples) if kind == "accuracy" else built[kind](arg) for kind, arg in parsed
+    ]
 
+
+def _parse_spec(spec: str) -> tuple[str, str]:
+    kind, _, arg = spec.partition(":")
+    if kind not in ("accuracy", "latency", "size") or (kind == "latency" and not arg) or (kind == "size" and arg):
+        raise BadInputError(f"objective {spec!r}: expected accuracy[:TASK_OR_DATA], latency:PREDICTOR_FILE or size")
+    return kind, arg
+
+
+def _accuracy(spec: str, max_tokens: int, max_examples: int) -> Perplexity | TaskAccuracy:
     if spec in ("", "perplexity", "heldout"):
-        return AccuracyObjective(supernet, load_heldout(model), "perplexity", f"{model}:heldout", max_tokens)
+        return Perplexity(None, max_tokens)
     if spec == "task":
-        return AccuracyObjective(supernet, load_task(model), "multiple_choice", f"{model}:task", max_examples)
+        return TaskAccuracy(None, max_examples)
     if spec.endswith(".jsonl") and _looks_like_task(spec):
-        return AccuracyObjective(supernet, load_task(model, spec), "multiple_choice", spec, max_examples)
-    ids = tokenize(read_texts(spec), load_tokenizer(model), eos_id=None)
-    return AccuracyObjective(supernet, ids, "perplexity", spec, max_tokens)
+        return TaskAccuracy(spec, max_examples)
+    return Perplexity(spec, max_tokens)
 
 
 def _looks_like_task(path: str) -> bool:
@@ -157,65 +264,3 @@ def _looks_like_task(path: str) -> bool:
         return isinstance(json.loads(first), dict) and "choices" in json.loads(first)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-
-
-@dataclass
-class ObjectiveSet:
-    """What is optimized (in order), plus the measures constraints and the summary need."""
-
-    objectives: list[Objective]
-    size: Objective  # always recorded: the summary's "x smaller", and `--max-size`
-    latency: Objective | None = None  # `--max-latency` applies to it
-
-    @property
-    def accuracy(self) -> Objective | None:
-        return next((o for o in self.objectives if o.expensive), None)
-
-    def measures(self) -> list[Objective]:
-        extra = [m for m in (self.latency, self.size) if m is not None]
-        return list({m.name: m for m in [*self.objectives, *extra]}.values())
-
-
-def build_objective_set(
-    model: str, space: SearchSpace, specs: Sequence[str], eval_tokens: int = 2048, eval_examples: int = 100
-) -> ObjectiveSet:
-    """Objectives from `--objective` values: `accuracy[:SPEC]`, `latency:PREDICTOR_FILE`, `size`.
-
-    With no accuracy objective named, the model's held-out perplexity is the first objective.
-    """
-    from ..model.families import read_shape
-
-    parsed = [_parse_spec(s) for s in specs]
-    if not any(kind == "accuracy" for kind, _ in parsed):
-        parsed.insert(0, ("accuracy", ""))
-    size = SizeObjective(read_shape(model))
-    # cheap ones first, so a wrong predictor is refused before the super-network is loaded
-    built: dict[int, Objective] = {i: size for i, (kind, _) in enumerate(parsed) if kind == "size"}
-    built |= {i: LatencyObjective(arg, space) for i, (kind, arg) in enumerate(parsed) if kind == "latency"}
-    latencies = [o for o in built.values() if isinstance(o, LatencyObjective)]
-    supernet = _load_supernet(model, space)
-    for i, (kind, arg) in enumerate(parsed):
-        if kind == "accuracy":
-            built[i] = accuracy_objective(supernet, model, arg, eval_tokens, eval_examples)
-    objectives = [built[i] for i in range(len(parsed))]
-    names = [o.name for o in objectives]
-    if len(set(names)) != len(names) or len(objectives) < 2:
-        raise BadInputError(f"--objective: need at least two distinct objectives, got {names}")
-    return ObjectiveSet(objectives, size, latencies[0] if latencies else None)
-
-
-def _parse_spec(spec: str) -> tuple[str, str]:
-    kind, _, arg = spec.partition(":")
-    if kind not in ("accuracy", "latency", "size") or (kind == "latency") != bool(arg) or (kind == "size" and arg):
-        raise BadInputError(
-            f"--objective '{spec}': expected accuracy[:TASK_OR_DATA], latency:PREDICTOR_FILE or size"
-        )
-    return kind, arg
-
-
-def _load_supernet(model: str, space: SearchSpace):
-    from ..model.supernet import SuperNetwork
-
-    supernet = SuperNetwork.load(model)
-    supernet.check_space(space)
-    return supernet

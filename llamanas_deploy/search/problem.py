@@ -1,4 +1,9 @@
-"""The search as a pymoo problem over the space's integer encoding, and the paper's NSGA-II.
+"""The search problem: what is searched (`SearchProblem`), and its pymoo form over the space's genes.
+
+`SearchProblem(supernet, space, objectives, max_latency_ms=None, max_size_gib=None)` binds the
+objectives to one super-network (loaded once, and only when an objective measures on it) and
+checks the space against it. The size is always recorded (the summary's "x smaller", the size
+limit); a latency limit applies to the latency objective.
 
 Gene 0 picks the depth, then one gene per layer and elastic dimension (`SearchSpace.encode`).
 Genes of dropped layers do not change the sub-network, so duplicates are judged on the
@@ -8,12 +13,113 @@ canonical genes (those zeroed), i.e. by sub-network, while the genes themselves 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..space import SearchSpace
+from ..concepts import METRICS
+from ..errors import BadInputError
+from ..model.families import BUILTIN_MODELS, ModelShape
+from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
+from .objectives import Objective, SizeMeasure
+from .session import Constraint
+
+DEVICE_METRICS = {m.field: m for m in METRICS.values()}  # an objective so named is the problem's latency
+
+
+class SearchProblem:
+    """Objectives bound to a super-network and a space, with optional limits (pymoo's `Problem`, ours)."""
+
+    def __init__(
+        self,
+        supernet: Any,
+        space: SearchSpace | str | Path,
+        objectives: Sequence[Any],
+        max_latency_ms: float | None = None,
+        max_size_gib: float | None = None,
+    ):
+        self.space = space if isinstance(space, SearchSpace) else load_space(space)
+        self.max_latency_ms = _limit(max_latency_ms, "max_latency_ms")
+        self.max_size_gib = _limit(max_size_gib, "max_size_gib")
+        self._supernet, self.model, self.shape = _model(supernet)
+        self.space.check_super_network(self.shape, self.model)
+        # cheap ones first: a wrong predictor is refused before the super-network is loaded
+        bound = {i: _bind(o, self) for i, o in enumerate(objectives) if not o.expensive}
+        bound |= {i: _bind(o, self) for i, o in enumerate(objectives) if o.expensive}
+        self.objectives: list[Objective] = [bound[i] for i in range(len(objectives))]
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise BadInputError(f"need at least two distinct objectives, got {names}", param="objectives")
+        self.size: Objective = SizeMeasure(self.shape)
+        self.latency: Objective | None = next((o for o in self.objectives if o.name in DEVICE_METRICS), None)
+        self.constraints = self._constraints()
+
+    @property
+    def supernet(self):
+        """The `SuperNetwork`, loaded on first use."""
+        if self._supernet is None:
+            from ..model.supernet import SuperNetwork
+
+            self._supernet = SuperNetwork.load(self.model)  # its shape was checked against the space
+        return self._supernet
+
+    @property
+    def accuracy(self) -> Objective | None:
+        """The first objective measured for real (perplexity, accuracy), if any."""
+        return next((o for o in self.objectives if o.expensive), None)
+
+    def measures(self) -> list[Objective]:
+        """Everything recorded per sub-network: the objectives, then the latency and the size."""
+        extra = [m for m in (self.latency, self.size) if m is not None]
+        return list({m.name: m for m in [*self.objectives, *extra]}.values())
+
+    def _constraints(self) -> list[Constraint]:
+        constraints = []
+        if self.max_latency_ms is not None:
+            if self.latency is None or DEVICE_METRICS[self.latency.name].unit != "ms":
+                raise BadInputError(
+                    "needs a latency objective predicting milliseconds (PredictedLatency, spec latency:FILE)",
+                    param="max_latency_ms",
+                )
+            constraints.append(Constraint(self.latency, self.max_latency_ms))
+        if self.max_size_gib is not None:
+            constraints.append(Constraint(self.size, self.max_size_gib))
+        return constraints
+
+    def __repr__(self) -> str:
+        limits = f", max_latency_ms={self.max_latency_ms}, max_size_gib={self.max_size_gib}"
+        return f"SearchProblem({self.model!r}, {self.space.id!r}, {[o.name for o in self.objectives]}{limits})"
+
+
+
+def _limit(value: float | None, param: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        limit = float(value)
+    except (TypeError, ValueError):
+        limit = math.nan
+    if isinstance(value, bool) or not math.isfinite(limit) or limit <= 0:
+        raise BadInputError(f"expected a finite number > 0, got {value!r}", param=param)
+    return limit
+
+
+def _model(supernet: Any) -> tuple[Any, str, ModelShape]:
+    """(loaded super-network or None, how records name the model, its shape)."""
+    if isinstance(supernet, (str, Path)):
+        from ..model.families import read_shape
+
+        return None, str(supernet), read_shape(supernet)
+    builtin = {path.resolve(): name for name, path in BUILTIN_MODELS.items()}
+    return supernet, builtin.get(Path(supernet.source).resolve(), str(supernet.source)), supernet.shape
+
+
+def _bind(objective: Any, problem: SearchProblem) -> Objective:
+    return objective.bind(problem) if hasattr(objective, "bind") else objective
+
 
 # (configs) -> (F to minimize, G <= 0 feasible or None)
 BatchEvaluation = Callable[[list[SubnetConfig]], tuple[np.ndarray, np.ndarray | None]]

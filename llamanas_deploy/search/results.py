@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..jsonfiles import write_json, write_text
 from .objectives import Objective, sign
 from .session import SearchSession, pareto_indices
 
@@ -67,10 +67,10 @@ def write_outputs(
     full = session.ledger.records[full_id]["values"]
     summary = summary_lines(front, full, size_name, latency, accuracy)
     hv = {**session.normalization.to_dict(session.objectives), "history": session.history}
-    _write_json(out / "front.json", _front_file(session, settings, front))
-    _write_json(out / "hypervolume.json", hv)
-    _write_text(out / "evaluations.csv", _csv(records, [m.name for m in session.ledger.measures]))
-    _write_text(out / "summary.txt", "\n".join(summary) + "\n")
+    write_json(out / "front.json", _front_file(session, settings, front), indent=1)
+    write_json(out / "hypervolume.json", hv, indent=1)
+    write_text(out / "evaluations.csv", _csv(records, [m.name for m in session.ledger.measures]))
+    write_text(out / "summary.txt", "\n".join(summary) + "\n")
     plot_front(out / "front.png", records, full_id, size_name, latency, accuracy or session.objectives[0])
     return {"front": front, "summary": summary, "records": records, "full": {"subnet_id": full_id, "values": full}}
 
@@ -154,12 +154,3 @@ def _csv(records: Sequence[dict[str, Any]], names: list[str]) -> str:
         writer.writerow([r["order"], r["subnet_id"], r["subnet"]["num_layers"], sizes, *values, r["feasible"], r["on_front"]])
     return buf.getvalue()
 
-
-def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(data, indent=1) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

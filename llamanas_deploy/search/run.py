@@ -1,54 +1,34 @@
-"""`run_search`: one search from objectives to output directory, resumable.
+"""`minimize(problem, algorithm, evaluations, seed, out=DIR)`: one search, resumable, as pymoo's is called.
 
-The output directory holds `search.json` (the settings, written first), the ledger
-`evaluations.jsonl` (appended as sub-networks are measured) and the result files. Running
-again with the same settings resumes; with other settings it is refused.
+The output directory holds `search.json` (what makes the search itself, written first), the
+ledger `evaluations.jsonl` (appended as sub-networks are measured) and the result files.
+Running again with the same problem, algorithm, budget and seed resumes; anything else is refused.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import BadInputError
-from ..space import SearchSpace
-from .algorithms import ALGORITHMS, LINAS_INNER_EVALUATIONS
+from ..jsonfiles import dumps, parse_json, read_json, write_json
+from ..progress import Callback
+from .algorithms import Algorithm
 from .ledger import Ledger
-from .objectives import Objective, ObjectiveSet
+from .problem import SearchProblem
 from .results import write_outputs
-from .session import Constraint, SearchSession
+from .session import SearchSession
 
 SETTINGS_SCHEMA_VERSION = 1
 SETTINGS_FILE, LEDGER_FILE = "search.json", "evaluations.jsonl"
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    algorithm: str = "nsga2"
-    population: int = 50
-    evaluations: int = 250
-    seed: int = 0
-    max_latency_ms: float | None = None
-    max_size_gib: float | None = None
-    linas_inner_evaluations: int = LINAS_INNER_EVALUATIONS
-
-    def check(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise BadInputError(f"--algorithm '{self.algorithm}' is not one of {sorted(ALGORITHMS)}")
-        if self.population < 2 or self.evaluations < 2:
-            raise BadInputError(
-                f"--population and --evaluations must be >= 2, got {self.population} and {self.evaluations}"
-            )
 
 
 @dataclass
 class SearchResult:
     out_dir: Path
     space_id: str
-    settings: SearchSettings
+    settings: dict[str, Any]  # algorithm, population, evaluations, seed, limits, linas_inner_evaluations
     evaluations: int  # sub-networks evaluated by the search
     measured_now: int  # of those, measured in this run (the others came from the ledger)
     front: list[dict[str, Any]]
@@ -56,38 +36,40 @@ class SearchResult:
     summary: list[str]
     full: dict[str, Any]
     files: list[str] = field(default_factory=list)
+    objectives: list[dict[str, str]] = field(default_factory=list)  # name and direction, in order
 
     def to_dict(self) -> dict[str, Any]:
+        """What `llamanas search --json` prints."""
         out = asdict(self)
         out["out_dir"] = str(self.out_dir)
         return out
 
 
-def run_search(
-    space: SearchSpace,
-    objective_set: ObjectiveSet,
-    out_dir: str | Path,
-    settings: SearchSettings = SearchSettings(),
-    show_progress: bool = True,
+def minimize(
+    problem: SearchProblem,
+    algorithm: Algorithm,
+    evaluations: int = 250,
+    seed: int = 0,
+    *,
+    out: str | Path,
+    callback: Callback = None,
 ) -> SearchResult:
-    """Search `space`, spending `settings.evaluations` real evaluations; resumes an interrupted run in `out_dir`."""
-    settings.check()
-    out = Path(out_dir)
-    constraints = _constraints(settings, objective_set)
-    identity = _identity(space, objective_set, constraints, settings)
+    """Search `problem` with `algorithm`, spending `evaluations` real evaluations; results in `out`.
+
+    An interrupted search in `out` resumes: what its ledger holds is not measured again.
+    """
+    if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 2:
+        raise BadInputError(f"expected an integer >= 2, got {evaluations!r}", param="evaluations")
+    out = Path(out)
+    settings = _settings(problem, algorithm, evaluations, seed)
+    identity = _identity(problem, settings)
     _prepare_out_dir(out, identity)
-    ledger = Ledger(out / LEDGER_FILE, space, objective_set.measures())
+    ledger = Ledger(out / LEDGER_FILE, problem.space, problem.measures())
     already = len(ledger)
-    session = SearchSession(space, objective_set.objectives, constraints, ledger, settings.evaluations, show_progress)
-    try:
-        run = ALGORITHMS[settings.algorithm]
-        kwargs = {"inner_evaluations": settings.linas_inner_evaluations} if settings.algorithm == "linas" else {}
-        run(session, settings.population, settings.seed, **kwargs)
-    finally:
-        session.close()
-    report = write_outputs(
-        out, session, identity, space.largest.id, objective_set.size.name, objective_set.latency, objective_set.accuracy
-    )
+    session = SearchSession(problem.space, problem.objectives, problem.constraints, ledger, evaluations, callback)
+    algorithm.run(session, seed)
+    space = problem.space
+    report = write_outputs(out, session, identity, space.largest.id, problem.size.name, problem.latency, problem.accuracy)
     return SearchResult(
         out_dir=out,
         space_id=space.id,
@@ -99,57 +81,53 @@ def run_search(
         summary=report["summary"],
         full=report["full"],
         files=sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
+        objectives=[{"name": o.name, "direction": o.direction} for o in problem.objectives],
     )
 
 
-def _constraints(settings: SearchSettings, objective_set: ObjectiveSet) -> list[Constraint]:
-    constraints = []
-    if settings.max_latency_ms is not None:
-        latency = objective_set.latency
-        if latency is None or not latency.name.endswith("_ms"):
-            raise BadInputError("--max-latency needs a latency objective predicting milliseconds (latency:PREDICTOR)")
-        constraints.append(Constraint(latency, float(settings.max_latency_ms)))
-    if settings.max_size_gib is not None:
-        constraints.append(Constraint(objective_set.size, float(settings.max_size_gib)))
-    return constraints
+def _settings(problem: SearchProblem, algorithm: Algorithm, evaluations: int, seed: int) -> dict[str, Any]:
+    recorded = algorithm.settings()
+    return {
+        "algorithm": recorded["algorithm"],
+        "population": recorded["population"],
+        "evaluations": evaluations,
+        "seed": seed,
+        "max_latency_ms": problem.max_latency_ms,
+        "max_size_gib": problem.max_size_gib,
+        "linas_inner_evaluations": recorded["linas_inner_evaluations"],
+    }
 
 
-def _identity(
-    space: SearchSpace, objective_set: ObjectiveSet, constraints: Sequence[Constraint], settings: SearchSettings
-) -> dict[str, Any]:
-    """Everything that makes two searches the same search."""
+def _identity(problem: SearchProblem, settings: dict[str, Any]) -> dict[str, Any]:
+    """Everything that makes two searches the same search (the limits are in `constraints`)."""
 
-    def describe(m: Objective) -> dict[str, Any]:
+    def describe(m) -> dict[str, Any]:
         return {"name": m.name, "direction": m.direction, "expensive": m.expensive, **m.describe()}
 
     return {
         "schema_version": SETTINGS_SCHEMA_VERSION,
-        "space_id": space.id,
-        **{k: v for k, v in asdict(settings).items() if k not in ("max_latency_ms", "max_size_gib")},
-        "objectives": [o.name for o in objective_set.objectives],
-        "constraints": [c.to_dict() for c in constraints],
-        "measures": [describe(m) for m in objective_set.measures()],
+        "space_id": problem.space.id,
+        **{k: v for k, v in settings.items() if k not in ("max_latency_ms", "max_size_gib")},
+        "objectives": [o.name for o in problem.objectives],
+        "constraints": [c.to_dict() for c in problem.constraints],
+        "measures": [describe(m) for m in problem.measures()],
     }
 
 
 def _prepare_out_dir(out: Path, identity: dict[str, Any]) -> None:
     settings_file = out / SETTINGS_FILE
     if settings_file.is_file():
-        try:
-            saved = json.loads(settings_file.read_text())
-        except json.JSONDecodeError as err:
-            raise BadInputError(f"{settings_file}: not valid JSON ({err.msg}); not resuming from it") from None
-        # JSON round trip, so tuples and lists compare equal
-        differ = sorted(k for k in identity.keys() | saved.keys() if saved.get(k) != json.loads(json.dumps(identity)).get(k))
+        saved = read_json(settings_file, "search settings file")
+        fresh = parse_json(dumps(identity), str(settings_file))  # as it reads back: tuples are lists
+        differ = sorted(k for k in fresh.keys() | saved.keys() if saved.get(k) != fresh.get(k))
         if differ:
             raise BadInputError(
-                f"--out {out}: holds a search with different settings ({', '.join(differ)} differ); "
-                "use another --out, or the same settings to resume it"
+                f"{out}: holds a search with different settings ({', '.join(differ)} differ); "
+                "use another output directory, or the same settings to resume it",
+                param="out",
             )
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BadInputError(f"--out {out}: exists and is not a search directory; refusing to write into it")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{SETTINGS_FILE}.tmp"
-    tmp.write_text(json.dumps(identity, indent=1) + "\n")
-    os.replace(tmp, settings_file)
+        raise BadInputError(f"{out}: exists and is not a search directory; refusing to write into it", param="out")
+    write_json(settings_file, identity, indent=1)
+

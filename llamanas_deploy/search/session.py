@@ -2,17 +2,18 @@
 
 Every algorithm drives the same session: it hands batches of sub-networks to `evaluate`
 (real measurements, through the ledger), and calls `end_generation` after each batch, which
-records the archive's Pareto front size and hypervolume.
+records the archive's Pareto front size and hypervolume. Progress goes to the callback: one
+event per evaluation (replayed from the ledger or measured) and a message per generation.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..progress import Callback, report
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig, unique
 from .ledger import Ledger
@@ -77,7 +78,7 @@ class SearchSession:
         constraints: Sequence[Constraint],
         ledger: Ledger,
         budget: int,
-        show_progress: bool = True,
+        callback: Callback = None,
     ):
         self.space = space
         self.objectives = list(objectives)
@@ -88,7 +89,7 @@ class SearchSession:
         self.history: list[dict[str, Any]] = []
         self.normalization: Normalization | None = None
         self._columns = {m.name: i for i, m in enumerate(ledger.measures)}
-        self._bar = _progress_bar(budget, show_progress)
+        self.callback = callback
 
     # ---- budget -----------------------------------------------------------------------
     @property
@@ -105,9 +106,9 @@ class SearchSession:
         new = [c for c in unique(configs) if c.id not in self.visited]
         if len(new) > self.remaining:
             raise RuntimeError(f"batch of {len(new)} new sub-networks exceeds the {self.remaining} evaluations left")
-        measured = self.ledger.measure(new, self._bar)
-        self._bar.update(len(new) - measured)  # replayed from the ledger
+        self.ledger.measure(new, lambda measured: self._report(self.spent + measured))
         self.visited.update((c.id, c) for c in new)
+        self._report(self.spent)  # the rest came from the ledger
         return self.split(self.ledger.values(configs))
 
     def split(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -139,14 +140,14 @@ class SearchSession:
             "hypervolume": self.normalization.hypervolume(F[feasible][front]),
         }
         self.history.append(entry)
-        self._bar.write(
+        self._report(self.spent, message=(
             f"generation {entry['generation']}: {self.spent}/{self.budget} evaluations, "
             f"front {entry['front_size']}, hypervolume {entry['hypervolume']:.4f}"
-        )
+        ))  # fmt: skip
         return entry
 
-    def close(self) -> None:
-        self._bar.close()
+    def _report(self, done: int, message: str = "") -> None:
+        report(self.callback, "search", done=done, total=self.budget, unit="subnet", message=message)
 
 
 def pareto_indices(F: np.ndarray) -> np.ndarray:
@@ -156,30 +157,3 @@ def pareto_indices(F: np.ndarray) -> np.ndarray:
     if len(F) == 0:
         return np.array([], dtype=int)
     return np.asarray(NonDominatedSorting().do(F, only_non_dominated_front=True), dtype=int)
-
-
-class _Bar:
-    """tqdm on stderr, or silence."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def update(self, n: int) -> None:
-        if self.bar is not None and n:
-            self.bar.update(n)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _progress_bar(total: int, show: bool) -> _Bar:
-    if not show:
-        return _Bar(None)
-    from tqdm import tqdm
-
-    return _Bar(tqdm(total=total, desc="evaluations", unit="subnet", file=sys.stderr, dynamic_ncols=True))
