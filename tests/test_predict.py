@@ -9,17 +9,29 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import run_cli
+from llamanas_deploy import __version__
 from llamanas_deploy.analytics import subnet_stats
 from llamanas_deploy.cli import main
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.model.families import read_shape
-from llamanas_deploy.predict import FeatureBuilder, LatencyPredictor, NotFittedError
+from llamanas_deploy.predict import (
+    FeatureBuilder,
+    FitResult,
+    FitSettings,
+    LatencyPredictor,
+    NotFittedError,
+    fit,
+    list_latency_predictors,
+    load_latency_predictor,
+    predict_subnets,
+)
 from llamanas_deploy.predict.dataset import load_profile_data
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig
@@ -27,6 +39,14 @@ from llamanas_deploy.subnet_config import SubnetConfig
 SHAPES = {"batch_size": 1, "prompt_len": 128, "context_len": 128, "gen_len": 32}
 LAYER_MS = {192: 0.30, 384: 0.42, 576: 0.61, 768: 0.70}  # deliberately not linear in width
 FINGERPRINT_ID = "00aa11bb22cc33dd"
+# predictions for (smallest, largest) of the shipped predictors, by the code that fitted and saved them
+SHIPPED_PREDICTIONS = {
+    "dev-cpu-2c-avx512-amx-onnxruntime-int8-decode_ms": (0.8668236338620328, 1.497123071467034),
+    "dev-cpu-2c-avx512-amx-torch-fp32-decode_ms": (1.8899339396904262, 4.863478973175127),
+    "dev-cpu-2c-avx512-amx-torch-fp32-peak_mem": (17.650193500612133, 36.507563223601565),
+    "dev-cpu-2c-avx512-amx-torch-fp32-prefill_ms": (7.07943564780892, 21.67622495643337),
+    "dev-cpu-2c-avx512-amx-torch-fp32-throughput": (466.3927592396773, 192.22492910993188),
+}
 
 
 def law_ms(cfg: SubnetConfig) -> float:
@@ -321,3 +341,62 @@ def test_shipped_predictors_load_for_their_space(path):
     assert path.name == f"{meta['target']}-{meta['backend']}-{meta['precision']}-{meta['metric']}.json"
     values = predictor.predict([space.smallest, space.largest])
     assert np.all(values > 0) and meta["n_test"] > 0 and 0 < meta["test_metrics"]["mape_pct"] < 100
+
+
+def test_shipped_predictors_are_listed_and_loaded_by_name():
+    listed = list_latency_predictors()
+    assert [row["name"] for row in listed] == sorted(SHIPPED_PREDICTIONS)
+    for row in listed:
+        predictor = load_latency_predictor(row["name"])
+        assert predictor.source == row["path"] and row["metric"] == predictor.metadata_["metric"]
+        space = load_space(predictor.features.space.name)
+        np.testing.assert_allclose(predictor.predict([space.smallest, space.largest]), SHIPPED_PREDICTIONS[row["name"]], rtol=1e-12)
+        assert load_latency_predictor(row["path"]).to_dict() == predictor.to_dict()
+    result = predict_subnets(listed[0]["name"], "largest").to_dict()
+    assert result["predictions"][0]["value"] == pytest.approx(SHIPPED_PREDICTIONS[listed[0]["name"]][1], rel=1e-12)
+    with pytest.raises(BadInputError, match="torch-fp32-decode_ms") as err:
+        load_latency_predictor("no-such-predictor")
+    assert err.value.param == "predictor"
+
+
+def test_predictor_is_a_scikit_learn_estimator(fitted, features, profile):
+    from sklearn.base import clone
+
+    predictor, _, _ = fitted
+    params = predictor.get_params()
+    assert params["features"] is features and params["metric"] == "decode_ms" and "provenance" not in params
+    copy = clone(predictor)
+    assert not hasattr(copy, "booster_") and copy.get_params(deep=False).keys() == params.keys()
+    copy.set_params(param_grid={"max_depth": (2,), "num_boost_round": (30,)}, random_state=3)
+    assert copy.get_params()["random_state"] == 3 and predictor.get_params()["random_state"] == 0
+    data = load_profile_data(profile, "decode_ms")
+    copy.fit(data.configs[:60], data.y[:60])
+    assert copy.best_params_ == {"max_depth": 2, "num_boost_round": 30} and copy.cv_mape_pct_ is None
+    assert copy.score(data.configs[60:], data.y[60:]) > 0.9  # RegressorMixin: R^2
+
+
+def test_fit_records_provenance_time_and_versions(fitted):
+    meta = fitted[0].metadata_
+    assert (meta["target"], meta["fingerprint_id"], meta["backend"], meta["statistic"]) == (
+        "synthetic-box", FINGERPRINT_ID, "torch", "median"
+    )
+    assert datetime.fromisoformat(meta["fitted_at"]).utcoffset().total_seconds() == 0
+    assert meta["versions"]["llamanas_deploy"] == __version__ and meta["versions"]["xgboost"]
+
+
+def test_fit_api_returns_a_fit_result(profile, tmp_path):
+    events = []
+    result = fit(profile, "prefill_ms", FitSettings(seed=1, learning_curve=False), callback=events.append)
+    assert isinstance(result, FitResult) and result.learning_curve == []
+    meta = result.predictor.metadata_
+    assert meta["metric"] == "prefill_ms" and meta["split"] == {"test_fraction": 0.2, "seed": 1}
+    assert result.to_dict()["comparison"] == result.comparison and len(result.comparison) == 6
+    assert events[0].message.startswith("fitting prefill_ms on 160 sub-networks of synthetic-box")
+    assert [(e.done, e.total) for e in events[1:]] == [(i, 6) for i in range(7)]
+    assert result.plot(tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(BadInputError) as err:
+        fit(load_profile_data(profile, "prefill_ms"), "decode_ms")
+    assert err.value.param == "metric"
+    with pytest.raises(BadInputError) as err:
+        FitSettings(test_fraction=0.9)
+    assert err.value.param == "test_fraction"

@@ -15,7 +15,10 @@ import torch
 
 from conftest import SMALL_CONFIG, write_space
 from llamanas_deploy.cli import main
+from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.model.supernet import SuperNetwork
+from llamanas_deploy.profile import ProfileResult, ProfileSettings, Protocol, Shapes, list_targets, profile
+from llamanas_deploy.space import load_space
 from llamanas_deploy.profile.weights import subnet_model
 from llamanas_deploy.subnet_config import SubnetConfig
 
@@ -240,3 +243,58 @@ def test_fingerprint_mismatch(capsys, tmp_path, small_checkpoint, small_space_fi
     before = (out / "measurements.jsonl").read_bytes()
     assert_bad_input(run(capsys, *args, "--samples", "2"), "measured on another device", "Some Other CPU")
     assert (out / "measurements.jsonl").read_bytes() == before
+
+
+# ---- the Python API -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"backend": "tvm"}, "backend"),
+        ({"precision": "int3"}, "precision"),
+        ({"precision": "int8"}, "precision"),  # the torch backend has no int8
+        ({"device": "tpu"}, "device"),
+        ({"backend": "ipex", "device": "cuda"}, "device"),
+        ({"weights": "zeros"}, "weights"),
+        ({"samples": 0}, "samples"),
+        ({"threads": 0}, "threads"),
+        ({"seed": 1.5}, "seed"),
+        ({"clock": "sundial"}, "clock"),
+        ({"clock": "cpu", "threads": 2}, "clock"),
+        ({"shapes": {"prompt_len": 8}}, "shapes"),
+    ],
+)
+def test_settings_refuse_bad_values_naming_the_parameter(kwargs, param):
+    with pytest.raises(BadInputError) as err:
+        ProfileSettings(**kwargs)
+    assert err.value.param == param and "--" not in str(err.value), str(err.value)
+
+
+def test_shapes_and_target_name_their_parameter(tmp_path, small_checkpoint, small_space_file):
+    with pytest.raises(BadInputError) as err:
+        Shapes(prompt_len=0)
+    assert err.value.param == "prompt_len"
+    with pytest.raises(BadInputError) as err:
+        profile(small_checkpoint, small_space_file, target="../x", out=tmp_path / "p")
+    assert err.value.param == "target" and not (tmp_path / "p").exists()
+
+
+def test_profile_api_takes_a_loaded_super_network_and_reports_progress(tmp_path, small_checkpoint, small_space_file):
+    supernet = SuperNetwork.load(small_checkpoint)
+    settings = ProfileSettings(samples=2, shapes=Shapes(prompt_len=8, context_len=8, gen_len=4),
+                               protocol=Protocol(warmup=1, repeats=3, visits=1))  # fmt: skip
+    events = []
+    out = tmp_path / "profiles" / "api"
+    result = profile(supernet, load_space(small_space_file), settings, target="api", out=out, callback=events.append)
+    assert isinstance(result, ProfileResult) and result.dir == out and result.settings == settings
+    assert [(e.stage, e.done, e.total, e.unit) for e in events] == [("profile", i, 2, "visit") for i in range(3)]
+    assert events[0].status == "warming up" and "decode" in events[-1].status
+    summary = result.to_dict()
+    assert (summary["out"], summary["measured_now"], summary["already_present"], summary["records"]) == (str(out), 2, 0, 2)
+    rows = records(out)
+    assert {r["model_id"] for r in rows} == {supernet.shape.id} and {r["weights"] for r in rows} == {"checkpoint"}
+    # the same model by its path is the same measurement: nothing left to measure, no events
+    events.clear()
+    again = profile(str(small_checkpoint), str(small_space_file), settings, target="api", out=out, callback=events.append)
+    assert (again.measured_now, again.records, events) == (0, 2, [])
+    (listed,) = list_targets(tmp_path / "profiles")
+    assert (listed["target"], listed["records"], listed["setups"]) == ("api", 2, {"torch/fp32/cpu": 2})
