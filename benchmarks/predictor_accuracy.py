@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import clone
 
 from llamanas_deploy.cli.common import table
 from llamanas_deploy.predict.compare import METRIC_NAMES, regression_metrics, split_indices
-from llamanas_deploy.predict.dataset import ProfileData, combine_visits, load_profile_data, resolve_shape
-from llamanas_deploy.predict.estimator import LatencyPredictor
-from llamanas_deploy.predict.train import fit_profile
+from llamanas_deploy.predict import FitSettings, LatencyPredictor, fit, load_profile_data
+from llamanas_deploy.predict.dataset import ProfileData, combine_visits
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADERS = ["MAPE %", "RMSE", "±5 %", "±10 %", "Spearman", "Kendall"]
@@ -35,7 +35,7 @@ def cells(row: dict) -> list[str]:
 
 def accuracy(profile: Path, metric: str, seed: int, setting: dict) -> tuple[LatencyPredictor, list[str]]:
     data = load_profile_data(profile, metric, **setting)
-    result = fit_profile(data, resolve_shape(data, None), metric, seed=seed)
+    result = fit(data, metric, FitSettings(seed=seed))
     rows, curve = result.comparison, result.learning_curve
     ours, baselines = rows[0], rows[1:]
     best_baseline = min(baselines, key=lambda r: r["mape_pct"])
@@ -74,11 +74,11 @@ def visit_curve(data: ProfileData, metric: str, fitted: LatencyPredictor) -> lis
     only its first k visits."""
     split = fitted.metadata_["split"]
     train, test = split_indices(len(data.y), split["test_fraction"], split["seed"])
-    configs, features, seed = data.configs, fitted.features, split["seed"]
+    configs = data.configs
     rows = []
     for k in range(1, max(len(v) for v in data.visits) + 1):
         y = np.array([combine_visits(v[:k], metric, data.statistic) for v in data.visits])
-        predictor = LatencyPredictor(features, metric, random_state=seed).fit([configs[i] for i in train], y[train])
+        predictor = clone(fitted).fit([configs[i] for i in train], y[train])
         rows.append((k, regression_metrics(y[test], predictor.predict([configs[i] for i in test]))))
     return rows
 

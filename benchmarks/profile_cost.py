@@ -1,6 +1,6 @@
 """Cost of profiling a device: time to profile N sub-networks of the tiny space, per backend.
 
-Runs `llamanas profile` (the library call behind it) for each backend into a scratch
+Runs `profile` (the library call behind `llamanas profile`) for each backend into a scratch
 directory, side by side in one run, and prints a table: wall seconds in all and per
 sub-network, the median robust CV of each figure, and how many sub-networks stayed flagged.
 
@@ -16,13 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from llamanas_deploy.cli.common import table
+from llamanas_deploy.cli.common import ProgressPrinter, table
+from llamanas_deploy.concepts import CLOCKS, TIMED_FIGURES
 from llamanas_deploy.errors import BadInputError
+from llamanas_deploy.profile import ProfileSettings, Protocol, Shapes, profile, read_profile
 from llamanas_deploy.profile.backends import BACKENDS
-from llamanas_deploy.profile.base import Shapes
-from llamanas_deploy.profile.runner import ProfileRequest, run_profile
-from llamanas_deploy.profile.stats import Protocol
-from llamanas_deploy.profile.store import FIGURES, read_profile
 
 
 def main() -> None:
@@ -32,7 +30,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="profile-cost-") as scratch:
         for backend in backends:
             rows.append(_cost(backend, Path(scratch) / backend, args))
-    headers = ["backend", "sub-networks", "wall s", "s / sub-network", *(f"median CV {f}" for f in FIGURES), "flagged"]
+    headers = ["backend", "sub-networks", "wall s", "s / sub-network", *(f"median CV {f}" for f in TIMED_FIGURES), "flagged"]
     print(table(rows, headers))
     torch_row = next((r for r in rows if r[0] == "torch" and isinstance(r[3], float)), None)
     if torch_row:
@@ -41,25 +39,26 @@ def main() -> None:
 
 
 def _cost(backend: str, out: Path, args: argparse.Namespace) -> list:
-    request = ProfileRequest(
-        target=f"cost-{backend}",
-        backend=backend,
-        samples=args.samples,
-        threads=args.threads,
-        clock=args.clock,
-        shapes=Shapes(1, args.prompt_len, args.context_len, args.gen_len),
-        protocol=Protocol(warmup=args.warmup, repeats=args.repeats),
-        out=out,
-    )
     print(f"profiling {args.samples} sub-networks with {backend} ...", file=sys.stderr)
     start = time.perf_counter()
+    printer = ProgressPrinter()
     try:
-        run_profile(request, progress=True)
+        settings = ProfileSettings(
+            backend=backend,
+            samples=args.samples,
+            threads=args.threads,
+            clock=args.clock,
+            shapes=Shapes(1, args.prompt_len, args.context_len, args.gen_len),
+            protocol=Protocol(warmup=args.warmup, repeats=args.repeats),
+        )
+        profile("tiny", "tiny", settings, target=f"cost-{backend}", out=out, callback=printer)
     except BadInputError as err:
         return [backend, 0, f"unavailable: {err}", "-", "-", "-", "-", "-"]
+    finally:
+        printer.close()
     wall = time.perf_counter() - start
     records = read_profile(out).records
-    cvs = [statistics.median(r.raw[f]["cv"] for r in records) for f in FIGURES]
+    cvs = [statistics.median(r.raw[f]["cv"] for r in records) for f in TIMED_FIGURES]
     return [backend, len(records), wall, wall / len(records), *cvs, sum(r.flagged for r in records)]
 
 
@@ -68,7 +67,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--backends", default="", help="comma-separated; default: torch, torch-compile, onnxruntime")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    p.add_argument("--clock", choices=CLOCKS, default="wall")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--context-len", type=int, default=128)
     p.add_argument("--gen-len", type=int, default=32)
