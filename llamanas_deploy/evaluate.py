@@ -9,24 +9,28 @@
 
 The search calls these hundreds of times: pass the held-out ids / the tokenized task once
 (`load_heldout`, `load_task`) and bound the work with `max_tokens` / `max_examples`.
+`evaluate_subnet(model, space, subnet, EvalSettings(...))` is one evaluation from files, as
+`llamanas evaluate` runs it.
 
 Task files are JSON lines: `{"context": str, "choices": [str, ...], "answer": int}`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import BadInputError
+from .jsonfiles import parse_json
+from .progress import Callback, report
 from .subnet_config import SubnetConfig
 
 HELDOUT_FILE = "heldout.txt"
 TASK_FILE = "mc_task.jsonl"
 LOWER_IS_BETTER = ("perplexity", "loss")
+MC_METRICS = ("acc_norm", "acc")  # length-normalized or raw log-likelihood accuracy
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class EvalResult:
     num_tokens: int | None = None
     num_examples: int | None = None
     details: dict[str, float] = field(default_factory=dict)
+    subnet: SubnetConfig | None = None  # set by `evaluate_subnet`, with the space it belongs to
+    space_id: str | None = None
 
     @property
     def higher_is_better(self) -> bool:
@@ -45,7 +51,8 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"metric": self.metric, "value": self.value, "subnet_id": self.subnet_id}
         out |= {k: v for k, v in (("num_tokens", self.num_tokens), ("num_examples", self.num_examples)) if v is not None}
-        return out | {"higher_is_better": self.higher_is_better, "details": self.details}
+        out |= {"higher_is_better": self.higher_is_better, "details": self.details}
+        return out | ({"subnet": self.subnet.to_dict(), "space_id": self.space_id} if self.subnet is not None else {})
 
 
 # ---- perplexity -----------------------------------------------------------------------------
@@ -138,10 +145,7 @@ def read_task(path: str | Path) -> list[MCExample]:
 
 
 def _parse_example(line: str, source: str) -> MCExample:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{source}: not valid JSON ({err.msg} at column {err.colno})") from None
+    record = parse_json(line, source)
     if not isinstance(record, dict) or set(record) - {"context", "choices", "answer", "id"}:
         raise BadInputError(f"{source}: expected an object with keys context, choices, answer")
     context, choices, answer = record.get("context"), record.get("choices"), record.get("answer")
@@ -178,8 +182,8 @@ def multiple_choice(
     metric: str = "acc_norm",
 ) -> EvalResult:
     """Accuracy of `subnet` on `task`; `metric` is `acc` (raw sums) or `acc_norm` (per byte)."""
-    if metric not in ("acc", "acc_norm"):
-        raise BadInputError(f"metric '{metric}' is not one of ['acc', 'acc_norm']")
+    if metric not in MC_METRICS:
+        raise BadInputError(f"{metric!r} is not one of {sorted(MC_METRICS)}", param="metric")
     n = len(task) if max_examples is None else min(max_examples, len(task))
     max_len = int(supernet.config.get("max_position_embeddings", 2048))
     pairs = [(i, j) for i in range(n) for j in range(len(task.examples[i].choices))]
@@ -265,5 +269,66 @@ def _model_file(model: str | Path, name: str) -> Path:
     path = resolve_model_path(model)
     file = (path if path.is_dir() else path.parent) / name
     if not file.is_file():
-        raise BadInputError(f"{model}: no {name} in the model directory (pass --data / --task explicitly)")
+        raise BadInputError(f"{model}: no {name} in the model directory; name the data or task to evaluate explicitly")
     return file
+
+
+# ---- one sub-network, as `llamanas evaluate` measures it ----------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What `evaluate_subnet` measures: held-out perplexity (default), or accuracy on `task`."""
+
+    data: str | Path | None = None  # text for perplexity (.txt, .jsonl, Alpaca .json, corpus); None: heldout.txt
+    task: str | Path | None = None  # a multiple-choice JSONL task: accuracy instead of perplexity
+    text_field: str = "text"  # the field holding the text in JSONL data
+    seq_len: int = 128  # perplexity window
+    max_tokens: int | None = None  # evaluate at most this many tokens
+    max_examples: int | None = None  # score at most this many task examples
+    metric: str = "acc_norm"  # multiple choice: one of MC_METRICS
+
+    def __post_init__(self) -> None:
+        if self.data is not None and self.task is not None:
+            raise BadInputError("give data (perplexity) or a task (accuracy), not both", param="task")
+        for name, low in (("seq_len", 2), ("max_tokens", 2), ("max_examples", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise BadInputError(f"expected an integer >= {low}, got {value!r}", param=name)
+        if self.metric not in MC_METRICS:
+            raise BadInputError(f"{self.metric!r} is not one of {sorted(MC_METRICS)}", param="metric")
+
+
+def evaluate_subnet(
+    model, space, subnet: SubnetConfig | str, settings: EvalSettings = EvalSettings(), *, callback: Callback = None
+) -> EvalResult:
+    """Perplexity or multiple-choice accuracy of one sub-network inside the super-network.
+
+    `model`: a `SuperNetwork`, or its directory / built-in name; `space`: a `SearchSpace` or its
+    name / file; `subnet`: a `SubnetConfig` or what `SearchSpace.resolve` takes ('largest', ...).
+    """
+    from .model.supernet import SuperNetwork
+    from .space import SearchSpace, load_space
+
+    space = space if isinstance(space, SearchSpace) else load_space(space)
+    subnet = space.resolve(subnet, "subnet") if isinstance(subnet, str) else space.validate(subnet, "subnet")
+    source = model.source if isinstance(model, SuperNetwork) else model
+    if settings.task is not None:
+        inputs = load_task(source, settings.task, settings.max_examples)
+    else:
+        inputs = _text_ids(source, settings.data, settings.text_field) if settings.data else load_heldout(source)
+    supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
+    supernet.check_space(space)
+    report(callback, "evaluate", message=f"evaluating sub-network {subnet.id} ({subnet.num_layers} layers) of {supernet.source}")
+    if settings.task is not None:
+        result = multiple_choice(supernet, subnet, inputs, metric=settings.metric)
+    else:
+        result = perplexity(supernet, subnet, inputs, seq_len=settings.seq_len, max_tokens=settings.max_tokens)
+    return replace(result, subnet=subnet, space_id=space.id)
+
+
+def _text_ids(model, data: str | Path, text_field: str) -> list[int]:
+    from .data import load_tokenizer, read_texts, tokenize
+
+    tokenizer = load_tokenizer(model)
+    return tokenize(read_texts(str(data), text_field), tokenizer, tokenizer.token_to_id("</s>"))

@@ -18,13 +18,14 @@ import functools
 from typing import Any, Sequence
 
 from .errors import BadInputError
+from .progress import Callback, report
 from .subnet_config import SubnetConfig
 
 NOT_INSTALLED = "lm-eval is not installed: pip install 'llamanas-deploy[lm-eval]' (it downloads its datasets, so it needs network)"
 
 
-def evaluate_lm_eval(model, space, subnet: SubnetConfig, tasks: list, limit: int | None = None,
-                     batch_size: int = 16) -> dict[str, dict[str, Any]]:
+def evaluate_lm_eval(model, space, subnet: SubnetConfig, tasks: Sequence, limit: int | None = None,
+                     batch_size: int = 16, *, callback: Callback = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Per-task metrics of `subnet` on lm-eval `tasks` (`{task: {"acc,none": ..., ...}}`).
 
     `model` is a super-network directory / built-in name or a loaded `SuperNetwork`; `tasks` are lm-eval
@@ -32,10 +33,12 @@ def evaluate_lm_eval(model, space, subnet: SubnetConfig, tasks: list, limit: int
     """
     lm_eval = require_lm_eval()
     if not tasks:
-        raise BadInputError("no lm-eval tasks given (expected names such as arc_easy,winogrande)")
+        raise BadInputError("no lm-eval tasks given (expected names such as arc_easy,winogrande)", param="tasks")
     from .data import load_tokenizer
     from .model.supernet import SuperNetwork
 
+    names = ", ".join(t if isinstance(t, str) else str(t.get("task", t)) for t in tasks)
+    report(callback, "evaluate", message=f"evaluating sub-network {subnet.id} ({subnet.num_layers} layers) on lm-eval tasks {names}")
     supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
     supernet.check_space(space)
     subnet = space.validate(subnet, "subnet")

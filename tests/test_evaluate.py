@@ -175,3 +175,28 @@ def test_shipped_task_file_is_well_formed():
     examples = ev.read_task(resolve_model_path("tiny") / "mc_task.jsonl")
     assert len(examples) == len(lines) >= 200
     assert all(json.loads(line)["choices"][json.loads(line)["answer"]] for line in lines)
+
+
+def test_evaluate_subnet_is_the_evaluators_on_the_named_subnet():
+    space = load_space("tiny")
+    supernet = SuperNetwork.load("tiny")
+    events = []
+    result = ev.evaluate_subnet(supernet, "tiny", "smallest", ev.EvalSettings(max_tokens=256), callback=events.append)
+    direct = ev.perplexity(supernet, space.smallest, ev.load_heldout("tiny"), max_tokens=256)
+    assert result.value == direct.value and result.num_tokens == direct.num_tokens
+    assert result.to_dict() == direct.to_dict() | {"subnet": space.smallest.to_dict(), "space_id": space.id}
+    assert [e.message for e in events] == [f"evaluating sub-network {space.smallest.id} (4 layers) of {supernet.source}"]
+    task = ev.evaluate_subnet("tiny", space, space.largest, ev.EvalSettings(task=supernet.source / "mc_task.jsonl",
+                                                                           max_examples=8, metric="acc"))  # fmt: skip
+    assert task.metric == "acc" and task.num_examples == 8 and task.subnet == space.largest
+
+
+@pytest.mark.parametrize(
+    "settings, param",
+    [({"data": "a.txt", "task": "t.jsonl"}, "task"), ({"seq_len": 1}, "seq_len"), ({"max_tokens": 0}, "max_tokens"),
+     ({"max_examples": 0}, "max_examples"), ({"metric": "f1"}, "metric")],
+)  # fmt: skip
+def test_eval_settings_name_the_wrong_parameter(settings, param):
+    with pytest.raises(BadInputError) as err:
+        ev.EvalSettings(**settings)
+    assert err.value.param == param

@@ -92,7 +92,8 @@ class SizeMeasure:
 
 
 class PredictedLatency:
-    """A device metric predicted by a `LatencyPredictor` (or the path of its file) fitted on the space.
+    """A device metric predicted by a `LatencyPredictor` fitted on the space (an object, a file, or the
+    name of a shipped one: `load_latency_predictor`).
 
     The predictor's metric names the record and its direction (`concepts.metric`):
     `decode_ms`, `prefill_ms` and `peak_mem_mib` are minimized, `throughput_tok_s` maximized.
@@ -102,10 +103,12 @@ class PredictedLatency:
 
     def __init__(self, predictor: LatencyPredictor | str | Path):
         from ..concepts import metric
-        from ..predict import LatencyPredictor
+        from ..predict import LatencyPredictor, load_latency_predictor
 
-        self.file = None if isinstance(predictor, LatencyPredictor) else Path(predictor)
-        self.predictor = LatencyPredictor.load(self.file) if self.file is not None else predictor
+        if not isinstance(predictor, LatencyPredictor):
+            predictor = load_latency_predictor(predictor)  # a file, or a shipped predictor's name
+        self.predictor = predictor
+        self.file = Path(predictor.source_) if hasattr(predictor, "source_") else None
         self.metadata = self.predictor.metadata_
         try:
             chosen = metric(str(self.metadata.get("metric")))
