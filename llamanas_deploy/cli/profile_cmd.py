@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..concepts import PROFILE_PRECISIONS, WEIGHT_SOURCES
+from ..profile import runner
 from ..profile.backends import BACKENDS
 from ..profile.base import Shapes
 from ..profile.runner import DEFAULT_PROFILES_DIR, ProfileSettings
@@ -55,8 +56,6 @@ def profile(**opts) -> None:
 
     Rerunning the same command resumes; a larger --samples or --visits extends the same plan.
     """
-    from ..profile.runner import profile as run
-
     settings = ProfileSettings(
         **{k: opts[k] for k in ("backend", "precision", "device", "samples", "seed", "threads", "weights", "clock")},
         shapes=shapes_from(opts),
@@ -64,7 +63,7 @@ def profile(**opts) -> None:
     )
     printer = progress_printer(opts["quiet"])
     try:
-        result = run(opts["model"], opts["space_name"], settings, target=opts["target"], out=opts["out"], callback=printer)
+        result = runner.profile(opts["model"], opts["space_name"], settings, target=opts["target"], out=opts["out"], callback=printer)
     finally:
         printer.close()
     emit(result.to_dict(), opts["as_json"], _render_profile)
@@ -87,9 +86,7 @@ def _render_profile(r: dict) -> str:
 @json_option
 def targets(directory: Path, as_json: bool) -> None:
     """List the hardware profiles present: target, device, backends and record counts."""
-    from ..profile.runner import list_targets
-
-    emit({"dir": str(directory), "targets": list_targets(directory)}, as_json, _render_targets)
+    emit({"dir": str(directory), "targets": runner.list_targets(directory)}, as_json, _render_targets)
 
 
 def _render_targets(r: dict) -> str:
