@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from .concepts import DEVICES
 from .errors import BadInputError, LlamanasError
 from .jsonfiles import read_json
 from .progress import Callback, report
@@ -37,14 +38,19 @@ from .subnet_config import SubnetConfig
 STRATEGIES = ("paper", "sandwich", "full")
 CHECKPOINT_DIR = "checkpoint"
 POINTER = "checkpoint.json"
+CHECKPOINT_SCHEMA = 2  # 2: a directory of torch.distributed.checkpoint shards (1: one safetensors file)
 RECORD = "training.json"
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
-RUNTIME_FIELDS = ("save_every",)  # how the run is carried out, not what it computes
+RUNTIME_FIELDS = ("save_every", "micro_batch_size", "activation_checkpointing", "device")  # how, not what
 
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Everything that determines the result (a resumed run must have the same), and how often to save."""
+    """Everything that determines the result (a resumed run must have the same), then how it is carried out.
+
+    `batch_size` is the global batch: under torchrun each of N processes trains `batch_size / N` rows,
+    in parts of `micro_batch_size` rows (gradient accumulation; default: all its rows at once).
+    """
 
     steps: int = 300
     batch_size: int = 16
@@ -61,13 +67,16 @@ class FinetuneSettings:
     seed: int = 0
     save_dtype: str = "float32"
     save_every: int = 25
+    micro_batch_size: int | None = None
+    activation_checkpointing: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name, choices in (("strategy", STRATEGIES), ("save_dtype", SAVE_DTYPES)):
+        for name, choices in (("strategy", STRATEGIES), ("save_dtype", SAVE_DTYPES), ("device", DEVICES)):
             if getattr(self, name) not in choices:
                 raise BadInputError(f"{getattr(self, name)!r} is not one of {list(choices)}", param=name)
-        for name in ("steps", "batch_size", "save_every"):
-            if getattr(self, name) < 1:
+        for name in ("steps", "batch_size", "save_every", "micro_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BadInputError(f"{getattr(self, name)} is not >= 1", param=name)
         if self.seq_len < 2:
             raise BadInputError(f"{self.seq_len} is not >= 2", param="seq_len")
@@ -141,28 +150,28 @@ def finetune(
     """Fine-tune `model` (a `SuperNetwork`, trained in place, or a checkpoint dir / built-in name) on `data`.
 
     The finished run is a checkpoint directory in `out`; the same call after a crash resumes.
+    Under torchrun, every process makes this call: the model is sharded with FSDP2, and only
+    rank 0 reports progress and writes files besides its checkpoint shards.
     `stop_after` ends the call after that many steps of this call (the run stays resumable).
     """
-    import torch
+    from . import distributed
 
     out = Path(out)
     source = _source(model)
     run = {"model": str(source), "space_id": space.id, "data": list(data), "text_field": text_field}
     run |= settings.identity()
-    finished = _finished_record(out, run, callback)
-    if finished is not None:
-        return finished
-    torch.manual_seed(settings.seed)
-    rows = training_rows(source, data, text_field, settings.seq_len)
-    supernet = _load_supernet(model, space, settings)
-    optimizer = make_optimizer(supernet.model, settings)
-    state = _resume(out, run, supernet.model, optimizer, callback)
-    if state.step == 0 and settings.reorder_neurons:
-        reorder_neurons_(supernet.model, [_batch(rows, settings, s) for s in range(4)])
-    state = _train(supernet, space, rows, optimizer, settings, state, out, run, stop_after, callback)
-    if state.step < settings.steps:
-        return FinetuneResult(out, "stopped", state.step, run, state.history)
-    return _save_final(supernet, source, out, run, state)
+    with distributed.world(settings.device) as world:
+        callback = callback if world.main else None
+        micro_batches = distributed.check_batch(settings.batch_size, settings.micro_batch_size, world.size)
+        finished = _finished_record(out, run, callback)
+        if finished is not None:
+            return finished
+        trainer = _Trainer(space, settings, world, micro_batches, out, run, callback)
+        state = trainer.start(model, training_rows(source, data, text_field, settings.seq_len))
+        state = trainer.train(state, stop_after)
+        if state.step < settings.steps:
+            return FinetuneResult(out, "stopped", state.step, run, state.history)
+        return trainer.save_final(source, state)
 
 
 def _source(model) -> Path | str:
@@ -246,30 +255,52 @@ def step_subnets(space: SearchSpace, settings: FinetuneSettings, step: int) -> l
 # ---- one step -------------------------------------------------------------------------------
 
 
-def train_step(supernet, space: SearchSpace, batch, optimizer, settings: FinetuneSettings, step: int) -> dict[str, float]:
-    """Full network + the step's sub-networks on one batch; one optimizer update. Returns losses."""
+def train_step(
+    supernet, space: SearchSpace, batch, optimizer, settings: FinetuneSettings, step: int, world=None,
+    micro_batches: int = 1,
+) -> dict[str, float]:  # fmt: skip
+    """One optimizer update on the global `batch`: the full network and the step's sub-networks.
+
+    This process trains its shard of the batch (all of it in a single process), in `micro_batches`
+    parts whose gradients add up (FSDP2 averages them over processes). Returns the losses, averaged
+    over the whole batch.
+    """
     import torch
 
-    inputs, targets = batch[:, :-1], batch[:, 1:]
+    from .distributed import World
+
+    world = world or World()
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, settings)
-    logits = supernet.model(input_ids=inputs, use_cache=False).logits
-    full_loss = _cross_entropy(logits, targets)
-    full_loss.backward()
-    teacher = logits.detach().log_softmax(-1) if settings.distill else None
-    del logits
-    sub_losses = []
-    for subnet in step_subnets(space, settings, step):
-        with supernet.activate(subnet) as model:
-            sub_logits = model(input_ids=inputs, use_cache=False).logits
-            loss = _cross_entropy(sub_logits, targets) if teacher is None else _distill(sub_logits, teacher)
-            loss.backward()
-        sub_losses.append(loss.item())
+    subnets = step_subnets(space, settings, step)
+    losses = {"loss_full": 0.0} | ({"loss_sub": 0.0} if subnets else {})
+    for rows in world.shard(batch).to(world.device).chunk(micro_batches):
+        full, subs = _backward(supernet, subnets, rows, settings, 1 / micro_batches)
+        losses["loss_full"] += full / micro_batches
+        if subs:
+            losses["loss_sub"] += sum(subs) / len(subs) / micro_batches
     torch.nn.utils.clip_grad_norm_(supernet.model.parameters(), settings.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    losses = {"step": step, "loss_full": full_loss.item()}
-    return losses | ({"loss_sub": sum(sub_losses) / len(sub_losses)} if sub_losses else {})
+    return {"step": step} | world.mean(losses)
+
+
+def _backward(supernet, subnets: list[SubnetConfig], rows, settings: FinetuneSettings, scale: float):
+    """Gradients of the full network and of each sub-network on `rows` (losses times `scale`); their losses."""
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    logits = supernet.model(input_ids=inputs, use_cache=False).logits
+    full_loss = _cross_entropy(logits, targets)
+    (full_loss * scale).backward()
+    teacher = logits.detach().float().log_softmax(-1) if settings.distill else None
+    del logits
+    sub_losses = []
+    for subnet in subnets:
+        with supernet.activate(subnet) as model:
+            sub_logits = model(input_ids=inputs, use_cache=False).logits
+            loss = _cross_entropy(sub_logits, targets) if teacher is None else _distill(sub_logits, teacher)
+            (loss * scale).backward()
+        sub_losses.append(loss.item())
+    return full_loss.item(), sub_losses
 
 
 def _cross_entropy(logits, targets):
@@ -328,95 +359,112 @@ def _accumulate(total):
     return hook
 
 
-# ---- the loop -------------------------------------------------------------------------------
+# ---- the run: start or resume, train, save ----------------------------------------------------
 
 
-def _train(supernet, space, ids, optimizer, settings, state: RunState, out: Path, run, stop_after, callback):
-    tokens_per_step = settings.batch_size * settings.seq_len
-    end = settings.steps if stop_after is None else min(settings.steps, state.step + stop_after)
-    start_time, start_step = time.perf_counter(), state.step
-    report(callback, "finetune", state.step, settings.steps, "step")
-    while state.step < end:
-        losses = train_step(supernet, space, _batch(ids, settings, state.step), optimizer, settings, state.step)
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise LlamanasError(f"step {state.step}: the loss is not finite ({losses}); try a lower learning rate")
-        state.history.append(losses)
-        state.step += 1
-        rate = (state.step - start_step) * tokens_per_step / (time.perf_counter() - start_time)
-        sub = f" sub={losses['loss_sub']:.3f}" if "loss_sub" in losses else ""
-        status = f"loss={losses['loss_full']:.3f}{sub} tok/s={rate:.0f}"
-        if state.step % settings.save_every == 0 or state.step == end:
-            save_checkpoint(out, supernet.model, optimizer, state, run)
-        report(callback, "finetune", state.step, settings.steps, "step", status=status)
-    return state
+class _Trainer:
+    """One run in one process: its model, optimizer and world; checkpoints in `out/checkpoint/`."""
 
+    def __init__(self, space: SearchSpace, settings: FinetuneSettings, world, micro_batches: int, out: Path,
+                 run: dict, callback: Callback):  # fmt: skip
+        self.space, self.settings, self.world, self.micro_batches = space, settings, world, micro_batches
+        self.out, self.run, self.callback = out, run, callback
+        self.ckpt = out / CHECKPOINT_DIR
 
-# ---- checkpoints ----------------------------------------------------------------------------
+    def start(self, model, ids) -> RunState:
+        """Load (and on a fresh run reorder) the super-network, shard it, and resume from the checkpoint if any."""
+        import torch
 
+        from .distributed import load_state, prepare
+        from .model.build import tied_weight_keys
 
-def save_checkpoint(out: Path, model, optimizer, state: RunState, run: dict) -> None:
-    """Model, optimizer, RNG and step: tensors in safetensors, the rest in JSON; the pointer file
-    is replaced last, so a crash at any moment leaves the previous checkpoint intact."""
-    import torch
-    from safetensors.torch import save_file
+        torch.manual_seed(self.settings.seed)
+        self.ids = ids
+        self.supernet = _load_supernet(model, self.space, self.settings)
+        pointer = self._pointer()
+        if pointer is None and self.settings.reorder_neurons:
+            reorder_neurons_(self.supernet.model, [_batch(ids, self.settings, s) for s in range(4)])
+        self.supernet.model = prepare(self.supernet.model, self.world, self.settings.activation_checkpointing)
+        self.optimizer = make_optimizer(self.supernet.model, self.settings)
+        self.tied = list(tied_weight_keys(self.supernet.model))
+        if pointer is None:
+            return RunState()
+        load_state(self.ckpt / pointer["dir"], self.supernet.model, self.optimizer, self.tied)
+        report(self.callback, "finetune", message=f"resuming {self.out} from step {pointer['step']}")
+        return RunState(step=pointer["step"], history=pointer["history"])
 
-    from .jsonfiles import write_json
-    from .model.build import tied_weight_keys
+    def _pointer(self) -> dict | None:
+        """The last checkpoint's pointer (same settings checked), or None for a fresh run."""
+        pointer_file = self.ckpt / POINTER
+        if not pointer_file.is_file():
+            # a run killed before its first checkpoint leaves only an empty or partial checkpoint dir
+            if self.out.exists() and any(p.name != CHECKPOINT_DIR for p in self.out.iterdir()):
+                raise BadInputError(f"{self.out}: directory exists, is not empty and holds no checkpoint; "
+                                    "refusing to overwrite it", param="out")  # fmt: skip
+            return None
+        pointer = read_json(pointer_file, "checkpoint pointer")
+        _check_same_run(pointer.get("run", {}), self.run, pointer_file)
+        if pointer.get("schema_version") != CHECKPOINT_SCHEMA:
+            raise BadInputError(f"{pointer_file}: a checkpoint of another version of this toolkit "
+                                f"(schema {pointer.get('schema_version')}, expected {CHECKPOINT_SCHEMA})")  # fmt: skip
+        return pointer
 
-    ckpt = out / CHECKPOINT_DIR
-    ckpt.mkdir(parents=True, exist_ok=True)
-    tied = tied_weight_keys(model)
-    tensors = {f"model/{k}": v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
-    optim = optimizer.state_dict()
-    for index, slots in optim["state"].items():
-        for name, value in slots.items():
-            tensors[f"optim/{index}/{name}"] = torch.as_tensor(value).contiguous()
-    tensors["rng/torch"] = torch.get_rng_state()
-    name = f"state-{state.step:07d}.safetensors"
-    save_file(tensors, str(ckpt / f".{name}.tmp"))
-    os.replace(ckpt / f".{name}.tmp", ckpt / name)
-    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in optim["param_groups"]]
-    pointer = {"schema_version": 1, "step": state.step, "file": name, "run": run, "param_groups": groups}
-    pointer["history"] = state.history
-    write_json(ckpt / POINTER, pointer, indent=None)
-    for old in ckpt.glob("state-*.safetensors"):
-        if old.name != name:
-            old.unlink()
+    def train(self, state: RunState, stop_after: int | None) -> RunState:
+        settings = self.settings
+        tokens_per_step = settings.batch_size * settings.seq_len
+        end = settings.steps if stop_after is None else min(settings.steps, state.step + stop_after)
+        start_time, start_step = time.perf_counter(), state.step
+        report(self.callback, "finetune", state.step, settings.steps, "step")
+        while state.step < end:
+            batch = _batch(self.ids, settings, state.step)
+            losses = train_step(self.supernet, self.space, batch, self.optimizer, settings, state.step, self.world,
+                                self.micro_batches)  # fmt: skip
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise LlamanasError(f"step {state.step}: the loss is not finite ({losses}); try a lower learning rate")
+            state.history.append(losses)
+            state.step += 1
+            rate = (state.step - start_step) * tokens_per_step / (time.perf_counter() - start_time)
+            sub = f" sub={losses['loss_sub']:.3f}" if "loss_sub" in losses else ""
+            if state.step % settings.save_every == 0 or state.step == end:
+                self.save_checkpoint(state)
+            status = f"loss={losses['loss_full']:.3f}{sub} tok/s={rate:.0f}"
+            report(self.callback, "finetune", state.step, settings.steps, "step", status=status)
+        return state
 
+    def save_checkpoint(self, state: RunState) -> None:
+        """Every process writes its shards into a new directory; rank 0 then moves it in place and
+        replaces the pointer, so a crash at any moment leaves the previous checkpoint intact."""
+        from .distributed import save_state
+        from .jsonfiles import write_json
 
-def _resume(out: Path, run: dict, model, optimizer, callback: Callback) -> RunState:
-    """The checkpoint's state loaded into `model` and `optimizer`, or a fresh state."""
-    pointer_file = out / CHECKPOINT_DIR / POINTER
-    if not pointer_file.is_file():
-        # a run killed before its first checkpoint leaves only an empty or partial checkpoint dir
-        if out.exists() and any(p.name != CHECKPOINT_DIR for p in out.iterdir()):
-            raise BadInputError(f"{out}: directory exists, is not empty and holds no checkpoint; refusing to overwrite it",
-                                param="out")  # fmt: skip
-        return RunState()
-    pointer = read_json(pointer_file, "checkpoint pointer")
-    _check_same_run(pointer.get("run", {}), run, pointer_file)
-    _load_tensors(out / CHECKPOINT_DIR / pointer["file"], pointer, model, optimizer)
-    report(callback, "finetune", message=f"resuming {out} from step {pointer['step']}")
-    return RunState(step=pointer["step"], history=pointer["history"])
+        name = f"state-{state.step:07d}"
+        partial = self.ckpt / f".{name}.tmp"
+        if self.world.main:
+            shutil.rmtree(partial, ignore_errors=True)
+        self.world.barrier()
+        save_state(partial, self.supernet.model, self.optimizer, self.tied)
+        if self.world.main:
+            shutil.rmtree(self.ckpt / name, ignore_errors=True)
+            partial.replace(self.ckpt / name)
+            pointer = {"schema_version": CHECKPOINT_SCHEMA, "step": state.step, "dir": name, "run": self.run,
+                       "processes": self.world.size, "history": state.history}  # fmt: skip
+            write_json(self.ckpt / POINTER, pointer, indent=None)
+            for old in self.ckpt.glob("state-*"):
+                if old.name != name:
+                    shutil.rmtree(old)
+        self.world.barrier()
 
+    def save_final(self, source, state: RunState) -> FinetuneResult:
+        """config.json, model.safetensors (gathered from the shards), tokenizer files and training.json
+        (rank 0); then the checkpoint is dropped."""
+        from .distributed import full_state_dict
 
-def _load_tensors(file: Path, pointer: dict, model, optimizer) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(file))
-    except Exception as err:  # safetensors' own error types for a corrupt file
-        raise BadInputError(f"{file}: cannot read checkpoint ({err})") from None
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, strict=False)
-    model.tie_weights()
-    slots: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim/"):
-            _, index, name = key.split("/")
-            slots.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": pointer["param_groups"]})
-    torch.set_rng_state(tensors["rng/torch"])
+        weights = full_state_dict(self.supernet.model, self.world)
+        result = FinetuneResult(self.out, "finished", state.step, self.run, state.history)
+        if self.world.main:
+            _write_result(self.supernet.model, weights, source, result)
+        self.world.barrier()
+        return result
 
 
 def _check_same_run(saved: dict, run: dict, source: Path) -> None:
@@ -440,24 +488,22 @@ def _finished_record(out: Path, run: dict, callback: Callback) -> FinetuneResult
 # ---- the result -----------------------------------------------------------------------------
 
 
-def _save_final(supernet, source, out: Path, run: dict, state: RunState) -> FinetuneResult:
-    """config.json, model.safetensors, tokenizer files and training.json; then drop the checkpoint."""
+def _write_result(model, weights: dict, source, result: FinetuneResult) -> None:
     from .concepts import TOKENIZER_FILES
     from .jsonfiles import write_json
     from .model.build import save_model
     from .model.families import resolve_model_path
 
+    out = result.out
     source_dir = resolve_model_path(source)
     source_dir = source_dir if source_dir.is_dir() else source_dir.parent
-    save_model(supernet.model, out, dtype=run["save_dtype"])
+    save_model(model, out, dtype=result.run["save_dtype"], state_dict=weights)
     for name in TOKENIZER_FILES:
         if (source_dir / name).is_file() and source_dir.resolve() != out.resolve():
             shutil.copyfile(source_dir / name, out / f".{name}.tmp")
             os.replace(out / f".{name}.tmp", out / name)
-    result = FinetuneResult(out, "finished", state.step, run, state.history)
     write_json(out / RECORD, result.record(), indent=1)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    return result
 
 
 def _mean(values) -> float | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from ..finetune import SAVE_DTYPES, STRATEGIES, FinetuneSettings
-from .common import emit, json_option, model_option, progress_printer, quiet_option, space_option, table, threads_option
+from .common import (
+    device_option, emit, json_option, model_option, progress_printer, quiet_option, space_option, table, threads_option,
+)  # fmt: skip
 
 DEFAULTS = FinetuneSettings()
 
@@ -39,27 +41,66 @@ DEFAULTS = FinetuneSettings()
 @click.option("--save-every", default=DEFAULTS.save_every, show_default=True, type=click.IntRange(min=1),
               help="Checkpoint every N steps.")  # fmt: skip
 @click.option("--save-dtype", type=click.Choice(SAVE_DTYPES), default=DEFAULTS.save_dtype, show_default=True)
+@click.option("--micro-batch-size", default=DEFAULTS.micro_batch_size, type=click.IntRange(min=1),
+              help="Rows per forward pass in each process (gradient accumulation) [default: all its rows].")  # fmt: skip
+@click.option("--activation-checkpointing", is_flag=True, help="Recompute each decoder layer in the backward pass.")
+@device_option(DEFAULTS.device)
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
+              help="Launch torchrun with N processes on this machine (FSDP2; same as `torchrun --nproc-per-node N "
+              "-m llamanas_deploy finetune ...`).")  # fmt: skip
 @threads_option(None, help="torch threads (default: torch's choice).")
 @quiet_option
 @json_option
-def finetune(model, space_name, data, text_field, out, threads, quiet, as_json, **fields) -> None:
-    """Fine-tune a super-network once so that its sub-networks work; resumable (rerun the same command)."""
+def finetune(model, space_name, data, text_field, out, nproc_per_node, threads, quiet, as_json, **fields) -> None:
+    """Fine-tune a super-network once so that its sub-networks work; resumable (rerun the same command).
+
+    Many processes: run this command under torchrun (any number of nodes), or add --nproc-per-node.
+    """
+    from ..distributed import rank
     from ..finetune import finetune as run_finetune
     from ..space import load_space
 
+    settings = FinetuneSettings(**fields)
+    if nproc_per_node is not None:
+        _launch(nproc_per_node, settings)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    settings = FinetuneSettings(**fields)
     printer = progress_printer(quiet)
     try:
         result = run_finetune(model, load_space(space_name), data, out, settings, text_field=text_field, callback=printer)
     finally:
         printer.close()
-    emit(result.to_dict(), as_json, _render)
+    if rank() == 0:  # under torchrun every process gets the result; one prints it
+        emit(result.to_dict(), as_json, _render)
 
 
 def _render(r: dict) -> str:
     rows = [("steps", r.get("steps")), ("loss (full)", r.get("final_loss_full")), ("loss (sub-network)", r.get("final_loss_sub"))]
     return f"fine-tuned super-network written to {r['out']}\n" + table(rows, ["", "value"])
+
+
+def _launch(nproc: int, settings: FinetuneSettings) -> None:
+    """Run this command again under torchrun in `nproc` processes and exit with its status."""
+    import subprocess
+    import sys
+
+    from ..distributed import check_batch, launched, torchrun_command
+
+    if launched():
+        return  # already one of torchrun's processes: the launcher decided the world size
+    check_batch(settings.batch_size, settings.micro_batch_size, nproc)
+    raise SystemExit(subprocess.call(torchrun_command(nproc, _without_nproc(sys.argv[1:]))))
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("--nproc-per-node="):
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        else:
+            kept.append(arg)
+    return kept

@@ -179,7 +179,7 @@ def save_model(
     # a tied tensor is stored once, under its source name (as transformers does)
     tied = tied_weight_keys(model)
     state = {
-        k: (v.detach().to(cast) if cast else v.detach()).contiguous()
+        k: v.detach().to(device="cpu", dtype=cast).contiguous()
         for k, v in (model.state_dict() if state_dict is None else state_dict).items()
         if k not in tied
     }
