@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from ..subnet_config import SubnetConfig
 from .objectives import Objective, SizeMeasure
 from .session import Constraint
 
+if TYPE_CHECKING:
+    from ..model.supernet import SuperNetwork
+
 DEVICE_METRICS = {m.field: m for m in METRICS.values()}  # an objective so named is the problem's latency
 
 
@@ -35,15 +38,15 @@ class SearchProblem:
 
     def __init__(
         self,
-        supernet: Any,
+        supernet: SuperNetwork | str | Path,
         space: SearchSpace | str | Path,
         objectives: Sequence[Any],
         max_latency_ms: float | None = None,
         max_size_gib: float | None = None,
     ):
-        self.space = space if isinstance(space, SearchSpace) else load_space(space)
         self.max_latency_ms = _limit(max_latency_ms, "max_latency_ms")
         self.max_size_gib = _limit(max_size_gib, "max_size_gib")
+        self.space = space if isinstance(space, SearchSpace) else load_space(space)
         self._supernet, self.model, self.shape = _model(supernet)
         self.space.check_super_network(self.shape, self.model)
         # cheap ones first: a wrong predictor is refused before the super-network is loaded
@@ -58,7 +61,7 @@ class SearchProblem:
         self.constraints = self._constraints()
 
     @property
-    def supernet(self):
+    def supernet(self) -> SuperNetwork:
         """The `SuperNetwork`, loaded on first use."""
         if self._supernet is None:
             from ..model.supernet import SuperNetwork
@@ -92,7 +95,6 @@ class SearchProblem:
     def __repr__(self) -> str:
         limits = f", max_latency_ms={self.max_latency_ms}, max_size_gib={self.max_size_gib}"
         return f"SearchProblem({self.model!r}, {self.space.id!r}, {[o.name for o in self.objectives]}{limits})"
-
 
 
 def _limit(value: float | None, param: str) -> float | None:
