@@ -9,6 +9,7 @@ profiler backends in `profile/backends/__init__.py:BACKENDS`, search algorithms 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from .errors import BadInputError
 
@@ -56,8 +57,8 @@ WEIGHT_SOURCES = ("auto", "random", "checkpoint")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
-def check_choice(value: str, choices: tuple[str, ...] | list[str], what: str) -> str:
-    """`value` if it is one of `choices`, else `BadInputError` naming `what`."""
+def check_choice(value: Any, choices: Sequence[Any], param: str) -> Any:
+    """`value` if it is one of `choices`, else `BadInputError` naming the parameter `param`."""
     if value not in choices:
-        raise BadInputError(f"{what} {value!r}: expected one of {list(choices)}")
+        raise BadInputError(f"{value!r}: expected one of {list(choices)}", param=param)
     return value

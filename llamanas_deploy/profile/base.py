@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from ..concepts import CLOCKS
+from ..concepts import CLOCKS, check_choice
 from ..errors import BadInputError
 from ..subnet_config import SubnetConfig
 from .stats import Measurement, Protocol, measure
@@ -51,16 +51,9 @@ class BackendUnavailable(BadInputError):
     """The backend cannot run on this machine (missing package, no such device)."""
 
 
-def check_param_choice(value: Any, choices: Sequence[Any], param: str) -> Any:
-    """`value` if it is one of `choices`, else `BadInputError` naming the parameter `param`."""
-    if value not in choices:
-        raise BadInputError(f"{value!r}: expected one of {list(choices)}", param=param)
-    return value
-
-
 def check_clock(clock: str, device: str, threads: int) -> None:
     """Refuse a clock the setting cannot use: the thread's CPU time sees one CPU thread only."""
-    check_param_choice(clock, CLOCKS, "clock")
+    check_choice(clock, CLOCKS, "clock")
     if clock == "cpu" and (device != "cpu" or threads != 1):
         raise BadInputError(
             f"cpu measures the calling thread's CPU time: it needs device cpu and threads 1, "

@@ -19,14 +19,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..concepts import DEVICES, PROFILE_PRECISIONS, TIMED_FIGURES, WEIGHT_SOURCES
+from ..concepts import DEVICES, PROFILE_PRECISIONS, TIMED_FIGURES, WEIGHT_SOURCES, check_choice
 from ..errors import BadInputError
 from ..model.families import ModelShape, read_shape
 from ..progress import Callback, report
 from ..space import SearchSpace, load_space
 from .backends import BACKENDS, get_backend
 from .fingerprint import describe
-from .base import Backend, Shapes, SubnetMeasurement, check_clock, check_param_choice
+from .base import Backend, Shapes, SubnetMeasurement, check_clock
 from .stats import Protocol
 from .store import FINGERPRINT_FILE, SCHEMA_VERSION, ProfileWriter, current_fingerprint, read_profile, record_key
 
@@ -52,10 +52,10 @@ class ProfileSettings:
     protocol: Protocol = field(default_factory=lambda: Protocol(visits=3))
 
     def __post_init__(self) -> None:
-        check_param_choice(self.backend, sorted(BACKENDS), "backend")
-        check_param_choice(self.precision, PROFILE_PRECISIONS, "precision")
-        check_param_choice(self.device, DEVICES, "device")
-        check_param_choice(self.weights, WEIGHT_SOURCES, "weights")
+        check_choice(self.backend, sorted(BACKENDS), "backend")
+        check_choice(self.precision, PROFILE_PRECISIONS, "precision")
+        check_choice(self.device, DEVICES, "device")
+        check_choice(self.weights, WEIGHT_SOURCES, "weights")
         for name in ("samples", "threads"):
             _check_positive_int(getattr(self, name), name)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
