@@ -32,6 +32,7 @@ _API = {
     # latency predictors
     "fit_predictor": ("predict", "fit"), "FitSettings": "predict", "FitResult": "predict",
     "LatencyPredictor": "predict", "list_latency_predictors": "predict", "load_latency_predictor": "predict",
+    "predict_subnets": "predict",
     # job 2: search
     "minimize": "search", "SearchProblem": "search", "SearchResult": "search",
     "NSGA2": "search", "LINAS": "search", "RandomSearch": "search",
@@ -42,6 +43,7 @@ _API = {
     "open_artifact": "runtime", "generate_text": "runtime", "Sampling": "runtime",
     # fine-tuning and accuracy
     "finetune_supernet": ("finetune", "finetune"), "FinetuneSettings": "finetune", "FinetuneResult": "finetune",
+    "evaluate_subnet": "evaluate", "EvalSettings": "evaluate", "EvalResult": "evaluate",
     "perplexity": "evaluate", "multiple_choice": "evaluate", "load_heldout": "evaluate", "load_task": "evaluate",
     # the whole loop
     "run_loop": ("loop", "run"), "RunSettings": "loop", "RunResult": "loop",
