@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from llamanas_deploy.cli.common import table
-from llamanas_deploy.export.pipeline import ExportRequest, export_artifact
+from llamanas_deploy.export import BenchSettings, ExportSettings, export
 from llamanas_deploy.profile.base import Shapes
 from llamanas_deploy.profile.stats import Protocol
 from llamanas_deploy.space import load_space
@@ -84,12 +84,9 @@ def ort_row(args, subnet, precision, out, shapes, protocol, tokens) -> dict:
     from llamanas_deploy.runtime import open_artifact, perplexity
 
     log(f"sub-network, ORT {precision}: exporting, verifying, measuring")
-    request = ExportRequest(
-        model=args.model, space=args.space, subnet=subnet, precision=precision, device="cpu", out=out,
-        max_eval_tokens=args.eval_tokens,
-        bench_options={"shapes": shapes, "protocol": protocol, "threads": args.threads, "clock": args.clock},
-    )  # fmt: skip
-    manifest = export_artifact(request)
+    settings = ExportSettings(precision=precision, max_eval_tokens=args.eval_tokens)
+    bench = BenchSettings(shapes=shapes, protocol=protocol, threads=args.threads, clock=args.clock)
+    manifest = export(args.model, args.space, subnet, out, settings, bench=bench).manifest
     ppl = perplexity(open_artifact(out).decoder(threads=args.threads), tokens, seq_len=128).perplexity
     return row(f"sub-network, ORT {precision}", subnet, manifest["size"]["onnx_bytes"], manifest["measured"], ppl)
 

@@ -6,21 +6,24 @@
 - `perplexity`: next-token perplexity on non-overlapping windows of a token stream.
 - `open_artifact`: an artifact directory whose files still match its manifest, with its
   tokenizer (the `tokenizers` library reads `tokenizer.json`).
+- `generate_text`: prompt text in, `GeneratedText` out (the continuation and its timing).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from .concepts import DEVICES
 from .errors import BadInputError
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {device: _PROVIDER_NAMES[device] for device in DEVICES}  # ORT execution provider of each device
 
 
 def session_options(threads: int | None):
@@ -41,12 +44,13 @@ def check_device(device: str) -> str:
     import onnxruntime as ort
 
     if device not in PROVIDERS:
-        raise BadInputError(f"--device {device}: expected one of {sorted(PROVIDERS)}")
+        raise BadInputError(f"{device!r}: expected one of {list(DEVICES)}", param="device")
     provider = PROVIDERS[device]
     if provider not in ort.get_available_providers():
         raise BadInputError(
-            f"--device {device}: this onnxruntime ({ort.__version__}) has no {provider} "
-            f"(available: {ort.get_available_providers()})"
+            f"{device}: this onnxruntime ({ort.__version__}) has no {provider} "
+            f"(available: {ort.get_available_providers()})",
+            param="device",
         )
     return provider
 
@@ -101,8 +105,10 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or self.top_k < 0:
-            raise BadInputError(f"--temperature and --top-k must be >= 0, got {self.temperature} and {self.top_k}")
+        if not self.temperature >= 0:  # NaN too
+            raise BadInputError(f"must be >= 0, got {self.temperature}", param="temperature")
+        if self.top_k < 0:
+            raise BadInputError(f"must be >= 0, got {self.top_k}", param="top_k")
 
 
 @dataclass
@@ -136,7 +142,7 @@ def generate(
     if not prompt:
         raise BadInputError("the prompt has no tokens")
     if max_new_tokens < 1:
-        raise BadInputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+        raise BadInputError(f"must be >= 1, got {max_new_tokens}", param="max_new_tokens")
     rng = np.random.default_rng(sampling.seed)
     start = time.perf_counter()
     logits, past = decoder.forward(np.array([prompt], dtype=np.int64), decoder.empty_past(1))
@@ -230,3 +236,50 @@ def open_artifact(directory: str | Path) -> Artifact:
 
     directory = Path(directory)
     return Artifact(directory, read_manifest(directory))
+
+
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class GeneratedText:
+    """Text generated from a prompt, and how fast (`to_dict()`: what `llamanas generate --json` prints)."""
+
+    text: str  # the continuation, without the prompt
+    prompt_tokens: int
+    tokens: list[int]
+    new_tokens: int
+    prefill_ms: float
+    decode_tok_s: float
+    tok_s: float
+    stopped_at_eos: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def generate_text(
+    artifact_dir: str | Path,
+    prompt: str,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    sampling: Sampling = Sampling(),
+    threads: int | None = None,
+) -> GeneratedText:
+    """Generate from `prompt` (text) with the artifact's own tokenizer, through ONNX Runtime alone.
+
+    The timing covers the ORT calls only (prefill, then decode steps); `threads`: intra-op
+    threads (None: ORT's default).
+    """
+    opened = open_artifact(artifact_dir)
+    tokenizer = opened.tokenizer()
+    out = generate(opened.decoder(threads=threads), tokenizer.encode(prompt).ids, max_new_tokens, sampling, opened.eos_id)
+    return GeneratedText(
+        text=tokenizer.decode(out.tokens),
+        prompt_tokens=out.prompt_tokens,
+        tokens=out.tokens,
+        new_tokens=len(out.tokens),
+        prefill_ms=out.prefill_s * 1e3,
+        decode_tok_s=out.decode_tok_s,
+        tok_s=out.total_tok_s,
+        stopped_at_eos=out.stopped_at_eos,
+    )

@@ -83,6 +83,17 @@ def test_subnet_stats_on_a_7b_config(capsys, tmp_path, config_7b):
     assert row["params"] == 6_738_415_616 and row["size_ratio"] == 1.0
 
 
+def test_subnet_stats_takes_model_and_keeps_config_as_a_hidden_alias(capsys, tmp_path, config_7b):
+    subnet = write(tmp_path / "full.json", {"num_layers": 32, "intermediate_sizes": [11008] * 32})
+    results = [
+        run_cli(capsys, "subnet", "stats", flag, config_7b, "--space", "llama2-7b-paper", "--subnet", subnet, "--json")
+        for flag in ("--model", "--config")
+    ]
+    assert results[0][0] == results[1][0] == 0 and json.loads(results[0][1]) == json.loads(results[1][1])
+    code, out, _ = run_cli(capsys, "subnet", "stats", "--help")
+    assert code == 0 and "--model" in out and "--config" not in out
+
+
 def test_subnet_stats_text_table(capsys, tmp_path, config_7b):
     subnet = write(tmp_path / "s.json", {"num_layers": 24, "intermediate_sizes": [5504] * 24})
     code, out, _ = run_cli(capsys, "subnet", "stats", "--config", config_7b, "--space", "llama2-7b-paper",
@@ -208,7 +219,7 @@ def test_extract_refuses_a_non_empty_out_dir(capsys, tmp_path, small_checkpoint,
     (out_dir / "keep.txt").write_text("precious")
     result = run_cli(capsys, "subnet", "extract", "--model", str(small_checkpoint), "--space", str(small_space_file),
                  "--subnet", '{"num_layers": 2, "intermediate_sizes": [32, 32]}', "--out", str(out_dir))
-    assert_bad_input(result, "directory exists and is not empty; refusing to overwrite it")
+    assert_bad_input(result, "--out: ", "exists and is not an empty directory; refusing to overwrite it")
     assert [p.name for p in out_dir.iterdir()] == ["keep.txt"]
     assert (out_dir / "keep.txt").read_text() == "precious"
 

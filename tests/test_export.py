@@ -19,7 +19,8 @@ import pytest
 from conftest import make_checkpoint, write_space
 from llamanas_deploy.cli import main
 from llamanas_deploy.onnx_model.artifact import MANIFEST, file_hashes
-from llamanas_deploy.export.pipeline import ExportRequest, export_artifact
+from llamanas_deploy.errors import BadInputError
+from llamanas_deploy.export import BenchSettings, ExportSettings, export as export_artifact
 from llamanas_deploy.profile.base import Shapes
 from llamanas_deploy.profile.stats import Protocol
 from llamanas_deploy.runtime import OrtDecoder, generate, open_artifact, perplexity
@@ -27,7 +28,7 @@ from llamanas_deploy.subnet_config import SubnetConfig
 
 SUBNET = SubnetConfig(3, (128, 64, 96))
 SUBNET_JSON = json.dumps(SUBNET.to_dict())
-QUICK_BENCH = {"shapes": Shapes(1, 8, 8, 4), "protocol": Protocol(warmup=1, repeats=3, max_attempts=1), "threads": 1}
+QUICK_PROTOCOL = Protocol(warmup=1, repeats=3, max_attempts=1)
 
 
 def write_byte_tokenizer(model_dir: Path) -> None:
@@ -59,12 +60,10 @@ def space_file(tmp_path_factory) -> Path:
     return write_space(tmp_path_factory.mktemp("space") / "space.json")
 
 
-def export(model_dir: Path, space_file: Path, out: Path, precision: str, bench: bool = False, **kw) -> dict:
-    request = ExportRequest(
-        model=str(model_dir), space=str(space_file), subnet=SUBNET, precision=precision, device="cpu", out=out,
-        bench=bench, progress=False, **({"bench_options": QUICK_BENCH} | kw),
-    )  # fmt: skip
-    return export_artifact(request)
+def export(model, space_file: Path, out: Path, precision: str, bench: BenchSettings | None = None, **kw) -> dict:
+    result = export_artifact(model, str(space_file), SUBNET, out, ExportSettings(precision=precision), bench=bench, **kw)
+    assert result.directory == out and result.to_dict() == {"artifact": str(out), **result.manifest}
+    return result.manifest
 
 
 PREDICTOR_SHAPES = {"batch_size": 1, "prompt_len": 8, "context_len": 8, "gen_len": 4}
@@ -86,17 +85,26 @@ def predictor_file(model_dir, space_file, tmp_path_factory) -> Path:
                   "precision": "int8", "device": "cpu", "threads": 1, "clock": "wall", "statistic": "best"}  # fmt: skip
     features = FeatureBuilder(space, read_shape(model_dir), PREDICTOR_SHAPES)
     predictor = LatencyPredictor(features, "decode_ms", param_grid={"max_depth": (2,), "num_boost_round": (10,)},
-                                 cv_folds=3, provenance=provenance).fit(configs, y)  # fmt: skip
+                                 cv_folds=3).fit(configs, y, provenance=provenance)  # fmt: skip
     return predictor.save(tmp_path_factory.mktemp("predictor") / "decode.json")
 
 
 @pytest.fixture(scope="module")
-def artifacts(model_dir, space_file, predictor_file, tmp_path_factory) -> dict[str, Path]:
+def export_events() -> list:
+    """The progress events of the fp32 export."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def artifacts(model_dir, space_file, predictor_file, tmp_path_factory, export_events) -> dict[str, Path]:
+    from llamanas_deploy.model.supernet import SuperNetwork
+
     root = tmp_path_factory.mktemp("artifacts")
-    export(model_dir, space_file, root / "fp32", "fp32")
-    quick_protocol = {"protocol": QUICK_BENCH["protocol"]}  # shapes, threads, clock: the predictor's
-    export(model_dir, space_file, root / "int8", "int8", bench=True, predictor=predictor_file, bench_options=quick_protocol)
-    export(model_dir, space_file, root / "int4", "int4")
+    # a loaded super-network is used as is; no measurement
+    export(SuperNetwork.load(model_dir), space_file, root / "fp32", "fp32", callback=export_events.append)
+    quick = BenchSettings(protocol=QUICK_PROTOCOL)  # shapes, threads, clock: the predictor's
+    export(model_dir, space_file, root / "int8", "int8", bench=quick, predictor=predictor_file)
+    export(str(model_dir), space_file, root / "int4", "int4")
     return {p: root / p for p in ("fp32", "int8", "int4")}
 
 
@@ -118,6 +126,65 @@ def assert_one_line_error(code: int, err: str, status: int, *fragments: str) -> 
     assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in err
+
+
+# ---- the Python API ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "settings, param",
+    [({"precision": "int2"}, "precision"), ({"device": "tpu"}, "device"), ({"max_eval_tokens": 100}, "max_eval_tokens"),
+     ({"max_ppl_increase_pct": float("nan")}, "max_ppl_increase_pct"), ({"block_size": 48}, "block_size"),
+     ({"accuracy_level": 9}, "accuracy_level")],
+)  # fmt: skip
+def test_export_settings_refuse_bad_values_naming_the_parameter(settings, param):
+    with pytest.raises(BadInputError) as err:
+        ExportSettings(**settings)
+    assert err.value.param == param and str(err.value).startswith(f"{param}: ") and "--" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "settings, param",
+    [({"threads": 0}, "threads"), ({"clock": "sundial"}, "clock"), ({"shapes": {"prompt_len": 0}}, "prompt_len"),
+     ({"shapes": {"prompt": 8}}, "shapes"), ({"protocol": {"visits": 3}}, "protocol")],
+)  # fmt: skip
+def test_bench_settings_refuse_bad_values_naming_the_parameter(settings, param):
+    with pytest.raises(BadInputError) as err:
+        BenchSettings(**settings)
+    assert err.value.param == param
+
+
+def test_bench_settings_fill_partial_shapes_from_the_prediction():
+    predicted = {"shapes": PREDICTOR_SHAPES}
+    assert BenchSettings().shapes_for(predicted).to_dict() == PREDICTOR_SHAPES
+    assert BenchSettings(shapes={"gen_len": 2}).shapes_for(predicted).to_dict() == PREDICTOR_SHAPES | {"gen_len": 2}
+    assert BenchSettings(shapes={"gen_len": 2}).shapes_for({}) == Shapes(gen_len=2)
+    assert BenchSettings(shapes=Shapes(2, 4, 4, 4)).shapes_for(predicted) == Shapes(2, 4, 4, 4)
+
+
+def test_cli_restates_a_settings_error_with_its_flag(model_dir, space_file, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", "--model", str(model_dir), "--space", str(space_file),
+                           "--subnet", SUBNET_JSON, "--out", str(tmp_path / "a"), "--max-ppl-increase", "nan")  # fmt: skip
+    assert_one_line_error(code, err, 2, "--max-ppl-increase: must be a finite number")
+    assert not (tmp_path / "a").exists()
+
+
+def test_export_with_a_loaded_supernet_and_no_bench(artifacts, model_dir, export_events):
+    manifest = open_artifact(artifacts["fp32"]).manifest
+    assert manifest["measured"] is None and manifest["predicted"] is None
+    assert manifest["super_network"]["path"] == str(model_dir)
+    steps = [e.status for e in export_events]
+    assert steps == ["load", "export", "verify", "artifact", "done"]
+    assert {e.stage for e in export_events} == {"export"} and export_events[-1].done == export_events[-1].total == 4
+
+
+def test_generate_text_returns_the_continuation(artifacts):
+    from llamanas_deploy.runtime import Sampling, generate_text
+
+    result = generate_text(artifacts["int8"], "The for statement", 5)
+    assert isinstance(result.text, str) and result.new_tokens == len(result.tokens) == 5
+    assert result.prompt_tokens == len("The for statement") and result.tok_s > 0
+    assert result.to_dict()["text"] == result.text and result.to_dict()["tokens"] == result.tokens
+    again = generate_text(artifacts["int8"], "The for statement", 5, Sampling(temperature=0.0, seed=7), threads=1)
+    assert (again.text, again.tokens) == (result.text, result.tokens)  # greedy: the seed does not matter
 
 
 # ---- fp32 against torch -------------------------------------------------------------------------
@@ -216,12 +283,9 @@ TRAINED_TINY = Path(__file__).resolve().parent.parent / "llamanas_deploy" / "ass
 @pytest.mark.skipif(not TRAINED_TINY.is_file(), reason="the trained tiny super-network is not built yet (assets/tiny/model.safetensors)")
 @pytest.mark.parametrize("precision,max_increase_pct", [("int8", 2.0), ("int4", 5.0)])
 def test_quantized_tiny_stays_within_stated_perplexity_change(tmp_path, precision, max_increase_pct):
-    request = ExportRequest(
-        model="tiny", space="tiny", subnet=SubnetConfig(5, (768, 576, 384, 576, 768)), precision=precision,
-        device="cpu", out=tmp_path / "a", max_eval_tokens=2048, max_ppl_increase_pct=max_increase_pct,
-        bench=False, progress=False,
-    )  # fmt: skip
-    check = export_artifact(request)["verification"]["quantized_vs_fp32"]
+    settings = ExportSettings(precision=precision, max_eval_tokens=2048, max_ppl_increase_pct=max_increase_pct)
+    result = export_artifact("tiny", "tiny", SubnetConfig(5, (768, 576, 384, 576, 768)), tmp_path / "a", settings, bench=None)
+    check = result.manifest["verification"]["quantized_vs_fp32"]
     assert check["perplexity_change_pct"] <= max_increase_pct
     assert check["greedy_agreement"] >= 0.5
 

@@ -265,6 +265,35 @@ def test_saved_tied_subnet_stays_tied(gqa_checkpoint, tmp_path):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
 
+def test_save_subnet_writes_a_new_directory_whole_or_not_at_all(supernet, tmp_path, monkeypatch):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="exists and is not an empty directory") as err:
+        supernet.save_subnet(SMALL_SUBNETS[0], tmp_path / "full")
+    assert err.value.param == "out" and [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+    (tmp_path / "empty").mkdir()
+    assert supernet.save_subnet(SMALL_SUBNETS[0], tmp_path / "empty") == tmp_path / "empty"
+    assert load_model(tmp_path / "empty")[1]["llamanas"]["subnet_id"] == SMALL_SUBNETS[0].id
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("llamanas_deploy.model.supernet.save_model", fail)
+    with pytest.raises(OSError, match="disk full"):
+        supernet.save_subnet(SMALL_SUBNETS[0], tmp_path / "never")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full"]  # no temporary left behind
+
+
+def test_extract_subnet_takes_a_loaded_supernet_and_reports(supernet, small_space_file, tmp_path):
+    from llamanas_deploy.model.supernet import extract_subnet
+    from llamanas_deploy.space import load_space
+
+    events = []
+    out = extract_subnet(supernet, load_space(small_space_file), "smallest", tmp_path / "sub", events.append)
+    assert out == tmp_path / "sub" and "extracting" in events[0].message
+    assert load_model(out)[1]["num_hidden_layers"] == load_space(small_space_file).smallest.num_layers
+
+
 def test_tied_checkpoint_stored_under_the_head_name_loads(gqa_checkpoint, tmp_path, tokens):
     from safetensors.torch import load_file, save_file
 

@@ -13,7 +13,7 @@ import pytest
 
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.onnx_model.artifact import KIND, SCHEMA_VERSION, read_manifest, write_manifest
-from llamanas_deploy.export.bench import compare_with_prediction
+from llamanas_deploy.export.measure import compare_with_prediction
 from llamanas_deploy.onnx_model.quantize import int4_settings, int8_settings
 from llamanas_deploy.runtime import Sampling, _nll, pick_token
 
@@ -31,10 +31,12 @@ def test_int4_settings_defaults_and_bad_values():
     assert (cpu.block_size, cpu.accuracy_level) == (32, 4) and "defaults for cpu" in cpu.reason
     given = int4_settings("cpu", block_size=128, accuracy_level=0)
     assert (given.block_size, given.accuracy_level) == (128, 0) and "given" in given.reason
-    with pytest.raises(BadInputError, match="--block-size 48"):
+    with pytest.raises(BadInputError, match="block_size: 48 is not one of") as err:
         int4_settings("cpu", block_size=48)
-    with pytest.raises(BadInputError, match="--accuracy-level 9"):
+    assert err.value.param == "block_size"
+    with pytest.raises(BadInputError, match="accuracy_level: 9 is not one of") as err:
         int4_settings("cpu", accuracy_level=9)
+    assert err.value.param == "accuracy_level"
 
 
 def test_nll_matches_log_softmax():
@@ -55,8 +57,9 @@ def test_sampling_stays_in_top_k_and_validates():
     picks = {pick_token(logits, Sampling(temperature=5.0, top_k=3), rng) for _ in range(300)}
     assert picks == {47, 48, 49}
     assert pick_token(logits, Sampling(), rng) == 49
-    with pytest.raises(BadInputError, match="--temperature"):
+    with pytest.raises(BadInputError, match="temperature: must be >= 0") as err:
         Sampling(temperature=-1.0)
+    assert err.value.param == "temperature"
 
 
 def test_compare_with_prediction():
@@ -116,5 +119,6 @@ def test_onnxruntime_backend_measures_an_exported_subnet(small_checkpoint):
     for figure in (result.prefill_ms, result.decode_ms, result.throughput_tok_s):
         assert figure.spread.median > 0 and figure.spread.n >= 3
     assert [p.name for p in Path(backend._workdir.name).iterdir()] == [subnet.id]
-    with pytest.raises(BadInputError, match="--precision bf16"):
+    with pytest.raises(BadInputError, match="precision: 'bf16'") as err:
         backend_cls.validate("cpu", "bf16")
+    assert err.value.param == "precision"

@@ -10,92 +10,71 @@ from typing import Any
 
 import click
 
-from .common import emit, json_option, log, space_option, table
+from ..concepts import EXPORT_PRECISIONS
+from ..export.measure import SHAPE_FIELDS, BenchSettings
+from ..export.pipeline import EVAL_SEQ_LEN, ExportSettings
+from ..runtime import DEFAULT_MAX_NEW_TOKENS, Sampling
+from .common import (
+    clock_option, device_option, emit, json_option, log, model_option, progress_printer, protocol_from,
+    protocol_options, quiet_option, shape_options, space_option, table, threads_option,
+)  # fmt: skip
+from .subnet_cmd import SUBNET_HELP, resolve_subnet
 
-PRECISIONS = ["fp32", "int8", "int4"]
+ARTIFACT_HELP = "Artifact directory from `llamanas export`."
 
 
-def _shape_options(func):
-    """Bench shapes and protocol (defaults: the predictor's shapes, else the profiler's)."""
+def _bench_options(func):
+    """How to measure (defaults: the predictor's shapes, threads and clock, else the profiler's)."""
     options = [
-        click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads [the predictor's, else 1]."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="Batch [the predictor's, else 1]."),
-        click.option("--prompt-len", type=click.IntRange(min=1), help="Prefill tokens [the predictor's, else 128]."),
-        click.option("--context-len", type=click.IntRange(min=1), help="KV cache for decode [predictor's, else 128]."),
-        click.option("--gen-len", type=click.IntRange(min=1), help="Generated tokens [the predictor's, else 32]."),
-        click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=3), help="Timed runs per set."),
-        click.option("--warmup", default=2, show_default=True, type=click.IntRange(min=0), help="Untimed runs per figure."),
-        click.option("--visits", default=3, show_default=True, type=click.IntRange(min=1), help="Separate measurements, combined."),
-        click.option("--clock", type=click.Choice(["wall", "cpu"]),
-                     help="wall time, or the thread's CPU time (--threads 1) on a shared machine [predictor's, else wall]."),
-    ]  # fmt: skip
+        threads_option(None, "Intra-op threads [the predictor's, else 1]."),
+        shape_options(None),
+        protocol_options(BenchSettings().protocol, noise=False),
+        clock_option(None),
+    ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _bench_options(opts: dict[str, Any], predicted: dict[str, Any] | None) -> dict[str, Any]:
-    from ..profile.base import Shapes
-    from ..profile.stats import Protocol
-
-    base = dict((predicted or {}).get("shapes") or Shapes().to_dict())
-    names = ("batch_size", "prompt_len", "context_len", "gen_len")
-    shapes = Shapes(**{k: opts[k] if opts[k] is not None else base[k] for k in names})
-    protocol = Protocol(warmup=opts["warmup"], repeats=opts["repeats"], visits=opts["visits"])
-    return {"shapes": shapes, "protocol": protocol, "threads": opts["threads"], "clock": opts["clock"]}
+def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
+    shapes = {k: opts[k] for k in SHAPE_FIELDS if opts[k] is not None}
+    return BenchSettings(shapes=shapes or None, protocol=protocol_from(opts), threads=opts["threads"], clock=opts["clock"])
 
 
 # ---- export -----------------------------------------------------------------------------------
 @click.command()
-@click.option("--model", default="tiny", show_default=True, help="Super-network checkpoint dir or built-in name.")
+@model_option()
 @space_option
-@click.option("--subnet", required=True, help="Sub-network: inline JSON, a config file, or FRONT.json#INDEX.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--subnet", required=True, help=SUBNET_HELP)
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default=ExportSettings().precision, show_default=True)
+@device_option(ExportSettings().device)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="New artifact directory (must not exist or be empty).")
 @click.option("--predictor", type=click.Path(dir_okay=False, path_type=Path), help="Latency predictor JSON: record its prediction.")
 @click.option("--data", help="Held-out text for the accuracy checks [the model's heldout.txt].")
-@click.option("--max-eval-tokens", default=4096, show_default=True, type=click.IntRange(min=128))
+@click.option("--max-eval-tokens", default=ExportSettings().max_eval_tokens, show_default=True,
+              type=click.IntRange(min=EVAL_SEQ_LEN))
 @click.option("--block-size", type=int, help="int4: MatMulNBits block size [32].")
 @click.option("--accuracy-level", type=int, help="int4: 4 = int8 compute (fast on CPU), 0 = fp32 compute [cpu: 4].")
-@click.option("--max-ppl-increase", type=float, help="Fail a quantized export whose perplexity rises by more (%).")
+@click.option("--max-ppl-increase", "max_ppl_increase_pct", type=float,
+              help="Fail a quantized export whose perplexity rises by more (%).")
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the artifact on this device.")
-@_shape_options
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_bench_options
+@quiet_option
 @json_option
 def export(**opts: Any) -> None:
     """Extract a sub-network, export it to ONNX with a KV cache, quantize, verify, measure."""
-    from ..export.pipeline import ExportRequest, export_artifact
-    from ..subnet_config import read_subnet_arg
+    from dataclasses import fields
 
-    predicted = _predictor_shapes(opts["predictor"])
-    request = ExportRequest(
-        model=opts["model"],
-        space=opts["space_name"],
-        subnet=read_subnet_arg(opts["subnet"]),
-        precision=opts["precision"],
-        device=opts["device"],
-        out=opts["out"],
-        predictor=opts["predictor"],
-        data=opts["data"],
-        max_eval_tokens=opts["max_eval_tokens"],
-        block_size=opts["block_size"],
-        accuracy_level=opts["accuracy_level"],
-        max_ppl_increase_pct=opts["max_ppl_increase"],
-        bench=opts["bench"],
-        bench_options=_bench_options(opts, predicted),
-        progress=not opts["quiet"],
-    )
-    manifest = export_artifact(request)
-    emit({"artifact": str(opts["out"]), **manifest}, opts["as_json"], _render_export)
+    from ..export import export as export_artifact
+    from ..space import load_space
 
-
-def _predictor_shapes(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    from ..predict.estimator import LatencyPredictor
-
-    return {"shapes": LatencyPredictor.load(path).metadata_.get("shapes")}
+    space = load_space(opts["space_name"])
+    settings = ExportSettings(**{f.name: opts[f.name] for f in fields(ExportSettings)})
+    result = export_artifact(
+        opts["model"], space, resolve_subnet(space, opts["subnet"]), opts["out"], settings, predictor=opts["predictor"],
+        bench=_bench_settings(opts) if opts["bench"] else None, callback=progress_printer(opts["quiet"]),
+    )  # fmt: skip
+    emit(result.to_dict(), opts["as_json"], _render_export)
 
 
 def _render_export(m: dict[str, Any]) -> str:
@@ -125,52 +104,38 @@ def _render_export(m: dict[str, Any]) -> str:
 
 # ---- generate ---------------------------------------------------------------------------------
 @click.command()
-@click.option("--artifact", required=True, type=click.Path(path_type=Path), help="Artifact directory from `llamanas export`.")
+@click.option("--artifact", required=True, type=click.Path(path_type=Path), help=ARTIFACT_HELP)
 @click.option("--prompt", required=True, help="Prompt text.")
-@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 = greedy.")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="Sample among the k best (0: all).")
-@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
-@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads [ORT's default].")
+@click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=Sampling().temperature, show_default=True, type=click.FloatRange(min=0),
+              help="0 = greedy.")
+@click.option("--top-k", default=Sampling().top_k, show_default=True, type=click.IntRange(min=0),
+              help="Sample among the k best (0: all).")
+@click.option("--seed", default=Sampling().seed, show_default=True, help="Sampling seed.")
+@threads_option(None, "Intra-op threads [ORT's default].")
 @json_option
 def generate(artifact: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int,
              threads: int | None, as_json: bool) -> None:  # fmt: skip
     """Generate text from an artifact through ONNX Runtime alone (no torch)."""
-    from ..runtime import Sampling, generate as run_generate, open_artifact
+    from ..runtime import generate_text
 
-    opened = open_artifact(artifact)
-    tokenizer = opened.tokenizer()
-    prompt_ids = tokenizer.encode(prompt).ids
-    out = run_generate(opened.decoder(threads=threads), prompt_ids, max_new_tokens, Sampling(temperature, top_k, seed), opened.eos_id)
-    result = {
-        "text": tokenizer.decode(out.tokens),
-        "prompt_tokens": out.prompt_tokens,
-        "tokens": out.tokens,
-        "new_tokens": len(out.tokens),
-        "prefill_ms": out.prefill_s * 1e3,
-        "decode_tok_s": out.decode_tok_s,
-        "tok_s": out.total_tok_s,
-        "stopped_at_eos": out.stopped_at_eos,
-    }
-    emit(result, as_json, lambda r: prompt + r["text"])
+    r = generate_text(artifact, prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads)
+    emit(r.to_dict(), as_json, lambda _: prompt + r.text)
     if not as_json:
-        log(f"{len(out.tokens)} new tokens, {out.total_tok_s:.1f} tokens/s "
-            f"(prefill {out.prefill_s * 1e3:.1f} ms for {out.prompt_tokens} tokens, decode {out.decode_tok_s:.1f} tokens/s)")  # fmt: skip
+        log(f"{r.new_tokens} new tokens, {r.tok_s:.1f} tokens/s "
+            f"(prefill {r.prefill_ms:.1f} ms for {r.prompt_tokens} tokens, decode {r.decode_tok_s:.1f} tokens/s)")  # fmt: skip
 
 
 # ---- bench ------------------------------------------------------------------------------------
 @click.command()
-@click.option("--artifact", required=True, type=click.Path(path_type=Path), help="Artifact directory from `llamanas export`.")
-@_shape_options
+@click.option("--artifact", required=True, type=click.Path(path_type=Path), help=ARTIFACT_HELP)
+@_bench_options
 @json_option
 def bench(artifact: Path, as_json: bool, **opts: Any) -> None:
     """Prefill, decode and throughput of an artifact on this device; error of its predicted latency."""
-    from ..export.bench import bench_decoder
-    from ..runtime import open_artifact
+    from ..export import bench as bench_artifact
 
-    opened = open_artifact(artifact)
-    result = bench_decoder(opened.directory, opened.manifest, **_bench_options(opts, opened.manifest.get("predicted")))
-    emit({"artifact": str(artifact), "subnet_id": opened.manifest["subnet_id"], **result}, as_json, _render_bench)
+    emit(bench_artifact(artifact, _bench_settings(opts)), as_json, _render_bench)
 
 
 def _render_bench(r: dict[str, Any]) -> str:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
 
 from ..analytics import subnet_stats
-from ..errors import BadInputError
 from ..model.families import read_shape
-from ..space import load_space
-from ..subnet_config import read_subnet_arg, read_subnets
-from .common import emit, json_option, log, space_option, table
+from ..space import SearchSpace, load_space
+from ..subnet_config import SubnetConfig
+from .common import emit, json_option, model_option, progress_printer, space_option, table
+
+SUBNET_HELP = "Sub-network: 'largest', 'smallest', inline JSON, a config file, or FRONT.json#INDEX."
+
+
+def resolve_subnet(space: SearchSpace, value: str, many: bool = False) -> SubnetConfig | list[SubnetConfig]:
+    """A `--subnet` value through `space.resolve` (`resolve_many` with `many`); errors about
+    inline JSON name the option, those about a file name the file."""
+    source = "--subnet" if value.lstrip().startswith("{") else None
+    return space.resolve_many(value, source) if many else space.resolve(value, source)
 
 
 @click.group()
@@ -22,18 +28,18 @@ def subnet() -> None:
 
 
 @subnet.command()
-@click.option("--config", "config_path", default="tiny", show_default=True, help="Model dir, config.json or name.")
+@model_option(aliases=("--config",))
 @space_option
-@click.option("--subnet", "subnet_file", required=True, help="Sub-network JSON file (one or many lines).")
+@click.option("--subnet", "subnet_arg", required=True, help=SUBNET_HELP + " A file may hold many (JSON lines).")
 @click.option("--prompt-len", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--context-len", default=128, show_default=True, type=click.IntRange(min=0))
 @json_option
-def stats(config_path: str, space_name: str, subnet_file: str, prompt_len: int, context_len: int, as_json: bool) -> None:
+def stats(model: str, space_name: str, subnet_arg: str, prompt_len: int, context_len: int, as_json: bool) -> None:
     """Parameters, fp16 size, FLOPs and KV-cache bytes of sub-networks, against the full network."""
-    shape = read_shape(config_path)
+    shape = read_shape(model)
     space = load_space(space_name)
-    space.check_super_network(shape, config_path)
-    subnets = [space.validate(c, _source(subnet_file)) for c in _read(subnet_file)]
+    space.check_super_network(shape, model)
+    subnets = resolve_subnet(space, subnet_arg, many=True)
     full = subnet_stats(shape, space.largest, prompt_len, context_len)
     rows = []
     for cfg in subnets:
@@ -41,15 +47,6 @@ def stats(config_path: str, space_name: str, subnet_file: str, prompt_len: int, 
         rows.append({"id": cfg.id, "subnet": cfg.to_dict(), **s.to_dict(), "size_ratio": full.params / s.params})
     result = {"space_id": space.id, "full": full.to_dict(), "subnets": rows}
     emit(result, as_json, _render)
-
-
-def _read(value: str):
-    return read_subnets(value) if "#" not in value and not value.lstrip().startswith("{") else [read_subnet_arg(value)]
-
-
-def _source(value: str) -> str:
-    """How an error names a `--subnet` value: the file, or the option itself for inline JSON."""
-    return "--subnet" if value.lstrip().startswith("{") else value
 
 
 def _render(r: dict) -> str:
@@ -72,26 +69,13 @@ def _render(r: dict) -> str:
 
 
 @subnet.command()
-@click.option("--model", "model_path", default="tiny", show_default=True, help="Super-network dir or built-in name.")
+@model_option()
 @space_option
-@click.option("--subnet", "subnet_arg", required=True, help="Sub-network JSON file, inline JSON or FRONT.json#INDEX.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="New directory to write.")
-def extract(model_path: str, space_name: str, subnet_arg: str, out_dir: str) -> None:
+@click.option("--subnet", "subnet_arg", required=True, help=SUBNET_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="New directory to write.")
+def extract(model: str, space_name: str, subnet_arg: str, out: Path) -> None:
     """Slice a sub-network out of the super-network and save it as a standalone model directory."""
-    from ..model.supernet import SuperNetwork
+    from ..model.supernet import extract_subnet
 
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise BadInputError(f"--out {out}: directory exists and is not empty; refusing to overwrite it")
     space = load_space(space_name)
-    cfg = space.validate(read_subnet_arg(subnet_arg), _source(subnet_arg))
-    supernet = SuperNetwork.load(model_path)
-    supernet.check_space(space)
-    log(f"extracting {cfg.id} ({cfg.num_layers} layers) from {supernet.source}")
-    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
-        supernet.save_subnet(cfg, tmp, space)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rmdir()
-        shutil.move(tmp, out)
-    click.echo(str(out))
+    click.echo(str(extract_subnet(model, space, resolve_subnet(space, subnet_arg), out, progress_printer(False))))

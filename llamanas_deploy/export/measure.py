@@ -10,38 +10,85 @@ like with like.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from ..concepts import CLOCKS, metric
+from ..errors import BadInputError
 from ..profile.base import Shapes
 from ..profile.stats import Protocol
 from ..subnet_config import SubnetConfig
 
+SHAPE_FIELDS = tuple(f.name for f in fields(Shapes))
 
-def bench_decoder(
-    directory: Path,
-    manifest: dict[str, Any],
-    shapes: Shapes | None = None,
-    protocol: Protocol | None = None,
-    threads: int | None = None,
-    clock: str | None = None,
-) -> dict[str, Any]:
-    """Measure the artifact in `directory` described by `manifest`; returns the `measured` block."""
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How an artifact is measured; `None` means the manifest predictor's setting, else the profiler's default.
+
+    `shapes` is a whole `Shapes`, or a mapping of some of its fields (`{"prompt_len": 256}`)
+    whose other fields come from the predictor (else `Shapes()`).
+    """
+
+    shapes: Shapes | Mapping[str, int] | None = None
+    protocol: Protocol = Protocol(visits=3)
+    threads: int | None = None
+    clock: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.shapes is not None and not isinstance(self.shapes, Shapes):
+            _check_partial_shapes(self.shapes)
+        if not isinstance(self.protocol, Protocol):
+            raise BadInputError(f"expected a Protocol, got {type(self.protocol).__name__}", param="protocol")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise BadInputError(f"must be a positive integer, got {self.threads!r}", param="threads")
+        if self.clock is not None and self.clock not in CLOCKS:
+            raise BadInputError(f"{self.clock!r}: expected one of {list(CLOCKS)}", param="clock")
+
+    def shapes_for(self, predicted: Mapping[str, Any]) -> Shapes:
+        """The shapes to measure at, given the manifest's `predicted` block (maybe empty)."""
+        if isinstance(self.shapes, Shapes):
+            return self.shapes
+        base = predicted.get("shapes") or Shapes().to_dict()
+        return Shapes(**{**{k: base[k] for k in SHAPE_FIELDS}, **(self.shapes or {})})
+
+
+def _check_partial_shapes(shapes: Any) -> None:
+    if not isinstance(shapes, Mapping):
+        raise BadInputError(f"expected a Shapes or a mapping of its fields, got {type(shapes).__name__}", param="shapes")
+    unknown = sorted(set(shapes) - set(SHAPE_FIELDS))
+    if unknown:
+        raise BadInputError(f"unknown field(s) {unknown}; expected some of {list(SHAPE_FIELDS)}", param="shapes")
+    for name, value in shapes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInputError(f"must be a positive integer, got {value!r}", param=name)
+
+
+def bench(artifact_dir: str | Path, settings: BenchSettings = BenchSettings()) -> dict[str, Any]:
+    """Measure the artifact in `artifact_dir` on this device; returns what `llamanas bench` prints."""
+    from ..runtime import open_artifact
+
+    opened = open_artifact(artifact_dir)
+    measured = bench_decoder(opened.directory, opened.manifest, settings)
+    return {"artifact": str(artifact_dir), "subnet_id": opened.manifest["subnet_id"], **measured}
+
+
+def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSettings = BenchSettings()) -> dict[str, Any]:
+    """Measure the artifact in `directory` described by `manifest`; returns the manifest's `measured` block."""
     from ..profile.backends.onnxruntime_backend import ArtifactBackend
     from ..profile.fingerprint import current_fingerprint
     from ..runtime import Artifact
 
     predicted = manifest.get("predicted") or {}
-    if shapes is None:
-        shapes = Shapes(**predicted["shapes"]) if predicted.get("shapes") else Shapes()
-    threads = threads or predicted.get("threads") or 1
-    clock = clock or predicted.get("clock") or "wall"
-    protocol = protocol or Protocol()
+    shapes = settings.shapes_for(predicted)
+    threads = settings.threads or predicted.get("threads") or 1
+    clock = settings.clock or predicted.get("clock") or "wall"
     backend = ArtifactBackend(Artifact(Path(directory), manifest), threads, clock=clock)
     subnet = SubnetConfig.from_dict(manifest["subnet"], f"{directory}/manifest.json")
     backend.warm_up(subnet, shapes)
-    figures = backend.measure_visits([subnet], shapes, protocol)[0].to_dict()
+    figures = backend.measure_visits([subnet], shapes, settings.protocol)[0].to_dict()
     measured = {
         "fingerprint_id": current_fingerprint()["fingerprint_id"],
         "backend": backend.name,
@@ -50,7 +97,7 @@ def bench_decoder(
         "threads": threads,
         "clock": clock,
         "shapes": shapes.to_dict(),
-        "protocol": protocol.to_dict(),
+        "protocol": settings.protocol.to_dict(),
         **{k: v for k, v in figures.items() if k != "weights"},
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -61,15 +108,15 @@ def bench_decoder(
 
 def compare_with_prediction(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:
     """Error of the prediction in % of the measured figure, for the predictor's metric."""
-    from ..profile.store import METRICS, kept_figure
+    from ..profile.store import kept_figure
 
-    field = METRICS.get(predicted.get("metric", ""), predicted.get("metric"))
-    figure = measured.get(field)
+    field_name = metric(predicted["metric"]).field
+    figure = measured.get(field_name)
     value = None if figure is None else kept_figure(figure, predicted.get("statistic") or "median")
     setup = ("backend", "precision", "device", "threads", "fingerprint_id")
     same_setup = all(predicted.get(k) in (None, measured.get(k)) for k in setup)
     return {
-        "metric": field,
+        "metric": field_name,
         "predicted": predicted["value"],
         "measured": value,
         "error_pct": None if value in (None, 0) else (predicted["value"] - value) / value * 100,

@@ -1,105 +1,138 @@
-"""`llamanas export` end to end: extract -> export fp32 -> verify -> quantize -> verify -> artifact.
+"""Export end to end: extract -> export fp32 -> verify -> quantize -> verify -> artifact (-> bench).
 
-Everything is built in a temporary directory next to `--out` and moved into place only once
-every check passed, so a failed export leaves no artifact behind and never touches an
-existing one (a non-empty `--out` is refused up front).
+Everything is built in a temporary directory next to `out` (`model.supernet.new_directory`)
+and moved into place only once every check passed, so a failed export leaves no artifact
+behind and never touches an existing one (a non-empty `out` is refused up front).
 """
 
 from __future__ import annotations
 
-import os
+import math
 import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
+from ..concepts import DEVICES, EXPORT_PRECISIONS
 from ..errors import BadInputError
+from ..onnx_model.quantize import QuantSettings, check_int4
+from ..progress import Callback, report
 from ..subnet_config import SubnetConfig
-from ..onnx_model.quantize import PRECISIONS, QuantSettings
+from .measure import BenchSettings
+
+if TYPE_CHECKING:
+    from ..model.supernet import SuperNetwork
+    from ..predict.estimator import LatencyPredictor
+    from ..space import SearchSpace
 
 EVAL_SEQ_LEN = 128
 RANDOM_TOKENS_SEED = 0
 
 
 @dataclass(frozen=True)
-class ExportRequest:
-    model: str
-    space: str
-    subnet: SubnetConfig
-    precision: str
-    device: str
-    out: Path
-    predictor: Path | None = None
+class ExportSettings:
+    """What to export and how to check it.
+
+    `data`: held-out text for the accuracy checks (any source `data.read_texts` reads; default:
+    the model directory's `heldout.txt`, else random token ids). `block_size` and
+    `accuracy_level` tune int4 (default: the device's). `max_ppl_increase_pct`: a quantized
+    export whose perplexity rises by more than this (in %) fails verification.
+    """
+
+    precision: str = "fp32"
+    device: str = "cpu"
     data: str | None = None
     max_eval_tokens: int = 4096
     block_size: int | None = None
     accuracy_level: int | None = None
     max_ppl_increase_pct: float | None = None
-    bench: bool = True
-    bench_options: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for param, value, choices in (("precision", self.precision, EXPORT_PRECISIONS), ("device", self.device, DEVICES)):
+            if value not in choices:
+                raise BadInputError(f"{value!r}: expected one of {list(choices)}", param=param)
+        tokens = self.max_eval_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < EVAL_SEQ_LEN:
+            raise BadInputError(f"must be an integer >= {EVAL_SEQ_LEN}, got {tokens!r}", param="max_eval_tokens")
+        check_int4(self.block_size, self.accuracy_level)
+        limit = self.max_ppl_increase_pct
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit)):
+            raise BadInputError(f"must be a finite number (percent), got {limit!r}", param="max_ppl_increase_pct")
 
 
-def check_out_dir(out: Path) -> None:
-    """`--out` must not exist, or be an empty directory: nothing already saved is overwritten."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BadInputError(f"--out {out}: already exists and is not an empty directory; choose a new directory")
+@dataclass(frozen=True)
+class ExportResult:
+    """The artifact now at `directory`, and its manifest (as written in `manifest.json`)."""
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `llamanas export --json` prints."""
+        return {"artifact": str(self.directory), **self.manifest}
 
 
-def export_artifact(request: ExportRequest) -> dict[str, Any]:
-    """Run the whole export; returns the manifest of the artifact now at `request.out`."""
-    from tqdm import tqdm
+def export(
+    model: SuperNetwork | str | Path,
+    space: SearchSpace | str | Path,
+    subnet: SubnetConfig | str,
+    out: str | Path,
+    settings: ExportSettings = ExportSettings(),
+    *,
+    predictor: LatencyPredictor | str | Path | None = None,
+    bench: BenchSettings | None = BenchSettings(),
+    callback: Callback = None,
+) -> ExportResult:
+    """Export `subnet` of `model` as a verified ONNX Runtime artifact in the new directory `out`.
 
-    from ..model.supernet import SuperNetwork
+    `model`: a loaded `SuperNetwork` (used as is) or its checkpoint directory / built-in name.
+    `space`: a `SearchSpace` or its name / file; `subnet` a `SubnetConfig` or anything
+    `SearchSpace.resolve` reads. `predictor`: a `LatencyPredictor` or its file, whose prediction
+    for `subnet` is recorded. `bench`: how to measure the artifact on this device, `None` for no
+    measurement. Every input is checked before anything slow starts.
+    """
+    from ..model.supernet import SuperNetwork, check_out_dir, new_directory
+    from ..onnx_model.artifact import write_manifest
     from ..runtime import check_device
     from ..space import load_space
-    from ..onnx_model.artifact import write_manifest
-    from .bench import bench_decoder
+    from .measure import bench_decoder
 
-    # every input is checked before anything slow starts
-    if request.precision not in PRECISIONS:
-        raise BadInputError(f"--precision {request.precision}: expected one of {list(PRECISIONS)}")
-    check_out_dir(request.out)
-    provider = check_device(request.device)
-    space = load_space(request.space)
-    subnet = space.validate(request.subnet, "--subnet")
-    predictor = _load_predictor(request.predictor, space) if request.predictor else None
-    settings = _quant_settings(request)
-    steps = ["load", "export", "verify", *(["quantize", "verify quantized"] if settings else []), "artifact"]
-    steps += ["bench"] if request.bench else []
-    request.out.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        tqdm(steps, desc="export", disable=not request.progress, leave=False) as bar,
-        tempfile.TemporaryDirectory(prefix=f".{request.out.name}.", dir=request.out.parent) as tmp,
-    ):
-        stage = _Stages(bar)
+    out = Path(out)
+    check_out_dir(out)
+    provider = check_device(settings.device)
+    space = load_space(space) if isinstance(space, (str, Path)) else space
+    subnet = space.resolve(subnet) if isinstance(subnet, str) else space.validate(subnet)
+    predictor, predictor_name = _load_predictor(predictor, space) if predictor is not None else (None, None)
+    quant = _quant_settings(settings)
+    steps = ["load", "export", "verify", *(["quantize", "verify quantized"] if quant else []), "artifact"]
+    stage = _Stages(callback, steps + (["bench"] if bench is not None else []))
+    with new_directory(out) as artifact_dir:
         stage("load")
-        supernet = SuperNetwork.load(request.model)
+        supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
         supernet.check_space(space)
-        built = _build(request, supernet, subnet, Path(tmp), settings, stage)
-        manifest = _manifest(request, space, supernet, subnet, provider, built)
+        built = _build(supernet, subnet, settings, quant, artifact_dir, stage)
+        manifest = _manifest(settings, space, supernet, subnet, provider, built)
         if predictor is not None:
-            manifest["predicted"] = _predicted(predictor, request.predictor, subnet)
-        if request.bench:
+            manifest["predicted"] = _predicted(predictor, predictor_name, subnet)
+        if bench is not None:
             stage("bench")
-            manifest["measured"] = bench_decoder(built.artifact_dir, manifest, **request.bench_options)
-        manifest = write_manifest(built.artifact_dir, manifest)
-        _move_into_place(built.artifact_dir, request.out)
-    return manifest
+            manifest["measured"] = bench_decoder(artifact_dir, manifest, bench)
+        manifest = write_manifest(artifact_dir, manifest)
+        stage.finish()
+    return ExportResult(out, manifest)
 
 
 class _Stages:
-    """Advances the progress bar; each call names the stage that starts now."""
+    """Reports the export's progress: each call names the step that starts now."""
 
-    def __init__(self, bar):
-        self.bar, self.started = bar, False
+    def __init__(self, callback: Callback, steps: list[str]):
+        self.callback, self.steps = callback, steps
 
     def __call__(self, name: str) -> None:
-        if self.started:
-            self.bar.update(1)
-        self.started = True
-        self.bar.set_postfix_str(name)
+        report(self.callback, "export", self.steps.index(name), len(self.steps), "step", status=name)
+
+    def finish(self) -> None:
+        report(self.callback, "export", len(self.steps), len(self.steps), "step", status="done")
 
 
 @dataclass
@@ -113,63 +146,66 @@ class _Built:
     tokenizer_files: list[str]
 
 
-def _build(request: ExportRequest, supernet, subnet: SubnetConfig, tmp: Path, settings, stage) -> _Built:
-    from ..runtime import OrtDecoder
-    from ..onnx_model.artifact import GENAI_CONFIG, copy_tokenizer, genai_config, write_json
+def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, quant: QuantSettings | None, artifact_dir: Path,
+           stage: Callable[[str], None]) -> _Built:  # fmt: skip
+    """Export, verify and quantize into `artifact_dir` (empty; its parent is scratch space)."""
+    from ..jsonfiles import write_json
+    from ..onnx_model.artifact import GENAI_CONFIG, copy_tokenizer, genai_config
     from ..onnx_model.config import onnx_config_for
     from ..onnx_model.exporter import ONNX_NAME, export_onnx
     from ..onnx_model.quantize import quantize
+    from ..runtime import OrtDecoder
     from .verify import verify_fp32, verify_quantized
 
     stage("export")
     model = supernet.extract(subnet)
     model_config = model.config.to_dict() | {"intermediate_sizes": list(subnet.intermediate_sizes)}
     onnx_config = onnx_config_for(model_config, f"sub-network {subnet.id}")
-    fp32_dir, artifact_dir = tmp / "fp32", tmp / "artifact"
+    fp32_dir = artifact_dir.parent / "fp32"
     fp32_dir.mkdir()
-    artifact_dir.mkdir()
     fp32_path = export_onnx(model, onnx_config, fp32_dir)
     external = (fp32_dir / f"{ONNX_NAME}.data").exists()
-    tokens, data_source = eval_tokens(supernet.source, request.data, request.max_eval_tokens, onnx_config.vocab_size)
+    tokens, data_source = eval_tokens(supernet.source, settings.data, settings.max_eval_tokens, onnx_config.vocab_size)
     stage("verify")
-    fp32 = OrtDecoder(fp32_path, request.device)
+    fp32 = OrtDecoder(fp32_path, settings.device)
     verification = {"data": data_source, "fp32_vs_torch": verify_fp32(model, fp32, onnx_config, tokens)}
     del model  # the torch copy is not needed any more: free it before quantizing
-    if settings is None:
+    if quant is None:
         quant = QuantSettings("fp32")
         for path in fp32_dir.iterdir():
             shutil.move(str(path), artifact_dir / path.name)
     else:
         stage("quantize")
-        quant = quantize(fp32_path, artifact_dir / ONNX_NAME, settings, external)
+        quant = quantize(fp32_path, artifact_dir / ONNX_NAME, quant, external)
         stage("verify quantized")
-        quantized = OrtDecoder(artifact_dir / ONNX_NAME, request.device)
+        quantized = OrtDecoder(artifact_dir / ONNX_NAME, settings.device)
         verification["quantized_vs_fp32"] = verify_quantized(
-            fp32, quantized, tokens, EVAL_SEQ_LEN, request.max_ppl_increase_pct
+            fp32, quantized, tokens, EVAL_SEQ_LEN, settings.max_ppl_increase_pct
         )
     stage("artifact")
     provider = fp32.session.get_providers()[0]
-    write_json(artifact_dir / GENAI_CONFIG, genai_config(onnx_config, model_config, provider, ONNX_NAME))
+    genai = genai_config(onnx_config, model_config, provider, ONNX_NAME)
+    write_json(artifact_dir / GENAI_CONFIG, genai, sort_keys=True)
     tokenizer_files = copy_tokenizer(supernet.source, artifact_dir)
     return _Built(artifact_dir, onnx_config, model_config, quant, verification, external, tokenizer_files)
 
 
-def _quant_settings(request: ExportRequest) -> QuantSettings | None:
+def _quant_settings(settings: ExportSettings) -> QuantSettings | None:
     from ..onnx_model.quantize import int4_settings, int8_settings
 
-    if request.precision == "int8":
+    if settings.precision == "int8":
         from ..profile.fingerprint import current_fingerprint
 
         return int8_settings(current_fingerprint()["device"]["isa_flags"])
-    if request.precision == "int4":
-        return int4_settings(request.device, request.block_size, request.accuracy_level)
+    if settings.precision == "int4":
+        return int4_settings(settings.device, settings.block_size, settings.accuracy_level)
     return None
 
 
 def eval_tokens(model_dir: Path, data: str | None, max_tokens: int, vocab_size: int) -> tuple[list[int], str]:
     """Held-out token ids for the accuracy checks, and where they came from.
 
-    `--data` (any source `data.read_texts` reads) > the model directory's `heldout.txt` >
+    `data` (any source `data.read_texts` reads) > the model directory's `heldout.txt` >
     a deterministic sample of random token ids (enough to check agreement, not accuracy).
     """
     from ..data import load_tokenizer, read_texts, tokenize
@@ -177,7 +213,9 @@ def eval_tokens(model_dir: Path, data: str | None, max_tokens: int, vocab_size: 
     heldout = model_dir / "heldout.txt"
     has_tokenizer = (model_dir / "tokenizer.json").is_file()
     if data is not None and not has_tokenizer:
-        raise BadInputError(f"--data {data}: the model directory {model_dir} has no tokenizer.json to tokenize it with")
+        raise BadInputError(
+            f"{data}: the model directory {model_dir} has no tokenizer.json to tokenize it with", param="data"
+        )
     if has_tokenizer and (data is not None or heldout.is_file()):
         source = data if data is not None else str(heldout)
         ids = tokenize(read_texts(source), load_tokenizer(model_dir), eos_id=None)[:max_tokens]
@@ -190,7 +228,7 @@ def eval_tokens(model_dir: Path, data: str | None, max_tokens: int, vocab_size: 
     return ids, f"random token ids (seed {RANDOM_TOKENS_SEED}; no held-out text in {model_dir})"
 
 
-def _manifest(request, space, supernet, subnet: SubnetConfig, provider: str, built: _Built) -> dict[str, Any]:
+def _manifest(settings: ExportSettings, space, supernet, subnet: SubnetConfig, provider: str, built: _Built) -> dict[str, Any]:
     from ..analytics import subnet_stats
 
     stats = subnet_stats(supernet.shape, subnet)
@@ -201,9 +239,9 @@ def _manifest(request, space, supernet, subnet: SubnetConfig, provider: str, bui
         "subnet_id": subnet.id,
         "space_id": space.id,
         "super_network": {"path": str(supernet.source), "weights_sha256": supernet.weights_sha256()},
-        "precision": request.precision,
+        "precision": settings.precision,
         "quantization": built.quant.to_dict(),
-        "device": request.device,
+        "device": settings.device,
         "execution_provider": provider,
         "size": {"params": stats.params, "fp16_bytes": stats.fp16_bytes, "fp16_gib": stats.fp16_gib, "onnx_bytes": onnx_bytes},
         "onnx": {
@@ -221,25 +259,21 @@ def _manifest(request, space, supernet, subnet: SubnetConfig, provider: str, bui
     }
 
 
-def _load_predictor(path: Path, space):
+def _load_predictor(predictor: LatencyPredictor | str | Path, space: SearchSpace) -> tuple[LatencyPredictor, str]:
+    """The predictor (loaded when given as a path) checked against `space`, and how the manifest names it."""
     from ..predict.estimator import LatencyPredictor
 
-    predictor = LatencyPredictor.load(path)
+    if isinstance(predictor, (str, Path)):
+        name, predictor = str(predictor), LatencyPredictor.load(predictor)
+    else:
+        name = predictor.source
     predictor.check_space(space)
-    return predictor
+    return predictor, name
 
 
-def _predicted(predictor, path: Path, subnet: SubnetConfig) -> dict[str, Any]:
+def _predicted(predictor, name: str, subnet: SubnetConfig) -> dict[str, Any]:
     meta = predictor.metadata_
     keys = (
         "metric", "unit", "statistic", "target", "fingerprint_id", "backend", "precision", "device", "threads", "clock", "shapes"
     )  # fmt: skip
-    return {"predictor": str(path), "value": float(predictor.predict([subnet])[0]), **{k: meta.get(k) for k in keys}}
-
-
-def _move_into_place(built: Path, out: Path) -> None:
-    """Atomic rename of the finished artifact to `--out` (an empty `--out` is replaced)."""
-    check_out_dir(out)  # nothing appeared there while we were working
-    if out.is_dir():
-        out.rmdir()
-    os.replace(built, out)
+    return {"predictor": name, "value": float(predictor.predict([subnet])[0]), **{k: meta.get(k) for k in keys}}

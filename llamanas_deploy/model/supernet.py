@@ -1,8 +1,15 @@
-"""The super-network, and its sub-networks: as views (no copy) or extracted as standalone models."""
+"""The super-network, and its sub-networks: as views (no copy) or extracted as standalone models.
+
+`new_directory` is the one rule for the directories the toolkit creates as a whole (an extracted
+sub-network here, an ONNX artifact in `export/`): the target must not exist or be empty, and
+the result appears there complete or not at all.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInputError
+from ..progress import Callback, report
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
 from .build import build_skeleton, hf_config_for, init_random_, layer_widths, load_model, save_model
@@ -133,7 +141,10 @@ class SuperNetwork:
                 )
 
     def save_subnet(self, subnet: SubnetConfig, out_dir: str | Path, space: SearchSpace | None = None) -> Path:
-        """Extract `subnet` and write it as a directory the project's loader reads back exactly."""
+        """Extract `subnet` and write it as a new directory the project's loader reads back exactly.
+
+        `out_dir` must not exist or be empty (`BadInputError` otherwise); it appears complete or not at all.
+        """
         meta = {
             "subnet": subnet.to_dict(),
             "subnet_id": subnet.id,
@@ -142,7 +153,53 @@ class SuperNetwork:
         }
         if space is not None:
             meta["space_id"] = space.id
-        return save_model(self.extract(subnet), out_dir, {"llamanas": meta})
+        with new_directory(out_dir) as tmp:
+            save_model(self.extract(subnet), tmp, {"llamanas": meta})
+        return Path(out_dir)
+
+
+def extract_subnet(
+    model: SuperNetwork | str | Path,
+    space: SearchSpace,
+    subnet: SubnetConfig | str,
+    out: str | Path,
+    callback: Callback = None,
+) -> Path:
+    """Save `subnet` of `model` (checked against `space`; a string goes through `space.resolve`)
+    as a standalone model directory `out`, which must be new or empty."""
+    check_out_dir(Path(out))  # before the slow load
+    subnet = space.resolve(subnet) if isinstance(subnet, str) else space.validate(subnet)
+    supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
+    supernet.check_space(space)
+    report(callback, "extract", message=f"extracting {subnet.id} ({subnet.num_layers} layers) from {supernet.source}")
+    return supernet.save_subnet(subnet, out, space)
+
+
+def check_out_dir(out: Path) -> None:
+    """A directory to create must not exist, or be empty: nothing already saved is overwritten."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInputError(f"{out}: exists and is not an empty directory; refusing to overwrite it", param="out")
+
+
+@contextmanager
+def new_directory(out: str | Path) -> Iterator[Path]:
+    """Build the directory `out` in a temporary directory beside it, renamed to `out` when the block ends well.
+
+    Yields the empty directory to fill, `<scratch>/result`: other names in its parent are scratch
+    space, removed with it. `out` must
+    not exist or be empty, before and after the block. On an error nothing is left behind.
+    """
+    out = Path(out)
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        built = Path(tmp) / "result"
+        built.mkdir()
+        yield built
+        check_out_dir(out)  # nothing appeared there meanwhile
+        if out.is_dir():
+            out.rmdir()
+        os.replace(built, out)
 
 
 def _slice_mlp(param_name: str, tensor: torch.Tensor, size: int) -> torch.Tensor:

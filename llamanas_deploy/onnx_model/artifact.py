@@ -14,28 +14,20 @@ No torch here: `generate` imports this module.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from ..concepts import TOKENIZER_FILES
 from ..errors import BadInputError
+from ..jsonfiles import read_json, write_json
 
 SCHEMA_VERSION = 1
 KIND = "llamanas-onnx-artifact"
 MANIFEST = "manifest.json"
 GENAI_CONFIG = "genai_config.json"
 REQUIRED_KEYS = ("subnet", "subnet_id", "precision", "device", "onnx", "size", "verification")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 CHUNK = 1 << 20
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Deterministic JSON, written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def sha256_file(path: Path) -> str:
@@ -121,7 +113,7 @@ def genai_config(onnx_config, model_config: dict[str, Any], provider: str, onnx_
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Add the sha256 of every file and write `manifest.json`; returns the manifest."""
     manifest = {"schema_version": SCHEMA_VERSION, "kind": KIND, **manifest, "files": file_hashes(directory)}
-    write_json(directory / MANIFEST, manifest)
+    write_json(directory / MANIFEST, manifest, sort_keys=True)
     return manifest
 
 
@@ -131,10 +123,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
         raise BadInputError(f"{directory}: not an artifact directory (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInputError(f"{path}: not valid JSON ({err})") from None
+    manifest = read_json(path, "artifact manifest")
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND or not isinstance(manifest.get("files"), dict):
         raise BadInputError(f"{path}: not a llamanas artifact manifest (kind '{KIND}' with a 'files' table expected)")
     if manifest.get("schema_version") != SCHEMA_VERSION:

@@ -26,7 +26,6 @@ INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 # per device: (block size, accuracy level); CPU: int8 compute for speed; CUDA kernels ignore the level
 INT4_DEFAULTS = {"cpu": (32, 4), "cuda": (32, 0)}
-PRECISIONS = ("fp32", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -61,13 +60,19 @@ def int4_settings(device: str, block_size: int | None = None, accuracy_level: in
     default_block, default_level = INT4_DEFAULTS[device]
     block = default_block if block_size is None else block_size
     level = default_level if accuracy_level is None else accuracy_level
-    if block not in INT4_BLOCK_SIZES:
-        raise BadInputError(f"--block-size {block}: expected one of {list(INT4_BLOCK_SIZES)}")
-    if level not in INT4_ACCURACY_LEVELS:
-        raise BadInputError(f"--accuracy-level {level}: expected one of {list(INT4_ACCURACY_LEVELS)}")
+    check_int4(block, level)
     given = "given" if block_size is not None or accuracy_level is not None else f"defaults for {device}"
     reason = f"block size {block}, accuracy level {level} ({given})"
     return QuantSettings("int4", "MatMulNBits", block_size=block, accuracy_level=level, reason=reason)
+
+
+def check_int4(block_size: int | None, accuracy_level: int | None) -> None:
+    """`BadInputError` naming the parameter when a given int4 setting is not one MatMulNBits takes."""
+    for param, value, choices in (
+        ("block_size", block_size, INT4_BLOCK_SIZES), ("accuracy_level", accuracy_level, INT4_ACCURACY_LEVELS)
+    ):  # fmt: skip
+        if value is not None and value not in choices:
+            raise BadInputError(f"{value!r} is not one of {list(choices)}", param=param)
 
 
 def lm_head_node(model) -> str:
@@ -85,9 +90,9 @@ def quantize(src: Path, dst: Path, settings: QuantSettings, external_data: bool)
     """Write the quantized model `dst` from the fp32 model `src`; returns the settings with exclusions."""
     import onnx
 
-    excluded = (lm_head_node(onnx.load(str(src), load_external_data=False)),)
     if settings.precision not in ("int8", "int4"):
-        raise BadInputError(f"--precision {settings.precision}: expected int8 or int4 to quantize")
+        raise BadInputError(f"{settings.precision!r}: expected int8 or int4 to quantize", param="precision")
+    excluded = (lm_head_node(onnx.load(str(src), load_external_data=False)),)
     with _quiet_quantizer():
         (_int8 if settings.precision == "int8" else _int4)(src, dst, settings, excluded, external_data)
     return QuantSettings(**{**asdict(settings), "excluded_nodes": excluded})
