@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .concepts import DEVICES
+from .concepts import DEVICES, check_choice
 from .errors import BadInputError
 
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -43,9 +43,7 @@ def check_device(device: str) -> str:
     """The ORT execution provider for `device`; `BadInputError` when this onnxruntime lacks it."""
     import onnxruntime as ort
 
-    if device not in PROVIDERS:
-        raise BadInputError(f"{device!r}: expected one of {list(DEVICES)}", param="device")
-    provider = PROVIDERS[device]
+    provider = PROVIDERS[check_choice(device, DEVICES, "device")]
     if provider not in ort.get_available_providers():
         raise BadInputError(
             f"{device}: this onnxruntime ({ort.__version__}) has no {provider} "

@@ -31,10 +31,10 @@ def test_int4_settings_defaults_and_bad_values():
     assert (cpu.block_size, cpu.accuracy_level) == (32, 4) and "defaults for cpu" in cpu.reason
     given = int4_settings("cpu", block_size=128, accuracy_level=0)
     assert (given.block_size, given.accuracy_level) == (128, 0) and "given" in given.reason
-    with pytest.raises(BadInputError, match="block_size: 48 is not one of") as err:
+    with pytest.raises(BadInputError, match="block_size: 48: expected one of") as err:
         int4_settings("cpu", block_size=48)
     assert err.value.param == "block_size"
-    with pytest.raises(BadInputError, match="accuracy_level: 9 is not one of") as err:
+    with pytest.raises(BadInputError, match="accuracy_level: 9: expected one of") as err:
         int4_settings("cpu", accuracy_level=9)
     assert err.value.param == "accuracy_level"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..concepts import DEVICES, EXPORT_PRECISIONS
+from ..concepts import DEVICES, EXPORT_PRECISIONS, check_choice
 from ..errors import BadInputError
 from ..onnx_model.quantize import QuantSettings, check_int4
 from ..progress import Callback, report
@@ -48,9 +48,8 @@ class ExportSettings:
     max_ppl_increase_pct: float | None = None
 
     def __post_init__(self) -> None:
-        for param, value, choices in (("precision", self.precision, EXPORT_PRECISIONS), ("device", self.device, DEVICES)):
-            if value not in choices:
-                raise BadInputError(f"{value!r}: expected one of {list(choices)}", param=param)
+        check_choice(self.precision, EXPORT_PRECISIONS, "precision")
+        check_choice(self.device, DEVICES, "device")
         tokens = self.max_eval_tokens
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < EVAL_SEQ_LEN:
             raise BadInputError(f"must be an integer >= {EVAL_SEQ_LEN}, got {tokens!r}", param="max_eval_tokens")

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from ..concepts import check_choice
 from ..errors import BadInputError
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -71,8 +72,8 @@ def check_int4(block_size: int | None, accuracy_level: int | None) -> None:
     for param, value, choices in (
         ("block_size", block_size, INT4_BLOCK_SIZES), ("accuracy_level", accuracy_level, INT4_ACCURACY_LEVELS)
     ):  # fmt: skip
-        if value is not None and value not in choices:
-            raise BadInputError(f"{value!r} is not one of {list(choices)}", param=param)
+        if value is not None:
+            check_choice(value, choices, param)
 
 
 def lm_head_node(model) -> str:
