@@ -13,6 +13,7 @@ import click
 from ..concepts import EXPORT_PRECISIONS
 from ..export.measure import SHAPE_FIELDS, BenchSettings
 from ..export.pipeline import EVAL_SEQ_LEN, ExportSettings
+from ..onnx_model.quantize import INT4_DEFAULTS
 from ..runtime import DEFAULT_MAX_NEW_TOKENS, Sampling
 from .common import (
     clock_option, device_option, emit, json_option, log, model_option, progress_printer, protocol_from,
@@ -53,8 +54,9 @@ def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
 @click.option("--data", help="Held-out text for the accuracy checks [the model's heldout.txt].")
 @click.option("--max-eval-tokens", default=ExportSettings().max_eval_tokens, show_default=True,
               type=click.IntRange(min=EVAL_SEQ_LEN))
-@click.option("--block-size", type=int, help="int4: MatMulNBits block size [32].")
-@click.option("--accuracy-level", type=int, help="int4: 4 = int8 compute (fast on CPU), 0 = fp32 compute [cpu: 4].")
+@click.option("--block-size", type=int, help=f"int4: MatMulNBits block size [{INT4_DEFAULTS['cpu'][0]}].")
+@click.option("--accuracy-level", type=int,
+              help=f"int4: 4 = int8 compute (fast on CPU), 0 = fp32 compute [cpu: {INT4_DEFAULTS['cpu'][1]}].")
 @click.option("--max-ppl-increase", "max_ppl_increase_pct", type=float,
               help="Fail a quantized export whose perplexity rises by more (%).")
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the artifact on this device.")
