@@ -1,4 +1,4 @@
-"""Reading and writing the project's files: JSON with one error style, atomic writes.
+"""Reading and writing the project's files: JSON with one error style, atomic writes of files and directories.
 
 A write goes to a temporary file in the same directory, is flushed and fsynced, then renamed
 over the target, so a crash leaves the old file or the new one, never half of either. JSON is
@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import BadInputError
 
@@ -73,3 +74,30 @@ def parse_json(text: str, source: str) -> Any:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def check_out_dir(out: Path) -> None:
+    """A directory to create must not exist, or be empty: nothing already saved is overwritten."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInputError(f"{out}: exists and is not an empty directory; refusing to overwrite it", param="out")
+
+
+@contextmanager
+def new_directory(out: str | Path) -> Iterator[Path]:
+    """Build the directory `out` in a temporary directory beside it, renamed to `out` when the block ends well.
+
+    Yields the empty directory to fill, `<scratch>/result`: other names in its parent are scratch
+    space, removed with it. `out` must
+    not exist or be empty, before and after the block. On an error nothing is left behind.
+    """
+    out = Path(out)
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        built = Path(tmp) / "result"
+        built.mkdir()
+        yield built
+        check_out_dir(out)  # nothing appeared there meanwhile
+        if out.is_dir():
+            out.rmdir()
+        os.replace(built, out)

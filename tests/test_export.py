@@ -368,7 +368,8 @@ def test_bench_command_measures_and_compares_with_the_prediction(artifacts, caps
     result = json.loads(out)
     assert result["precision"] == "int8" and result["shapes"] == PREDICTOR_SHAPES  # the predictor's shapes by default
     for figure in ("prefill_ms", "decode_ms", "throughput_tok_s"):
-        assert result[figure]["median"] > 0 and result[figure]["n"] >= 6 and result[figure]["visits"] == 2
+        # a visit flagged as noisy on a busy machine is left out of n (Measurement.combine)
+        assert result[figure]["median"] > 0 and result[figure]["n"] >= 3 and result[figure]["visits"] == 2
     assert result["vs_predicted"]["metric"] == "decode_ms" and math.isfinite(result["vs_predicted"]["error_pct"])
     code, out, _ = run_cli(capsys, "bench", "--artifact", str(artifacts["int4"]), "--gen-len", "2", "--repeats", "3")
     assert code == 0 and "decode ms/token" in out and "predicted" not in out  # no predictor named in this one

@@ -74,8 +74,6 @@ def test_summary_and_manifest_agree(run_dir: Path, summary: dict):
 
 
 def test_artifact_files_match_their_hashes_and_run(run_dir: Path):
-    from llamanas_deploy.runtime import Artifact, generate
-
     artifact = run_dir / "artifact"
     manifest = json.loads((artifact / "manifest.json").read_text())
     for name, digest in manifest["files"].items():

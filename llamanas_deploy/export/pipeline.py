@@ -1,6 +1,6 @@
 """Export end to end: extract -> export fp32 -> verify -> quantize -> verify -> artifact (-> bench).
 
-Everything is built in a temporary directory next to `out` (`model.supernet.new_directory`)
+Everything is built in a temporary directory next to `out` (`jsonfiles.new_directory`)
 and moved into place only once every check passed, so a failed export leaves no artifact
 behind and never touches an existing one (a non-empty `out` is refused up front).
 """
@@ -90,7 +90,8 @@ def export(
     for `subnet` is recorded. `bench`: how to measure the artifact on this device, `None` for no
     measurement. Every input is checked before anything slow starts.
     """
-    from ..model.supernet import SuperNetwork, check_out_dir, new_directory
+    from ..jsonfiles import check_out_dir, new_directory
+    from ..model.supernet import SuperNetwork
     from ..onnx_model.artifact import write_manifest
     from ..runtime import check_device
     from ..space import load_space

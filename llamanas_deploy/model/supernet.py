@@ -1,6 +1,6 @@
 """The super-network, and its sub-networks: as views (no copy) or extracted as standalone models.
 
-`new_directory` is the one rule for the directories the toolkit creates as a whole (an extracted
+`jsonfiles.new_directory` is the one rule for the directories the toolkit creates as a whole (an extracted
 sub-network here, an ONNX artifact in `export/`): the target must not exist or be empty, and
 the result appears there complete or not at all.
 """
@@ -8,8 +8,6 @@ the result appears there complete or not at all.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadInputError
+from ..jsonfiles import check_out_dir, new_directory
 from ..progress import Callback, report
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
@@ -173,33 +172,6 @@ def extract_subnet(
     supernet.check_space(space)
     report(callback, "extract", message=f"extracting {subnet.id} ({subnet.num_layers} layers) from {supernet.source}")
     return supernet.save_subnet(subnet, out, space)
-
-
-def check_out_dir(out: Path) -> None:
-    """A directory to create must not exist, or be empty: nothing already saved is overwritten."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BadInputError(f"{out}: exists and is not an empty directory; refusing to overwrite it", param="out")
-
-
-@contextmanager
-def new_directory(out: str | Path) -> Iterator[Path]:
-    """Build the directory `out` in a temporary directory beside it, renamed to `out` when the block ends well.
-
-    Yields the empty directory to fill, `<scratch>/result`: other names in its parent are scratch
-    space, removed with it. `out` must
-    not exist or be empty, before and after the block. On an error nothing is left behind.
-    """
-    out = Path(out)
-    check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        built = Path(tmp) / "result"
-        built.mkdir()
-        yield built
-        check_out_dir(out)  # nothing appeared there meanwhile
-        if out.is_dir():
-            out.rmdir()
-        os.replace(built, out)
 
 
 def _slice_mlp(param_name: str, tensor: torch.Tensor, size: int) -> torch.Tensor:

@@ -33,7 +33,7 @@ import gc
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar
 
 from ..concepts import CLOCKS, check_choice
 from ..errors import BadInputError
