@@ -119,7 +119,7 @@ def prepare(model, world: World, activation_checkpointing: bool = False):
     On GPUs the sharded model computes in bfloat16 and reduces gradients in float32; on CPU all is float32.
     """
     if activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _checkpoint_activations(model)
     if not world.sharded:
         return model.to(world.device)
     import torch
@@ -132,6 +132,15 @@ def prepare(model, world: World, activation_checkpointing: bool = False):
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     return fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def _checkpoint_activations(model) -> None:
+    """Recompute decoder layers in the backward pass (transformers renamed the switch in a late 5.x)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------

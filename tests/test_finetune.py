@@ -201,3 +201,12 @@ def test_bad_settings_name_the_parameter_and_the_cli_its_flag(text_model, small_
     with pytest.raises(SystemExit) as done:
         main(_cli_args(text_model, small_space_file, tmp_path / "out", 2))
     assert done.value.code == 2 and capsys.readouterr().err.startswith("error: --out: ")
+
+
+def test_activation_checkpointing_and_micro_batches_change_nothing_but_memory(text_model, space, tmp_path):
+    settings = ft.FinetuneSettings(steps=2, batch_size=4, seq_len=32, lr=3e-3)
+    variants = {"plain": settings, "recomputed": replace(settings, activation_checkpointing=True, micro_batch_size=2)}
+    for name, variant in variants.items():
+        ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / name, variant)
+    plain, other = (SuperNetwork.load(tmp_path / name).model.state_dict() for name in variants)
+    assert all(torch.allclose(plain[k], other[k], atol=1e-5) for k in plain)
