@@ -34,6 +34,15 @@ def write_text(path: str | Path, text: str, mode: int = 0o644) -> Path:
     return path
 
 
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure atomically: a half-drawn plot never replaces the previous one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    return path
+
+
 def dumps(data: Any, indent: int | None = 2, sort_keys: bool = False) -> str:
     """Strict JSON text (no NaN / Infinity); compact when `indent` is None."""
     separators = (",", ":") if indent is None else None

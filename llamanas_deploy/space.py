@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .concepts import check_choice
 from .errors import BadInputError
 from .jsonfiles import read_json
 from .subnet_config import SubnetConfig
@@ -36,6 +37,7 @@ LAYER_POLICIES = ("first", "uniform")
 NEURON_POLICIES = ("first",)
 SUPPORTED_LAYER_DIMS = ("intermediate_sizes",)
 
+SAMPLING_STRATEGIES = ("stratified", "random")  # stratified: smallest and largest first, then depth x width strata
 
 @dataclass(frozen=True)
 class LayerDim:
@@ -186,6 +188,11 @@ class SearchSpace:
         return SubnetConfig(depth, layers=self.kept_layers(depth), **values).canonical()
 
     # ---- sampling -------------------------------------------------------------------
+    def sample(self, n: int, seed: int = 0, strategy: str = "stratified") -> list[SubnetConfig]:
+        """`n` distinct sub-networks by one of `SAMPLING_STRATEGIES`."""
+        check_choice(strategy, SAMPLING_STRATEGIES, "strategy")
+        return self.sample_stratified(n, seed) if strategy == "stratified" else self.sample_random(n, seed)
+
     def sample_random(self, n: int, seed: int = 0) -> list[SubnetConfig]:
         """`n` distinct sub-networks: depth uniform, then every layer's width uniform."""
         rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..space import load_space
+from ..space import SAMPLING_STRATEGIES, load_space
 from .common import emit, json_option
 
 
@@ -43,7 +43,7 @@ def _render(r: dict) -> str:
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--strategy",
-    type=click.Choice(["stratified", "random"]),
+    type=click.Choice(SAMPLING_STRATEGIES),
     default="stratified",
     show_default=True,
     help="stratified: smallest and largest first, then depth x total-width strata.",
@@ -51,6 +51,5 @@ def _render(r: dict) -> str:
 def sample(name: str, n: int, seed: int, strategy: str) -> None:
     """Print N sub-network configs of space NAME, one JSON object per line."""
     s = load_space(name)
-    configs = s.sample_stratified(n, seed) if strategy == "stratified" else s.sample_random(n, seed)
-    for cfg in configs:
+    for cfg in s.sample(n, seed, strategy):
         click.echo(cfg.to_json())

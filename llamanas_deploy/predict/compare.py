@@ -7,13 +7,12 @@ XGBoost, except the params-only linear fit.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..jsonfiles import save_figure
 from ..subnet_config import SubnetConfig
 from .estimator import DEFAULT_GRID, LatencyPredictor
 
@@ -188,7 +187,5 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, path: str, title: s
     ax.set_title(f"{title}\n{within:.1f}% of {len(y_true)} within ±10%", fontsize=10)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)  # a half-drawn plot never replaces the previous one

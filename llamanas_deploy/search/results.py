@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..jsonfiles import write_json, write_text
+from ..jsonfiles import save_figure, write_json, write_text
 from .objectives import Objective, sign
 from .session import SearchSession, pareto_indices
 
@@ -138,10 +137,8 @@ def plot_front(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _csv(records: Sequence[dict[str, Any]], names: list[str]) -> str:
