@@ -7,7 +7,7 @@ FLOPs count a multiply-add as 2; attention score FLOPs are included.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from .model.families import ModelShape
 from .subnet_config import SubnetConfig
@@ -83,3 +83,14 @@ def subnet_stats(
         prompt_len=prompt_len,
         context_len=context_len,
     )
+
+
+def compare_with_full(shape: ModelShape, space, subnets: Sequence[SubnetConfig], prompt_len: int = 128,
+                      context_len: int = 128) -> dict[str, Any]:  # fmt: skip
+    """Costs of `subnets` and of the space's full network, with how much smaller each is."""
+    full = subnet_stats(shape, space.largest, prompt_len, context_len)
+    rows = []
+    for cfg in subnets:
+        s = subnet_stats(shape, cfg, prompt_len, context_len)
+        rows.append({"id": cfg.id, "subnet": cfg.to_dict(), **s.to_dict(), "size_ratio": full.params / s.params})
+    return {"space_id": space.id, "full": full.to_dict(), "subnets": rows}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..analytics import subnet_stats
+from ..analytics import compare_with_full
 from ..model.families import read_shape
 from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
@@ -40,13 +40,7 @@ def stats(model: str, space_name: str, subnet_arg: str, prompt_len: int, context
     space = load_space(space_name)
     space.check_super_network(shape, model)
     subnets = resolve_subnet(space, subnet_arg, many=True)
-    full = subnet_stats(shape, space.largest, prompt_len, context_len)
-    rows = []
-    for cfg in subnets:
-        s = subnet_stats(shape, cfg, prompt_len, context_len)
-        rows.append({"id": cfg.id, "subnet": cfg.to_dict(), **s.to_dict(), "size_ratio": full.params / s.params})
-    result = {"space_id": space.id, "full": full.to_dict(), "subnets": rows}
-    emit(result, as_json, _render)
+    emit(compare_with_full(shape, space, subnets, prompt_len, context_len), as_json, _render)
 
 
 def _render(r: dict) -> str:
