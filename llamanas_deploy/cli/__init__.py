@@ -6,6 +6,7 @@ Adding a command is one line in `COMMANDS`: name -> "module:attribute" of a clic
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 
@@ -102,6 +103,8 @@ def _flag_for(param: str, args: list[str]) -> str | None:
 
 
 def _fail(err: Exception, code: int, debug: bool) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank fails alike; rank 0 says it once
+        sys.exit(code)
     if debug:
         traceback.print_exc()
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
