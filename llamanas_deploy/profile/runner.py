@@ -12,21 +12,24 @@ the other, so each sub-network's visits lie minutes apart (`stats.Measurement.co
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping, Protocol
 
-from ..concepts import DEVICES, PROFILE_PRECISIONS, TIMED_FIGURES, WEIGHT_SOURCES, check_choice
+from ..concepts import DEVICES, PROFILE_PRECISIONS, TIMED_FIGURES, WEIGHT_SOURCES, check_choice, check_threads
 from ..errors import BadInputError
 from ..model.families import ModelShape, read_shape
-from ..progress import Callback, report
+from ..progress import Callback, Progress, report
 from ..space import SearchSpace, load_space
+from ..subnet_config import SubnetConfig
 from .backends import BACKENDS, get_backend
 from .fingerprint import describe
-from .base import Backend, Shapes, SubnetMeasurement, check_clock
+from .base import Backend, Shapes, check_clock
 from .stats import Protocol
 from .store import FINGERPRINT_FILE, SCHEMA_VERSION, ProfileWriter, current_fingerprint, read_profile, record_key
 
@@ -58,6 +61,7 @@ class ProfileSettings:
         check_choice(self.weights, WEIGHT_SOURCES, "weights")
         for name in ("samples", "threads"):
             _check_positive_int(getattr(self, name), name)
+        check_threads(self.threads)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise BadInputError(f"must be an integer, got {self.seed!r}", param="seed")
         if not isinstance(self.shapes, Shapes):
@@ -124,6 +128,7 @@ def profile(
     target: str,
     out: str | Path | None = None,
     callback: Callback = None,
+    node: Node | None = None,
 ) -> ProfileResult:
     """Measure the planned sub-networks that the profile of `target` does not hold yet.
 
@@ -131,26 +136,114 @@ def profile(
     not depend on weight values, and one sub-network at a time is built from the source), a
     checkpoint directory, its `config.json`, or a built-in name. The profile goes to `out`
     (default `hardware_profiles/<target>`); `callback` receives one event per visit measured.
+    `node` (`cluster.RayNode(resource)`) measures on another machine of a Ray cluster: the
+    fingerprint is taken there, and the records come back here to be appended.
     """
     check_target_name(target)
     source, shape = _model_source(model)
     space = space if isinstance(space, SearchSpace) else load_space(space)
     space.check_super_network(shape, str(source))
-    backend_class = get_backend(settings.backend)
-    backend_class.validate(settings.device, settings.precision)
-    backend = backend_class(source, settings.precision, settings.device, settings.threads, settings.weights,
-                            settings.seed, settings.clock)  # fmt: skip
-    fingerprint = current_fingerprint()  # after the backend fixed the thread count, which it records
-    common = {"schema_version": SCHEMA_VERSION, "target": target, "fingerprint_id": fingerprint["fingerprint_id"],
-              "space_id": space.id, "model_id": shape.id, **settings.setup()}  # fmt: skip
+    get_backend(settings.backend).validate(settings.device, settings.precision)
     out_dir = Path(out) if out is not None else DEFAULT_PROFILES_DIR / target
     started = time.perf_counter()
-    with ProfileWriter.open(out_dir, target, fingerprint) as writer:
-        plan = space.sample_stratified(settings.samples, settings.seed)
-        visits = [(visit, cfg) for visit in range(settings.protocol.visits) for cfg in plan]
-        todo = [(visit, cfg) for visit, cfg in visits if not writer.has(common | {"subnet_id": cfg.id, "visit": visit})]
-        _measure_all(backend, todo, len(visits), common, settings, writer, callback)
+    with node.open(source, settings) if node is not None else nullcontext(Measurer(source, settings)) as measurer:
+        fingerprint = measurer.fingerprint()
+        common = {"schema_version": SCHEMA_VERSION, "target": target, "fingerprint_id": fingerprint["fingerprint_id"],
+                  "space_id": space.id, "model_id": shape.id, **settings.setup()}  # fmt: skip
+        with ProfileWriter.open(out_dir, target, fingerprint) as writer:
+            plan = space.sample_stratified(settings.samples, settings.seed)
+            visits = [(visit, cfg) for visit in range(settings.protocol.visits) for cfg in plan]
+            todo = [(v, cfg) for v, cfg in visits if not writer.has(common | {"subnet_id": cfg.id, "visit": v})]
+            done = len(visits) - len(todo)
+            if todo:
+                report(callback, "profile", done, len(visits), "visit", status="warming up")
+            for record in measurer.records(todo, common):
+                writer.append(record)
+                done += 1
+                report(callback, "profile", done, len(visits), "visit", status=_last(record))
     return _result(out_dir, settings, common, len(visits), len(todo), time.perf_counter() - started, writer.dropped_bytes)
+
+
+def profile_fleet(
+    model: "SuperNetwork | str | Path",
+    space: SearchSpace | str | Path,
+    settings: ProfileSettings = ProfileSettings(),
+    *,
+    targets: Mapping[str, Node],
+    directory: str | Path = DEFAULT_PROFILES_DIR,
+    callback: Callback = None,
+) -> list[ProfileResult]:
+    """Profile every target at once, each on its node (`{target: RayNode(resource)}`), each into
+    `directory/<target>`. One target failing does not stop the others; its error is raised after."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for name in targets:
+        check_target_name(name)
+    progress = _FleetProgress(callback)
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        futures = [
+            pool.submit(profile, model, space, settings, target=name, out=Path(directory) / name,
+                        callback=progress.for_target(name), node=node)  # fmt: skip
+            for name, node in targets.items()
+        ]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
+class _FleetProgress:
+    """One progress line for several targets measured at once: visits summed, the last status named."""
+
+    def __init__(self, callback: Callback):
+        self.callback, self.lock, self.state = callback, threading.Lock(), {}
+
+    def for_target(self, target: str) -> Callback:
+        def forward(event: Progress) -> None:
+            with self.lock:
+                self.state[target] = (event.done, event.total or 0)
+                done, total = (sum(v[i] for v in self.state.values()) for i in (0, 1))
+                status = f"{target}: {event.status}" if event.status else ""
+                report(self.callback, event.stage, done, total, event.unit, event.message, status)
+
+        return None if self.callback is None else forward
+
+
+class Node(Protocol):
+    """Where a profile is measured when not here (`cluster.RayNode`): `open(source, settings)` gives a
+    measurer like `Measurer`, living on that machine for the block."""
+
+    def open(self, source: str | Path, settings: ProfileSettings) -> ContextManager[Measurer]: ...
+
+
+class Measurer:
+    """Measures visits with the settings' backend on the machine it lives on (here, or a Ray node)."""
+
+    def __init__(self, source: str | Path, settings: ProfileSettings):
+        self.settings = settings
+        self.backend: Backend = get_backend(settings.backend)(
+            source, settings.precision, settings.device, settings.threads, settings.weights, settings.seed,
+            settings.clock,
+        )
+        self._fingerprint = current_fingerprint()  # after the backend fixed the thread count, which it records
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self._fingerprint
+
+    def records(self, todo: list[tuple[int, SubnetConfig]], common: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """One record per (visit, sub-network), in order, each as soon as it is measured."""
+        if not todo:
+            return
+        settings = self.settings
+        self.backend.warm_up(todo[0][1], settings.shapes)
+        for visit, cfg in todo:
+            measured = self.backend.measure(cfg, settings.shapes, settings.protocol)
+            yield (
+                common
+                | {"subnet": cfg.to_dict(), "subnet_id": cfg.id, "visit": visit, "protocol": settings.protocol.to_dict()}
+                | measured.to_dict()
+                | {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            )
 
 
 def check_target_name(name: str) -> str:
@@ -167,31 +260,12 @@ def _model_source(model: "SuperNetwork | str | Path") -> tuple[str | Path, Model
     return model.source, model.shape
 
 
-def _measure_all(backend: Backend, todo, planned: int, common, settings: ProfileSettings, writer: ProfileWriter,
-                 callback: Callback) -> None:  # fmt: skip
-    if not todo:
-        return
-    done = planned - len(todo)
-    report(callback, "profile", done, planned, "visit", status="warming up")
-    backend.warm_up(todo[0][1], settings.shapes)
-    for visit, cfg in todo:
-        measured = backend.measure(cfg, settings.shapes, settings.protocol)
-        writer.append(
-            common
-            | {"subnet": cfg.to_dict(), "subnet_id": cfg.id, "visit": visit, "protocol": settings.protocol.to_dict()}
-            | measured.to_dict()
-            | {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        )
-        done += 1
-        report(callback, "profile", done, planned, "visit", status=_last(cfg.num_layers, measured))
-
-
-def _last(layers: int, m: SubnetMeasurement) -> str:
-    flag = " FLAGGED" if m.flagged else ""
+def _last(record: dict[str, Any]) -> str:
+    flag = " FLAGGED" if record["flagged"] else ""
+    prefill, decode, rate = (record[name] for name in ("prefill_ms", "decode_ms", "throughput_tok_s"))
     return (
-        f"{layers}L prefill {m.prefill_ms.spread.median:.1f}ms decode {m.decode_ms.spread.median:.2f}ms "
-        f"{m.throughput_tok_s.spread.median:.0f} tok/s "
-        f"cv {m.prefill_ms.spread.cv:.2f}/{m.decode_ms.spread.cv:.2f}{flag}"
+        f"{record['subnet']['num_layers']}L prefill {prefill['median']:.1f}ms decode {decode['median']:.2f}ms "
+        f"{rate['median']:.0f} tok/s cv {prefill['cv']:.2f}/{decode['cv']:.2f}{flag}"
     )
 
 

@@ -2,7 +2,10 @@
 
 It is the search's cache and its memory: a sub-network already in the ledger is never measured
 again, so a search killed mid-way and started again replays from the ledger for free and
-resumes measuring exactly where it stopped.
+resumes measuring exactly where it stopped. The expensive measures are taken here, one
+sub-network at a time, or by an `Evaluate` function (Ray workers, `cluster.RayWorkers`) that
+yields each sub-network's values as they come; the ledger appends each one once, in the order
+they arrive, and stays the only record.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -22,12 +25,24 @@ from .objectives import Objective
 
 LEDGER_SCHEMA_VERSION = 1
 
+# (expensive measures, configs) -> (config, {measure name: value}) for each config, in any order
+Evaluate = Callable[[Sequence[Objective], Sequence[SubnetConfig]], Iterator[tuple[SubnetConfig, dict[str, float]]]]
+
+
+def evaluate_here(measures: Sequence[Objective], configs: Sequence[SubnetConfig]):
+    """The expensive measures taken in this process, one sub-network at a time."""
+    for cfg in configs:
+        yield cfg, {m.name: float(m.evaluate([cfg])[0]) for m in measures}
+
 
 class Ledger:
-    def __init__(self, path: str | Path, space: SearchSpace, measures: Sequence[Objective]):
+    def __init__(
+        self, path: str | Path, space: SearchSpace, measures: Sequence[Objective], evaluate: Evaluate = evaluate_here
+    ):
         self.path = Path(path)
         self.space = space
         self.measures = list(measures)
+        self.evaluate = evaluate
         self.records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             self._load()
@@ -50,13 +65,14 @@ class Ledger:
         if not new:
             return 0
         cheap = {m.name: m.evaluate(new) for m in self.measures if not m.expensive}
+        row = {cfg.id: i for i, cfg in enumerate(new)}
         expensive = [m for m in self.measures if m.expensive]
-        for i, cfg in enumerate(new):
-            values = {name: float(v[i]) for name, v in cheap.items()}
-            values |= {m.name: float(m.evaluate([cfg])[0]) for m in expensive}
-            self._append(cfg, values)
+        for done, (cfg, values) in enumerate(self.evaluate(expensive, new), 1):
+            if cfg.id not in row or cfg.id in self.records:
+                raise LlamanasError(f"sub-network {cfg.id}: an evaluation nobody asked for, or one made twice")
+            self._append(cfg, {name: float(v[row[cfg.id]]) for name, v in cheap.items()} | values)
             if on_measured is not None:
-                on_measured(i + 1)
+                on_measured(done)
         return len(new)
 
     def _append(self, cfg: SubnetConfig, values: dict[str, float]) -> None:

@@ -49,6 +49,7 @@ class SearchProblem:
         self.space = space if isinstance(space, SearchSpace) else load_space(space)
         self._supernet, self.model, self.shape = _model(supernet)
         self.space.check_super_network(self.shape, self.model)
+        self.given = list(objectives)  # as the user built them: what a remote worker binds again
         # cheap ones first: a wrong predictor is refused before the super-network is loaded
         bound = {i: _bind(o, self) for i, o in enumerate(objectives) if not o.expensive}
         bound |= {i: _bind(o, self) for i, o in enumerate(objectives) if o.expensive}

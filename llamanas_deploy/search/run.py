@@ -3,25 +3,36 @@
 The output directory holds `search.json` (what makes the search itself, written first), the
 ledger `evaluations.jsonl` (appended as sub-networks are measured) and the result files.
 Running again with the same problem, algorithm, budget and seed resumes; anything else is refused.
+With `workers` (`cluster.RayWorkers`) the expensive objective is measured on Ray actors, several
+sub-networks at a time; the ledger on this machine stays the one record, so the trajectory, the
+front and the resume rule are those of a local search.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager, Protocol
 
 from ..errors import BadInputError
 from ..jsonfiles import dumps, parse_json, read_json, write_json
 from ..progress import Callback
 from .algorithms import Algorithm
-from .ledger import Ledger
+from .ledger import Evaluate, Ledger, evaluate_here
 from .problem import SearchProblem
 from .results import write_outputs
 from .session import SearchSession
 
 SETTINGS_SCHEMA_VERSION = 1
 SETTINGS_FILE, LEDGER_FILE = "search.json", "evaluations.jsonl"
+
+
+class Workers(Protocol):
+    """Where the expensive objective is measured (`cluster.RayWorkers`): `open(problem)` gives an
+    `Evaluate` for the ledger, its workers started on first use and stopped on exit."""
+
+    def open(self, problem: SearchProblem) -> ContextManager[Evaluate]: ...
 
 
 @dataclass
@@ -53,10 +64,13 @@ def minimize(
     *,
     out: str | Path,
     callback: Callback = None,
+    workers: Workers | None = None,
 ) -> SearchResult:
     """Search `problem` with `algorithm`, spending `evaluations` real evaluations; results in `out`.
 
     An interrupted search in `out` resumes: what its ledger holds is not measured again.
+    `workers` (`cluster.RayWorkers(...)`) measures the expensive objective on a Ray cluster;
+    the same seed gives the same search as without it.
     """
     if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 2:
         raise BadInputError(f"expected an integer >= 2, got {evaluations!r}", param="evaluations")
@@ -64,10 +78,11 @@ def minimize(
     settings = _settings(problem, algorithm, evaluations, seed)
     identity = _identity(problem, settings)
     _prepare_out_dir(out, identity)
-    ledger = Ledger(out / LEDGER_FILE, problem.space, problem.measures())
-    already = len(ledger)
-    session = SearchSession(problem.space, problem.objectives, problem.constraints, ledger, evaluations, callback)
-    algorithm.run(session, seed)
+    with workers.open(problem) if workers is not None else nullcontext(evaluate_here) as evaluate:
+        ledger = Ledger(out / LEDGER_FILE, problem.space, problem.measures(), evaluate)
+        already = len(ledger)
+        session = SearchSession(problem.space, problem.objectives, problem.constraints, ledger, evaluations, callback)
+        algorithm.run(session, seed)
     space = problem.space
     report = write_outputs(out, session, identity, space.largest.id, problem.size.name, problem.latency, problem.accuracy)
     return SearchResult(
