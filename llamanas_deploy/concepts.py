@@ -62,3 +62,22 @@ def check_choice(value: Any, choices: Sequence[Any], param: str) -> Any:
     if value not in choices:
         raise BadInputError(f"{value!r}: expected one of {list(choices)}", param=param)
     return value
+
+
+def max_threads() -> int:
+    """The most threads a command accepts: this machine's logical cores (more only oversubscribes,
+    and absurd counts crash OpenBLAS or hang ONNX Runtime)."""
+    import os
+
+    return os.cpu_count() or 1
+
+
+def check_threads(threads: Any, param: str = "threads") -> Any:
+    """`threads` if it is None or an integer from 1 to `max_threads()`; `BadInputError` naming `param` otherwise."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= max_threads():
+        raise BadInputError(
+            f"must be an integer from 1 to {max_threads()} (this machine's logical cores), got {threads!r}", param=param
+        )
+    return threads

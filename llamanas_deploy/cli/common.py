@@ -7,13 +7,45 @@ defaults from the settings dataclasses the commands fill in, so no command re-ty
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Callable, Sequence
 
 import click
 
-from ..concepts import CLOCKS, DEVICES
+from ..concepts import CLOCKS, DEVICES, max_threads
 from ..progress import Progress
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option: NaN and infinities are refused (exit 2, one line naming the option), then the range."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+POSITIVE = FiniteFloat(min=0, min_open=True)  # a limit, a rate, a tolerance: finite and > 0
+
+
+class ThreadCount(click.IntRange):
+    """A thread count from 1 to this machine's logical cores (more would only oversubscribe it)."""
+
+    name = "threads"
+
+    def __init__(self) -> None:
+        super().__init__(min=1)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        count = super().convert(value, param, ctx)
+        if count > max_threads():
+            self.fail(f"{count} is more than this machine's {max_threads()} logical cores.", param, ctx)
+        return count
+
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 space_option = click.option(
@@ -52,8 +84,9 @@ def clock_option(default: str | None) -> Callable:
 
 
 def threads_option(default: int | None, help: str = "Fixed intra-op thread count.") -> Callable:
-    return click.option("--threads", default=default, show_default=default is not None, type=click.IntRange(min=1),
-                        help=help)  # fmt: skip
+    """`--threads`: 1 to the machine's logical cores (`ThreadCount`); a larger count is refused, not clamped."""
+    return click.option("--threads", default=default, show_default=default is not None, type=ThreadCount(),
+                        help=f"{help} At most the logical cores.")  # fmt: skip
 
 
 def shape_options(defaults: Any | None) -> Callable:
@@ -86,7 +119,7 @@ def protocol_options(defaults: Any, noise: bool = True) -> Callable:
     if noise:
         options += [
             click.option("--max-cv", default=defaults.max_cv, show_default=True,
-                         type=click.FloatRange(min=0, min_open=True),
+                         type=POSITIVE,
                          help="A set noisier than this (robust CV) is re-measured, then flagged."),
             click.option("--attempts", "max_attempts", default=defaults.max_attempts, show_default=True,
                          type=click.IntRange(min=1), help="Sets at most per figure."),

@@ -16,7 +16,7 @@ from ..export.pipeline import EVAL_SEQ_LEN, ExportSettings
 from ..onnx_model.quantize import INT4_DEFAULTS
 from ..runtime import DEFAULT_MAX_NEW_TOKENS, Sampling
 from .common import (
-    clock_option, device_option, emit, json_option, log, model_option, progress_printer, protocol_from,
+    FiniteFloat, clock_option, device_option, emit, json_option, log, model_option, progress_printer, protocol_from,
     protocol_options, quiet_option, shape_options, space_option, table, threads_option,
 )  # fmt: skip
 from .subnet_cmd import SUBNET_HELP, resolve_subnet
@@ -57,7 +57,7 @@ def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
 @click.option("--block-size", type=int, help=f"int4: MatMulNBits block size [{INT4_DEFAULTS['cpu'][0]}].")
 @click.option("--accuracy-level", type=int,
               help=f"int4: 4 = int8 compute (fast on CPU), 0 = fp32 compute [cpu: {INT4_DEFAULTS['cpu'][1]}].")
-@click.option("--max-ppl-increase", "max_ppl_increase_pct", type=float,
+@click.option("--max-ppl-increase", "max_ppl_increase_pct", type=FiniteFloat(),
               help="Fail a quantized export whose perplexity rises by more (%).")
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the artifact on this device.")
 @_bench_options
@@ -109,7 +109,7 @@ def _render_export(m: dict[str, Any]) -> str:
 @click.option("--artifact", required=True, type=click.Path(path_type=Path), help=ARTIFACT_HELP)
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=Sampling().temperature, show_default=True, type=click.FloatRange(min=0),
+@click.option("--temperature", default=Sampling().temperature, show_default=True, type=FiniteFloat(min=0),
               help="0 = greedy.")
 @click.option("--top-k", default=Sampling().top_k, show_default=True, type=click.IntRange(min=0),
               help="Sample among the k best (0: all).")

@@ -6,6 +6,7 @@ import click
 
 from ..finetune import SAVE_DTYPES, STRATEGIES, FinetuneSettings
 from .common import (
+    POSITIVE, FiniteFloat,
     device_option, emit, json_option, model_option, progress_printer, quiet_option, space_option, table, threads_option,
 )  # fmt: skip
 
@@ -33,10 +34,10 @@ DEFAULTS = FinetuneSettings()
 @click.option("--steps", default=DEFAULTS.steps, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--seq-len", default=DEFAULTS.seq_len, show_default=True, type=click.IntRange(min=2))
-@click.option("--lr", default=DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--lr", default=DEFAULTS.lr, show_default=True, type=POSITIVE,
               help="Peak learning rate (the paper: 1e-5).")  # fmt: skip
 @click.option("--warmup-steps", default=DEFAULTS.warmup_steps, show_default=True, type=click.IntRange(min=0))
-@click.option("--weight-decay", default=DEFAULTS.weight_decay, show_default=True, type=click.FloatRange(min=0))
+@click.option("--weight-decay", default=DEFAULTS.weight_decay, show_default=True, type=FiniteFloat(min=0))
 @click.option("--seed", default=DEFAULTS.seed, show_default=True)
 @click.option("--save-every", default=DEFAULTS.save_every, show_default=True, type=click.IntRange(min=1),
               help="Checkpoint every N steps.")  # fmt: skip

@@ -9,7 +9,7 @@ import click
 from ..concepts import METRICS
 from ..errors import BadInputError
 from ..predict.train import FitSettings
-from .common import emit, json_option, model_option, progress_printer, table
+from .common import FiniteFloat, emit, json_option, model_option, progress_printer, table
 
 DEFAULTS = FitSettings()
 
@@ -23,7 +23,7 @@ DEFAULTS = FitSettings()
 @model_option(None, "Super-network dir or config.json [default: the built-in model the profile names].")
 @click.option("--out", "out_path", required=True, help="Predictor file to write, e.g. predictors/<name>.json.")
 @click.option("--plot", "plot_path", default=None, help="PNG: predicted vs measured on the held-out split.")
-@click.option("--test-fraction", default=DEFAULTS.test_fraction, show_default=True, type=click.FloatRange(0.05, 0.5))
+@click.option("--test-fraction", default=DEFAULTS.test_fraction, show_default=True, type=FiniteFloat(0.05, 0.5))
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed of the train/test split and of XGBoost.")
 @json_option
 def fit(**opts) -> None:
@@ -52,6 +52,22 @@ def _check_out(path: str, suffix: str, option: str) -> None:
         raise BadInputError(f"{option} {path}: expected a {suffix} file name")
     if p.is_dir():
         raise BadInputError(f"{option} {path}: is a directory")
+    _check_writable(p, option)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse, before the slow fit, a file that could not be written: a temporary file in the nearest
+    existing folder (where the atomic write creates its own) must be creatable."""
+    import tempfile
+
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise BadInputError(f"{option} {path}: cannot write in {folder} ({err.strerror or err})") from None
 
 
 def _render_fit(r: dict) -> str:

@@ -10,8 +10,8 @@ import click
 from ..concepts import EXPORT_PRECISIONS, PROFILE_PRECISIONS
 from ..loop import RunSettings
 from .common import (
-    AliasedOption, clock_option, device_option, emit, json_option, model_option, progress_printer, quiet_option,
-    space_option, table, threads_option,
+    POSITIVE, AliasedOption, FiniteFloat, clock_option, device_option, emit, json_option, model_option,
+    progress_printer, quiet_option, space_option, table, threads_option,
 )  # fmt: skip
 
 D = RunSettings()
@@ -34,8 +34,8 @@ def _algorithms() -> list[str]:
               type=click.Choice(EXPORT_PRECISIONS), default=D.export_precision, show_default=True,
               help="Precision of the exported ONNX artifact.")
 @device_option(D.device)
-@click.option("--max-latency", "max_latency_ms", type=float, help="Predicted decode ms budget.")
-@click.option("--speedup", default=D.speedup, show_default=True, type=float,
+@click.option("--max-latency", "max_latency_ms", type=POSITIVE, help="Predicted decode ms budget.")
+@click.option("--speedup", default=D.speedup, show_default=True, type=FiniteFloat(min=1),
               help="Without --max-latency: budget = full network's predicted latency / SPEEDUP.")
 @click.option("--samples", default=D.samples, show_default=True, type=click.IntRange(min=10),
               help="Sub-networks to profile when no matching profile of this device exists.")

@@ -9,7 +9,7 @@ import click
 from ..search.algorithms import ALGORITHMS, NSGA2
 from ..search.objectives import Perplexity, TaskAccuracy
 from ..search.run import minimize
-from .common import emit, json_option, model_option, progress_printer, space_option, table
+from .common import POSITIVE, emit, json_option, model_option, progress_printer, space_option, table
 
 _MINIMIZE = {name: p.default for name, p in inspect.signature(minimize).parameters.items()}
 
@@ -23,8 +23,8 @@ _MINIMIZE = {name: p.default for name, p in inspect.signature(minimize).paramete
     multiple=True,
     help="accuracy[:TASK_OR_DATA] | latency:PREDICTOR_FILE | size (repeat; default accuracy = held-out perplexity).",
 )
-@click.option("--max-latency", "max_latency_ms", type=float, help="Constraint: predicted latency <= MS.")
-@click.option("--max-size", "max_size_gib", type=float, help="Constraint: fp16 size <= GIB.")
+@click.option("--max-latency", "max_latency_ms", type=POSITIVE, help="Constraint: predicted latency <= MS.")
+@click.option("--max-size", "max_size_gib", type=POSITIVE, help="Constraint: fp16 size <= GIB.")
 @click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=NSGA2.name, show_default=True)
 @click.option("--population", default=NSGA2().population, show_default=True, type=click.IntRange(min=2))
 @click.option("--evaluations", default=_MINIMIZE["evaluations"], show_default=True, type=click.IntRange(min=2),

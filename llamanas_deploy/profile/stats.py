@@ -59,7 +59,7 @@ class Protocol:
     visits: int = 1
 
     def __post_init__(self) -> None:
-        if self.warmup < 0 or self.repeats < 3 or self.max_cv <= 0 or self.max_attempts < 1 or self.visits < 1:
+        if self.warmup < 0 or self.repeats < 3 or not 0 < self.max_cv < float("inf") or self.max_attempts < 1 or self.visits < 1:
             raise ValueError(
                 f"protocol needs warmup >= 0, repeats >= 3, max_cv > 0, max_attempts >= 1, visits >= 1; got {self}"
             )
