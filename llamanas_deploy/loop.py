@@ -18,7 +18,7 @@ from typing import Any
 
 from .concepts import CLOCKS, DEVICES, EXPORT_PRECISIONS, check_choice
 from .errors import BadInputError
-from .jsonfiles import read_json, write_json
+from .jsonfiles import check_out_dir, read_json, write_json
 from .progress import Callback, report
 from .subnet_config import SubnetConfig
 
@@ -78,7 +78,6 @@ def run(settings: RunSettings, out: str | Path, callback: Callback = None) -> Ru
 
     out = Path(out)
     space = load_space(settings.space)
-    out.mkdir(parents=True, exist_ok=True)
     _check_run_dir(settings, out)
     stage = _Stages(callback)
     profile_dir, reused = _stage_profile(settings, out, space, stage)
@@ -222,7 +221,9 @@ def _stage_export(settings: RunSettings, out: Path, space, supernet, chosen: Sub
     artifact = out / "artifact"
     manifest_path = artifact / "manifest.json"
     if manifest_path.is_file():
-        manifest = read_json(manifest_path, "artifact manifest")
+        from .onnx_model.artifact import read_manifest
+
+        manifest = read_manifest(artifact)  # the one check every artifact reader makes
         if manifest.get("subnet_id") == chosen.id and manifest.get("precision") == settings.export_precision:
             stage(4, f"export: reusing {artifact}")
             return manifest
@@ -341,7 +342,8 @@ def _artifact_info(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 # ---- helpers -----------------------------------------------------------------------------------
 def _check_run_dir(settings: RunSettings, out: Path) -> None:
-    """A run directory belongs to one set of settings: the same ones resume, others are refused."""
+    """A run directory belongs to one set of settings: the same ones resume, others are refused; a
+    directory that holds no run.json must not exist or be empty (`jsonfiles.check_out_dir`)."""
     path = out / RUN_FILE
     wanted = asdict(settings)
     if path.is_file():
@@ -350,6 +352,8 @@ def _check_run_dir(settings: RunSettings, out: Path) -> None:
             changed = sorted(k for k in wanted if not isinstance(stored, dict) or stored.get(k) != wanted[k])
             raise BadInputError(f"{out}: holds a run with other settings ({', '.join(changed)}); use a new run directory")
         return
+    check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
     write_json(path, wanted)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .concepts import DEVICES, check_choice
+from .concepts import DEVICES, check_choice, check_threads
 from .errors import BadInputError
 
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -29,6 +29,8 @@ PROVIDERS = {device: _PROVIDER_NAMES[device] for device in DEVICES}  # ORT execu
 def session_options(threads: int | None):
     """ORT session options: full graph optimization; `threads` intra-op threads (None: ORT's default)."""
     import onnxruntime as ort
+
+    check_threads(threads)
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -103,8 +105,8 @@ class Sampling:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:  # NaN too
-            raise BadInputError(f"must be >= 0, got {self.temperature}", param="temperature")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):  # NaN too
+            raise BadInputError(f"must be >= 0 and finite, got {self.temperature}", param="temperature")
         if self.top_k < 0:
             raise BadInputError(f"must be >= 0, got {self.top_k}", param="top_k")
 
@@ -209,7 +211,16 @@ class Artifact:
 
     @property
     def onnx_path(self) -> Path:
-        return self.directory / self.manifest["onnx"]["file"]
+        return self._path(self.manifest["onnx"]["file"])
+
+    def _path(self, name: str) -> Path:
+        """A file the manifest lists, inside the directory (`onnx_model.artifact.inside`); a manifest
+        without a `files` table is one the export is still building (it measures before sealing)."""
+        from .onnx_model.artifact import MANIFEST, inside
+
+        if "files" in self.manifest and name not in self.manifest["files"]:
+            raise BadInputError(f"{self.directory / MANIFEST}: '{name}' is not covered by a sha256 in 'files'")
+        return inside(self.directory, name)
 
     @property
     def eos_id(self) -> int | None:
@@ -222,14 +233,14 @@ class Artifact:
         """The artifact's `tokenizers.Tokenizer`; `BadInputError` when it ships none."""
         from tokenizers import Tokenizer
 
-        path = self.directory / "tokenizer.json"
-        if not path.is_file():
+        if "tokenizer.json" not in self.manifest.get("files", {}):
             raise BadInputError(f"{self.directory}: the artifact has no tokenizer.json (its model directory had none)")
-        return Tokenizer.from_file(str(path))
+        return Tokenizer.from_file(str(self._path("tokenizer.json")))
 
 
 def open_artifact(directory: str | Path) -> Artifact:
-    """Open an artifact; `BadInputError` when a file is missing or changed since export."""
+    """Open an artifact; `BadInputError` when its manifest or a file changed since export, a file is
+    missing, or a path it names leads out of the directory (`onnx_model.artifact.read_manifest`)."""
     from .onnx_model.artifact import read_manifest
 
     directory = Path(directory)

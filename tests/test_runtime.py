@@ -74,28 +74,44 @@ def test_compare_with_prediction():
 
 
 def test_manifest_problems_are_one_line_bad_input(tmp_path):
+    import hashlib
+
+    def seal(text: str) -> None:  # what an editor who also recomputes manifest.sha256 does
+        (tmp_path / "manifest.json").write_text(text)
+        (tmp_path / "manifest.sha256").write_text(f"{hashlib.sha256(text.encode()).hexdigest()}  manifest.json\n")
+
     with pytest.raises(BadInputError, match="no manifest.json"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(BadInputError, match="manifest.sha256: missing"):
+        read_manifest(tmp_path)
+    seal("{not json")
     with pytest.raises(BadInputError, match="not valid JSON"):
         read_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "other"}))
+    seal(json.dumps({"kind": "other"}))
     with pytest.raises(BadInputError, match="not a llamanas artifact manifest"):
         read_manifest(tmp_path)
     (tmp_path / "model.onnx").write_bytes(b"weights")
     write_manifest(tmp_path, {"precision": "fp32"})
     with pytest.raises(BadInputError, match="missing field"):
         read_manifest(tmp_path)
-    fields = {"subnet": {}, "subnet_id": "x", "precision": "fp32", "device": "cpu", "onnx": {}, "size": {}, "verification": {}}
+    fields = {"subnet": {}, "subnet_id": "x", "precision": "fp32", "device": "cpu", "onnx": {"file": "model.onnx"},
+              "size": {}, "verification": {}}  # fmt: skip
     write_manifest(tmp_path, fields)
     assert read_manifest(tmp_path)["kind"] == KIND and read_manifest(tmp_path)["schema_version"] == SCHEMA_VERSION
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest | {"precision": "int4"}))
+    with pytest.raises(BadInputError, match="does not match manifest.sha256"):
+        read_manifest(tmp_path)
     (tmp_path / "model.onnx").unlink()
+    seal(json.dumps(manifest))
     with pytest.raises(BadInputError, match="listed in manifest.json but missing"):
         read_manifest(tmp_path)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    manifest["files"] = {"../outside.onnx": "0" * 64}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BadInputError, match="points outside the artifact"):
+    seal(json.dumps(manifest | {"files": {"../outside.onnx": "0" * 64}}))
+    with pytest.raises(BadInputError, match="not a plain relative path"):
+        read_manifest(tmp_path)
+    seal(json.dumps(manifest | {"schema_version": 1}))
+    with pytest.raises(BadInputError, match="schema_version 1, expected 2"):
         read_manifest(tmp_path)
 
 

@@ -4,27 +4,40 @@
     tokenizer.json, ...              copied from the model directory when present
     genai_config.json                so that onnxruntime-genai can load and run it
     manifest.json                    what it is, how it was verified and measured, sha256 of every file
+    manifest.sha256                  sha256 of manifest.json (`sha256sum -c manifest.sha256` checks it)
 
 Files are written deterministically (sorted keys, fixed names), so exporting the same
 sub-network twice gives byte-identical files; only the manifest's `measured` block (a
-timing on this device) differs. Reading checks every file against its recorded sha256.
-No torch here: `generate` imports this module.
+timing on this device) differs. No torch here: `generate` imports this module.
+
+`read_manifest` is the one check every reader goes through (generate, bench, run, the API):
+the manifest must match `manifest.sha256`; every path it names (`files`, `onnx.file`,
+`tokenizer_files`, the decoder of `genai_config.json`) must stay inside the directory after
+links are followed and be listed in `files`; the directory may hold no other file (ONNX
+Runtime opens external data next to the model) and no link leading out of it; and every
+listed file must match its sha256.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..concepts import TOKENIZER_FILES
 from ..errors import BadInputError
-from ..jsonfiles import read_json, write_json
+from ..jsonfiles import dumps, parse_json, write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: manifest.sha256 covers the manifest; every named path is checked
 KIND = "llamanas-onnx-artifact"
 MANIFEST = "manifest.json"
+MANIFEST_HASH = "manifest.sha256"
+SEALED = (MANIFEST, MANIFEST_HASH)  # the files `files` does not list: they cover it
+MAX_MANIFEST_BYTES = 16 << 20
 GENAI_CONFIG = "genai_config.json"
 REQUIRED_KEYS = ("subnet", "subnet_id", "precision", "device", "onnx", "size", "verification")
 CHUNK = 1 << 20
@@ -39,8 +52,8 @@ def sha256_file(path: Path) -> str:
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every file in the directory but the manifest (relative POSIX paths, sorted)."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    """sha256 of every file in the directory but the manifest and its hash (relative POSIX paths, sorted)."""
+    files = sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.relative_to(directory).as_posix() not in SEALED)
     return {p.relative_to(directory).as_posix(): sha256_file(p) for p in files}
 
 
@@ -54,8 +67,12 @@ def copy_tokenizer(model_dir: Path, out_dir: Path) -> list[str]:
     return copied
 
 
-def genai_config(onnx_config, model_config: dict[str, Any], provider: str, onnx_file: str) -> dict[str, Any]:
-    """onnxruntime-genai's `genai_config.json` for the exported decoder (see its config reference)."""
+def genai_config(onnx_config, model_config: dict[str, Any], provider: str, onnx_file: str, graph: str = "dynamo") -> dict[str, Any]:
+    """onnxruntime-genai's `genai_config.json` for the exported decoder (see its config reference).
+
+    The fused graph's GroupQueryAttention updates a preallocated cache in place, so onnxruntime-genai
+    shares one past/present buffer; the dynamo graph concatenates, so its present grows each step.
+    """
     from .config import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 
     eos = model_config.get("eos_token_id", 0)
@@ -90,14 +107,13 @@ def genai_config(onnx_config, model_config: dict[str, Any], provider: str, onnx_
         "context_length": model_config.get("max_position_embeddings", 2048),
         "decoder": decoder,
     }
-    # present grows by the new tokens each step (no preallocated shared buffer in this graph)
     search = {
         "do_sample": False,
         "num_beams": 1,
         "num_return_sequences": 1,
         "max_length": model["context_length"],
         "min_length": 0,
-        "past_present_share_buffer": False,
+        "past_present_share_buffer": graph == "fused",
         "temperature": 1.0,
         "top_k": 1,
         "top_p": 1.0,
@@ -111,19 +127,23 @@ def genai_config(onnx_config, model_config: dict[str, Any], provider: str, onnx_
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Add the sha256 of every file and write `manifest.json`; returns the manifest."""
+    """Add the sha256 of every file, write `manifest.json` and its hash `manifest.sha256`; returns the manifest."""
     manifest = {"schema_version": SCHEMA_VERSION, "kind": KIND, **manifest, "files": file_hashes(directory)}
-    write_json(directory / MANIFEST, manifest, sort_keys=True)
+    text = dumps(manifest, sort_keys=True) + "\n"
+    write_text(directory / MANIFEST, text)
+    write_text(directory / MANIFEST_HASH, f"{hashlib.sha256(text.encode()).hexdigest()}  {MANIFEST}\n")
     return manifest
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The manifest of an artifact directory, after checking every file against its sha256."""
+    """The manifest of an artifact directory, after every check (module docstring); `BadInputError` otherwise."""
     directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
+    if not directory.is_dir() or not (directory / MANIFEST).exists():
         raise BadInputError(f"{directory}: not an artifact directory (no {MANIFEST})")
-    manifest = read_json(path, "artifact manifest")
+    root = directory.resolve()
+    path = directory / MANIFEST
+    text = _read_manifest_text(directory, root)
+    manifest = parse_json(text, str(path))
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND or not isinstance(manifest.get("files"), dict):
         raise BadInputError(f"{path}: not a llamanas artifact manifest (kind '{KIND}' with a 'files' table expected)")
     if manifest.get("schema_version") != SCHEMA_VERSION:
@@ -131,20 +151,127 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BadInputError(f"{path}: missing field(s) {missing}")
+    check_named_paths(directory, manifest)
     check_files(directory, manifest["files"])
     return manifest
 
 
+def _read_manifest_text(directory: Path, root: Path) -> str:
+    """manifest.json's text, once its bytes matched manifest.sha256."""
+    path, sidecar = directory / MANIFEST, directory / MANIFEST_HASH
+    for name in SEALED:
+        inside(directory, name, root)
+    if not sidecar.exists():
+        old = _schema_version_of(path)
+        why = f"schema_version {old} predates it; export the artifact again" if old == 1 else "it covers the manifest"
+        raise BadInputError(f"{sidecar}: missing ({why})")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BadInputError(f"{path}: {size:,} bytes; a manifest is far smaller (at most {MAX_MANIFEST_BYTES:,})")
+    data, line = path.read_bytes(), _read_small(sidecar, 256)
+    match = re.fullmatch(rf"([0-9a-f]{{64}})  {re.escape(MANIFEST)}\n?", line)
+    if match is None:
+        raise BadInputError(f"{sidecar}: expected one line '<sha256>  {MANIFEST}'")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != match.group(1):
+        raise BadInputError(
+            f"{path}: sha256 {actual[:12]}... does not match {MANIFEST_HASH} ({match.group(1)[:12]}...): "
+            "the manifest changed after export"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: not a UTF-8 text file") from None
+
+
+def _read_small(path: Path, limit: int) -> str:
+    with path.open("rb") as f:
+        return f.read(limit).decode("utf-8", errors="replace")
+
+
+def _schema_version_of(path: Path) -> Any:
+    """What an unverified manifest says its schema version is (only to explain a refusal)."""
+    try:
+        if path.stat().st_size <= MAX_MANIFEST_BYTES:
+            return json.loads(path.read_bytes()).get("schema_version")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def inside(directory: Path, name: Any, root: Path | None = None) -> Path:
+    """`directory / name` for a relative POSIX `name` that stays inside `directory` after links are
+    followed and is a regular file; `BadInputError` naming the manifest otherwise."""
+    root = root or Path(directory).resolve()
+    where = f"{directory / MANIFEST}: " if name not in SEALED else f"{directory}: "
+    if not isinstance(name, str) or not name or "\x00" in name or name.startswith("/") or ".." in name.split("/"):
+        raise BadInputError(f"{where}path {name!r} is not a plain relative path inside the artifact")
+    path = Path(directory) / name
+    if not path.resolve().is_relative_to(root):
+        raise BadInputError(f"{where}'{name}' points outside the artifact ({path.resolve()})")
+    if path.exists() and not path.is_file():
+        raise BadInputError(f"{path}: not a regular file")
+    return path
+
+
+def named_paths(manifest: dict[str, Any]) -> list[Any]:
+    """Every file name the manifest points readers at, besides the `files` table itself."""
+    onnx = manifest.get("onnx")
+    names = [onnx.get("file") if isinstance(onnx, dict) else None]
+    tokenizer = manifest.get("tokenizer_files", [])
+    names += tokenizer if isinstance(tokenizer, list) else [tokenizer]
+    return names
+
+
+def check_named_paths(directory: Path, manifest: dict[str, Any]) -> None:
+    """Every path the manifest (and genai_config.json) names stays inside and is listed in `files`,
+    and the directory holds no unlisted file and no link leading out."""
+    root = Path(directory).resolve()
+    files = manifest["files"]
+    for name, digest in files.items():
+        inside(directory, name, root)
+        if not isinstance(digest, str):
+            raise BadInputError(f"{directory / MANIFEST}: files['{name}'] must be a sha256 string, got {digest!r}")
+    for name in named_paths(manifest):
+        inside(directory, name, root)
+        if name not in files:
+            raise BadInputError(f"{directory / MANIFEST}: '{name}' is not covered by a sha256 in 'files'")
+    _check_no_strays(directory, root, files)
+    if GENAI_CONFIG in files:
+        check_files(directory, {GENAI_CONFIG: files[GENAI_CONFIG]})
+        _check_genai_config(directory, root, files)
+
+
+def _check_no_strays(directory: Path, root: Path, files: dict[str, str]) -> None:
+    for here, dirs, names in os.walk(directory):
+        for name in dirs + names:
+            path = Path(here) / name
+            relative = path.relative_to(directory).as_posix()
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise BadInputError(f"{path}: a link out of the artifact ({path.resolve()})")
+            if name in names and relative not in files and relative not in SEALED:
+                raise BadInputError(f"{path}: not listed in {MANIFEST} (an artifact holds only the files it lists)")
+
+
+def _check_genai_config(directory: Path, root: Path, files: dict[str, str]) -> None:
+    path = directory / GENAI_CONFIG
+    config = parse_json(_read_small(path, MAX_MANIFEST_BYTES), str(path))
+    decoder = config.get("model", {}).get("decoder", {}) if isinstance(config, dict) else {}
+    name = decoder.get("filename") if isinstance(decoder, dict) else None
+    if name is None or name not in files:
+        raise BadInputError(f"{path}: model.decoder.filename {name!r} is not a file listed in {MANIFEST}")
+    inside(directory, name, root)
+
+
 def check_files(directory: Path, expected: dict[str, str]) -> None:
     """`BadInputError` naming the first file that is missing or whose sha256 changed."""
+    root = Path(directory).resolve()
     for name, digest in sorted(expected.items()):
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise BadInputError(f"{directory / MANIFEST}: file entry '{name}' points outside the artifact")
-        path = directory / name
+        path = inside(directory, name, root)
         if not path.is_file():
             raise BadInputError(f"{path}: listed in {MANIFEST} but missing")
         actual = sha256_file(path)
         if actual != digest:
             raise BadInputError(
-                f"{path}: sha256 {actual[:12]}... does not match {MANIFEST} ({digest[:12]}...): the file changed after export"
+                f"{path}: sha256 {actual[:12]}... does not match {MANIFEST} ({str(digest)[:12]}...): the file changed after export"
             )
