@@ -9,7 +9,11 @@ sub-network. Crash safety:
 - on open, a last line without its newline (the process died mid-write) is cut off, so a
   half-written record is never kept or built upon; readers skip it the same way;
 - a profile whose `fingerprint.json` names another device is never appended to;
-- a lock (flock on the measurements file) keeps two writers out of one profile at a time.
+- a lock (flock on the directory) keeps two writers out of one profile at a time;
+- a refused directory is left exactly as it was found: every check is made before anything is
+  written (fingerprint, torn tail), and a directory created for nothing is removed again;
+- the output directory rule of every command (`jsonfiles.check_out_dir`): it must not exist, be
+  empty, or be a profile (it holds `fingerprint.json` or `measurements.jsonl`), which is resumed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, Iterable
 
 from ..concepts import TIMED_FIGURES, metric
 from ..errors import BadInputError
-from ..jsonfiles import parse_json, read_json, write_json
+from ..jsonfiles import dumps, parse_json, read_json, write_json
 from ..subnet_config import SubnetConfig
 from .fingerprint import current_fingerprint, describe
 
@@ -134,12 +138,20 @@ def read_profile(path: str | Path) -> Profile:
     if not path.is_dir():
         raise BadInputError(f"{path}: no such profile directory")
     fingerprint = read_fingerprint(path / FINGERPRINT_FILE)
-    records = []
+    return Profile(path, fingerprint, _read_records(path, fingerprint["fingerprint_id"]))
+
+
+def _read_records(path: Path, fingerprint_id: str) -> list[MeasurementRecord]:
+    """The complete records of the profile at `path`, each checked to be of device `fingerprint_id`."""
     measurements = path / MEASUREMENTS_FILE
-    if measurements.is_file():
-        for number, line in _complete_lines(measurements):
-            records.append(_parse_record(line, f"{measurements}:{number}", fingerprint["fingerprint_id"]))
-    return Profile(path, fingerprint, records)
+    if not measurements.is_file():
+        return []
+    return [_parse_record(line, f"{measurements}:{n}", fingerprint_id) for n, line in _complete_lines(measurements)]
+
+
+def is_profile_dir(path: Path) -> bool:
+    """Whether `path` holds a profile's files (a rerun resumes it)."""
+    return any((path / name).exists() for name in (FINGERPRINT_FILE, MEASUREMENTS_FILE))
 
 
 def read_fingerprint(path: str | Path) -> dict[str, Any]:
@@ -200,17 +212,25 @@ class ProfileWriter:
 
     @classmethod
     def open(cls, path: str | Path, target: str, fingerprint: dict[str, Any]) -> "ProfileWriter":
-        """Open (or create) the profile of `target` at `path` for this device; refuse a foreign one."""
+        """Open (or create) the profile of `target` at `path` for this device; refuse a foreign one,
+        and a directory that is neither empty nor a profile, leaving it as it was."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        check_profile_out(path)
+        created = _make_dirs(path)
         writer = cls(path, {}, set(), 0)
-        writer._lock()
         try:
-            writer.fingerprint = _ensure_fingerprint(path / FINGERPRINT_FILE, target, fingerprint)
+            writer._lock()
+            stored = _check_fingerprint(path / FINGERPRINT_FILE, target, fingerprint)
+            data = stored or {"schema_version": SCHEMA_VERSION, "target": target, **fingerprint}
+            keys = {r.key for r in _read_records(path, data["fingerprint_id"])}
+            # every check passed: only now is anything written
+            if stored is None:
+                write_json(path / FINGERPRINT_FILE, data)
+            writer.fingerprint, writer.keys = data, keys
             writer.dropped_bytes = _drop_torn_tail(path / MEASUREMENTS_FILE)
-            writer.keys = {r.key for r in read_profile(path).records}
         except BaseException:
             writer.close()
+            _remove_empty(created, path)
             raise
         return writer
 
@@ -236,7 +256,7 @@ class ProfileWriter:
         missing = [k for k in REQUIRED_FIELDS if k not in raw]
         if missing:
             raise ValueError(f"record is missing {missing}")
-        line = (json.dumps(raw, separators=(",", ":")) + "\n").encode()
+        line = (dumps(raw, indent=None) + "\n").encode()  # strict JSON: a NaN is refused, never written
         fd = os.open(self.path / MEASUREMENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
@@ -253,8 +273,8 @@ class ProfileWriter:
     def _lock(self) -> None:
         import fcntl
 
-        # the lock is held on the measurements file itself, so a profile directory holds no lock file
-        self._lock_fd = os.open(self.path / MEASUREMENTS_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        # the lock is held on the directory itself: no lock file, and nothing is created before the checks
+        self._lock_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -262,12 +282,37 @@ class ProfileWriter:
             raise BadInputError(f"{self.path}: another process is writing this profile right now") from None
 
 
-def _ensure_fingerprint(path: Path, target: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """The stored fingerprint if it is this device's; a new file if there is none; else refuse."""
-    if not path.is_file():
-        data = {"schema_version": SCHEMA_VERSION, "target": target, **fingerprint}
-        write_json(path, data)
-        return data
+def check_profile_out(path: Path) -> None:
+    """The output-directory rule for a profile: absent, empty, or a profile already (resumed)."""
+    if path.exists() and not (path.is_dir() and (is_profile_dir(path) or not any(path.iterdir()))):
+        raise BadInputError(f"{path}: exists and is neither empty nor a profile directory (no {FINGERPRINT_FILE} "
+                            f"or {MEASUREMENTS_FILE}); refusing to write into it", param="out")  # fmt: skip
+
+
+def _make_dirs(path: Path) -> Path | None:
+    """Create `path` and missing parents; returns the topmost directory created (None: it existed)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing[-1] if missing else None
+
+
+def _remove_empty(created: Path | None, path: Path) -> None:
+    """Remove the directories `open` created, from `path` up to `created`, if they are still empty."""
+    if created is None:
+        return
+    for folder in (path, *path.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == created:
+            return
+
+
+def _check_fingerprint(path: Path, target: str, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored fingerprint if it is this device's and target's; None if there is none; else refuse."""
+    if not path.exists():
+        return None
     stored = read_fingerprint(path)
     if stored["fingerprint_id"] != fingerprint["fingerprint_id"]:
         diff = _identity_diff(stored["device"], fingerprint["device"])
