@@ -1,6 +1,8 @@
 """Search spaces: elastic depth and elastic per-layer widths of a LLaMA super-network.
 
-A space is a small JSON file (built-in ones live in `llamanas_deploy/spaces/`)::
+A space is a small JSON file (built-in ones live in `llamanas_deploy/spaces/`); what
+`llamanas space show --json` prints is one too (its derived `id`, `num_points`, `num_distinct` are
+checked against the space they describe)::
 
     {
       "schema_version": 1,
@@ -37,6 +39,7 @@ LAYER_POLICIES = ("first", "uniform")
 NEURON_POLICIES = ("first",)
 SUPPORTED_LAYER_DIMS = ("intermediate_sizes",)
 
+DERIVED_KEYS = ("id", "num_points", "num_distinct")  # what `space show --json` adds; a space file may keep them
 SAMPLING_STRATEGIES = ("stratified", "random")  # stratified: smallest and largest first, then depth x width strata
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class SearchSpace:
             "depth": {"choices": list(self.depth_choices), "policy": self.layer_policy},
             "layer_dims": {d.key: {"choices": list(d.choices), "policy": d.policy} for d in self.layer_dims},
         }
+
+    def derived(self) -> dict[str, Any]:
+        """What follows from the space (`DERIVED_KEYS`): `to_dict() | derived()` is what `space show --json`
+        prints, and it loads back as this space (a stale value is refused)."""
+        return {"id": self.id, "num_points": self.num_points, "num_distinct": self.num_distinct}
 
     @property
     def id(self) -> str:
@@ -293,7 +301,7 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
 
     if not isinstance(data, dict):
         raise fail("a search space must be a JSON object")
-    allowed = {"schema_version", "name", "description", "super_network", "depth", "layer_dims"}
+    allowed = {"schema_version", "name", "description", "super_network", "depth", "layer_dims", *DERIVED_KEYS}
     if set(data) - allowed:
         raise fail(f"unknown key(s) {sorted(set(data) - allowed)}; allowed: {sorted(allowed)}")
     if data.get("schema_version", SPACE_SCHEMA_VERSION) != SPACE_SCHEMA_VERSION:
@@ -329,7 +337,7 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
     widths = next(d.choices for d in dims if d.key == "intermediate_sizes")
     if max(widths) > max_width:
         raise fail(f"intermediate size {max(widths)} exceeds the super-network's {max_width}")
-    return SearchSpace(
+    space = SearchSpace(
         name=name,
         max_layers=max_layers,
         max_intermediate_size=max_width,
@@ -338,6 +346,13 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
         layer_dims=tuple(dims),
         description=str(data.get("description", "")),
     )
+    for key, value in space.derived().items():
+        if key in data and data[key] != value:
+            raise fail(
+                f"{key} {data[key]!r} does not match the space described ({value!r}): the file was edited "
+                f"after `llamanas space show --json` wrote it; remove {list(DERIVED_KEYS)} or fix the space"
+            )
+    return space
 
 
 def _positive_int(value: Any, field: str, fail) -> int:

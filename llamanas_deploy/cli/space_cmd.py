@@ -19,7 +19,7 @@ def space() -> None:
 def show(name: str, as_json: bool) -> None:
     """Show space NAME (built-in name or space JSON file)."""
     s = load_space(name)
-    result = s.to_dict() | {"id": s.id, "num_points": s.num_points, "num_distinct": s.num_distinct}
+    result = s.to_dict() | s.derived()  # loads back as the same space
     emit(result, as_json, _render)
 
 
