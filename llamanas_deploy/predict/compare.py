@@ -18,6 +18,7 @@ from .estimator import DEFAULT_GRID, LatencyPredictor
 
 METRIC_NAMES = ("mape_pct", "rmse", "within_5_pct", "within_10_pct", "spearman", "kendall")
 OURS = "xgboost + per-layer prior (ours)"
+OURS_TRANSFER = "xgboost + source prior (transfer, ours)"
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,6 +118,7 @@ def compare(
     seed: int = 0,
     progress: Callable[[str], None] = lambda name: None,
     provenance: dict[str, Any] | None = None,
+    with_baselines: bool = True,
 ) -> tuple[LatencyPredictor, list[dict[str, Any]], np.ndarray]:
     """(a clone of `estimator` fitted on `train`, one metrics row per model on `test`, its test predictions)."""
     from sklearn.base import clone
@@ -124,7 +126,9 @@ def compare(
     progress(OURS)
     ours = clone(estimator).fit([configs[i] for i in train], y[train], provenance=provenance)
     ours_pred = ours.predict([configs[i] for i in test])
-    rows = [{"model": OURS, **regression_metrics(y[test], ours_pred)}]
+    rows = [{"model": OURS_TRANSFER if estimator.transfer_from is not None else OURS, **regression_metrics(y[test], ours_pred)}]
+    if not with_baselines:
+        return ours, rows, ours_pred
     X = ours.features.transform(configs)
     names = ours.features.names
     for baseline in baselines():
@@ -135,12 +139,14 @@ def compare(
     return ours, rows, ours_pred
 
 
-def learning_curve_plan(n_train: int, repeats: int = 3, repeat_up_to: int = 50) -> list[tuple[int, int]]:
-    """(n, draws): n = 10, 20, 50, 100, 200, 500, ... below `n_train`, then `n_train` itself.
+def learning_curve_plan(n_train: int, repeats: int = 3, repeat_up_to: int = 50, small: bool = False) -> list[tuple[int, int]]:
+    """(n, draws): n = 10, 20, 50, 100, 200, 500, ... below `n_train`, then `n_train` itself
+    (`small`, for a transfer: 3, 5, 10, 20, 40, 100, ...).
 
     Small n, where one draw says little, gets `repeats` draws; above `repeat_up_to` one draw.
     """
-    steps = [m * 10**k for k in range(1, 7) for m in (1, 2, 5)]
+    steps = [3, 5, 10, 20, 40] + [m * 10**k for k in range(2, 7) for m in (1, 2, 5)] if small else \
+        [m * 10**k for k in range(1, 7) for m in (1, 2, 5)]  # fmt: skip
     sizes = [s for s in steps if s < n_train] + [n_train]
     return [(n, repeats if n <= repeat_up_to and n < n_train else 1) for n in sizes]
 
@@ -152,14 +158,15 @@ def learning_curve(
     train: np.ndarray,
     test: np.ndarray,
     progress: Callable[[int], None] = lambda n: None,
+    plan: list[tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """Our metrics on `test` when fitting clones of `estimator` on n random training rows, averaged over
-    draws (`learning_curve_plan`)."""
+    draws (`plan`, default `learning_curve_plan`)."""
     from sklearn.base import clone
 
     test_configs = [configs[i] for i in test]
     rows = []
-    for n, draws in learning_curve_plan(len(train)):
+    for n, draws in plan or learning_curve_plan(len(train)):
         scores = []
         for r in range(draws):
             progress(n)

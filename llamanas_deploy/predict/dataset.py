@@ -72,8 +72,11 @@ def load_profile_data(
     space: SearchSpace | None = None,
     backend: str | None = None,
     precision: str | None = None,
+    *,
+    min_subnets: int = MIN_SUBNETS,
 ) -> ProfileData:
-    """The records of `metric` in the profile at `path` for one space and one setting (see the module docstring)."""
+    """The records of `metric` in the profile at `path` for one space and one setting (see the module docstring);
+    fewer than `min_subnets` usable sub-networks are refused (a transfer fit needs fewer than one from scratch)."""
     from ..profile.store import MEASUREMENTS_FILE, read_profile
 
     metric = metric_named(metric).name
@@ -92,9 +95,9 @@ def load_profile_data(
     kept = [r for r in records if not _flagged(r.raw, metric)]
     statistic = "best" if all(r.has_best(metric) for r in kept) else "median"
     configs, visits = _visits_per_subnet(kept, metric, statistic, space, source)
-    if len(configs) < MIN_SUBNETS:
+    if len(configs) < min_subnets:
         raise BadInputError(
-            f"{source}: {len(configs)} usable sub-networks for {_describe(setting)}; a predictor needs >= {MIN_SUBNETS}"
+            f"{source}: {len(configs)} usable sub-networks for {_describe(setting)}; a predictor needs >= {min_subnets}"
         )
     y = np.array([combine_visits(v, metric, statistic) for v in visits], dtype=np.float64)
     return ProfileData(

@@ -17,8 +17,22 @@ A scikit-learn estimator: parameters in `__init__` only (`get_params` / `set_par
 came from is given to `fit(configs, y, provenance=...)` and kept in `metadata_`, with the time
 of the fit and the library versions.
 
+Transfer (`transfer_from=TransferSource(...)`): the prior is another fitted predictor of the same
+figure, space and shapes (another device, or another backend / precision on the same device),
+taken as an affine function of its prediction,
+
+    prior = a + b * source(subnet)                                        (a, b >= 0)
+
+fitted like the per-layer table, and the trees learn only what the source's shape misses; zero
+trees is one of the cross-validated choices, so a handful of target measurements give a
+scale-and-offset copy of the source and more of them add a correction. `benchmarks/
+predictor_transfer.py` chose this form (against a pure scale, the source rescaled by one
+sub-network, and fitting from scratch).
+
 Saved as one JSON file: metadata, the feature description, the prior, and XGBoost's own JSON
 model embedded as an object (no pickle), with a sha256 over all of it so corruption is caught.
+A transferred predictor embeds its source's file body (schema version 2) and records it by name and
+sha256 in `metadata["transfer"]`.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,12 +58,39 @@ from .features import FEATURE_SCHEMA_VERSION, FeatureBuilder
 
 FILE_FORMAT = "llamanas-latency-predictor"
 FILE_SCHEMA_VERSION = 1
+TRANSFER_SCHEMA_VERSION = 2  # a file that embeds its source predictor
+SCHEMA_VERSIONS = (FILE_SCHEMA_VERSION, TRANSFER_SCHEMA_VERSION)
 DEFAULT_GRID = {"max_depth": (2, 4), "num_boost_round": (10, 30, 100, 300)}
-REQUIRED_METADATA = ("space_id", "metric", "shapes", "feature_schema_version", "hyperparameters")
+TRANSFER_GRID = {"max_depth": (1, 2), "num_boost_round": (0, 10, 30, 100)}  # 0: the affine prior alone
+SOURCE_BASIS = "source_prediction"
 
 
 class NotFittedError(LlamanasError):
     """A predictor was used before `fit` or `load`."""
+
+
+@dataclass(frozen=True, eq=False)
+class TransferSource:
+    """A fitted predictor used as the prior of another one, with what identifies it (`reference`:
+    name, path, sha256, target, fingerprint_id, backend, precision, n_train, ...).
+
+    Not an estimator itself, so `sklearn.base.clone` of the predictor that holds it copies it fitted.
+    """
+
+    predictor: "LatencyPredictor"
+    reference: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, predictor: "LatencyPredictor", **reference: Any) -> "TransferSource":
+        """Wrap a fitted predictor; its file's sha256 and where it was measured go into `reference`."""
+        predictor._check_fitted()
+        meta = predictor.metadata_
+        keys = ("target", "fingerprint_id", "backend", "precision", "device", "threads", "clock", "metric", "n_train")
+        where = predictor.source
+        name = Path(where).stem if where.endswith(".json") else where
+        return cls(predictor, {"name": name, "path": where, "sha256": predictor.to_dict()["sha256"],
+                               **{k: meta.get(k) for k in keys}, **reference})  # fmt: skip
+REQUIRED_METADATA = ("space_id", "metric", "shapes", "feature_schema_version", "hyperparameters")
 
 
 class LatencyPredictor(RegressorMixin, BaseEstimator):
@@ -65,6 +107,7 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
         objective: str = "reg:absoluteerror",
         random_state: int = 0,
         n_jobs: int = 1,
+        transfer_from: TransferSource | None = None,
     ):
         self.features = features
         self.metric = metric
@@ -74,6 +117,7 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
         self.objective = objective
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.transfer_from = transfer_from
 
     # ---- fitting ------------------------------------------------------------------------------
     def fit(
@@ -86,6 +130,7 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
             raise BadInputError(f"fit needs >= 2 sub-networks with one value each, got {len(configs)} and {len(y)}")
         if not np.all(np.isfinite(y) & (y > 0)):
             raise BadInputError(f"{self.metric}: every measured value must be a positive finite number")
+        self._check_source()
         X = self.features.transform(configs)
         self.best_params_, self.cv_mape_pct_ = self._select(X, y)
         self.prior_coef_, self.booster_ = self._fit_pipeline(X, y, **self.best_params_)
@@ -94,7 +139,7 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
 
     def _select(self, X: np.ndarray, y: np.ndarray) -> tuple[dict[str, int], float | None]:
         """The grid point with the lowest k-fold cross-validated MAPE (rounds read off one fit per depth)."""
-        grid = self.param_grid or DEFAULT_GRID
+        grid = self.param_grid or (TRANSFER_GRID if self.transfer_from else DEFAULT_GRID)
         folds = min(self.cv_folds, len(y))
         if folds < 2 or len(grid["max_depth"]) * len(grid["num_boost_round"]) == 1:
             return {"max_depth": grid["max_depth"][0], "num_boost_round": grid["num_boost_round"][0]}, None
@@ -126,6 +171,8 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
             "seed": self.random_state,
             "nthread": self.n_jobs,
         }
+        if self.transfer_from is not None:
+            params["base_score"] = 0.0  # no trees: the affine prior alone
         booster = xgb.train(params, xgb.DMatrix(X, label=residual), num_boost_round=num_boost_round)
         return coef, booster
 
@@ -140,6 +187,7 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
             "cv_mape_pct": self.cv_mape_pct_,
             "n_train": n_train,
             **(provenance or {}),
+            **({"transfer": self._transfer_metadata(n_train)} if self.transfer_from is not None else {}),
             "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
         }
@@ -159,12 +207,19 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
         return self._predict_features(X, self.prior_coef_, self.booster_, None)
 
     def _predict_features(self, X: np.ndarray, coef: np.ndarray, booster, rounds: int | None) -> np.ndarray:
-        span = (0, rounds) if rounds else (0, 0)
-        correction = booster.inplace_predict(X, iteration_range=span).astype(np.float64)
+        """`rounds`: the first trees only (cross-validation), None: all of them."""
+        if rounds == 0:
+            correction = np.zeros(len(X))
+        else:
+            correction = booster.inplace_predict(X, iteration_range=(0, rounds or 0)).astype(np.float64)
         return self._from_cost(self._prior(X, coef) * np.exp(correction))
 
-    # ---- the physics prior --------------------------------------------------------------------
+    # ---- the prior: a per-layer cost table, or the source predictor's prediction ----------------
     def _prior_basis(self, X: np.ndarray) -> np.ndarray:
+        if self.transfer_from is not None:
+            source = self.transfer_from.predictor
+            predicted = source._predict_features(X, source.prior_coef_, source.booster_, None)
+            return np.column_stack([np.ones(len(X)), self._to_cost(predicted)])
         return np.hstack([np.ones((len(X), 1)), X[:, self.features.count_columns]])
 
     def _prior(self, X: np.ndarray, coef: np.ndarray) -> np.ndarray:
@@ -174,6 +229,35 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
         return 1.0 / y if metric(self.metric).higher_is_better else y
 
     _from_cost = _to_cost  # the inverse of an inverse
+
+    # ---- transfer -------------------------------------------------------------------------------
+    def _check_source(self) -> None:
+        """A source must predict the same figure from the same features (space, model shape, lengths)."""
+        if self.transfer_from is None:
+            return
+        if not isinstance(self.transfer_from, TransferSource):
+            raise BadInputError(f"transfer_from must be a TransferSource, got {type(self.transfer_from).__name__}",
+                                param="transfer_from")  # fmt: skip
+        source = self.transfer_from.predictor
+        source._check_fitted()
+        name = self.transfer_from.reference.get("name", source.source)
+        if source.metadata_["metric"] != metric(self.metric).name:
+            raise BadInputError(f"{name}: predicts {source.metadata_['metric']}, not {metric(self.metric).name}",
+                                param="transfer_from")  # fmt: skip
+        mine, theirs = self.features.to_dict(), source.features.to_dict()
+        for key, what in (("space", "space"), ("model_shape", "super-network shape"), ("shapes", "lengths (shapes)")):
+            if mine[key] != theirs[key]:
+                detail = f"{theirs['space']['name']} vs {mine['space']['name']}" if key == "space" else f"{theirs[key]} vs {mine[key]}"
+                raise BadInputError(f"{name}: fitted for another {what} ({detail}); a source must share the target's",
+                                    param="transfer_from")  # fmt: skip
+
+    def _transfer_metadata(self, n_train: int) -> dict[str, Any]:
+        return {
+            "source": dict(self.transfer_from.reference),
+            "target_samples": n_train,
+            "method": "prior = a + b * source prediction (non-negative, least absolute relative error) x XGBoost correction",
+            "prior_coef": {"intercept": float(self.prior_coef_[0]), "source_scale": float(self.prior_coef_[1])},
+        }
 
     # ---- checks -------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -208,16 +292,21 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
         self._check_fitted()
         body = {
             "format": FILE_FORMAT,
-            "schema_version": FILE_SCHEMA_VERSION,
+            "schema_version": FILE_SCHEMA_VERSION if self.transfer_from is None else TRANSFER_SCHEMA_VERSION,
             "metadata": self.metadata_,
             "features": self.features.to_dict(),
-            "prior": {"basis": ["intercept", *self._count_names()], "coef": self.prior_coef_.tolist()},
+            "prior": {"basis": self._basis_names(), "coef": self.prior_coef_.tolist()},
             "xgboost": json.loads(bytes(self.booster_.save_raw("json"))),
         }
+        if self.transfer_from is not None:
+            body["transfer"] = {"reference": self.transfer_from.reference, "predictor": self.transfer_from.predictor.to_dict()}
         return body | {"sha256": _digest(body)}
 
     def _count_names(self) -> list[str]:
         return [self.features.names[i] for i in self.features.count_columns]
+
+    def _basis_names(self) -> list[str]:
+        return ["intercept", SOURCE_BASIS] if self.transfer_from is not None else ["intercept", *self._count_names()]
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a failure leaves any existing file at `path` untouched."""
@@ -226,17 +315,24 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | Path) -> "LatencyPredictor":
         path = Path(path)
-        body = _read_body(path)
+        return cls._from_body(_read_body(path), path)
+
+    @classmethod
+    def _from_body(cls, body: dict[str, Any], path: Path) -> "LatencyPredictor":
         features = FeatureBuilder.from_dict(body["features"], str(path))
         metadata = body["metadata"]
         hyper = metadata["hyperparameters"]
-        predictor = cls(features, metadata["metric"], learning_rate=hyper.get("learning_rate"), objective=hyper.get("objective"))
+        transfer = _read_transfer(body, path)
+        predictor = cls(features, metadata["metric"], learning_rate=hyper.get("learning_rate"), objective=hyper.get("objective"),
+                        transfer_from=transfer)  # fmt: skip
         predictor.metadata_ = metadata
         predictor.best_params_ = {k: metadata["hyperparameters"][k] for k in DEFAULT_GRID}
         predictor.cv_mape_pct_ = metadata.get("cv_mape_pct")
-        predictor.prior_coef_ = _read_prior(body["prior"], predictor._count_names(), path)
+        predictor.prior_coef_ = _read_prior(body["prior"], predictor._basis_names(), path)
         predictor.booster_ = _read_booster(body["xgboost"], len(features.names), path)
         predictor.source_ = str(path)
+        if transfer is not None:
+            predictor._check_source()
         return predictor
 
 
@@ -274,11 +370,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _read_body(path: Path) -> dict[str, Any]:
-    body = read_json(path, "predictor file")
+    return _check_body(read_json(path, "predictor file"), path)
+
+
+def _check_body(body: Any, path: Path | str) -> dict[str, Any]:
     if not isinstance(body, dict) or body.get("format") != FILE_FORMAT:
         raise BadInputError(f"{path}: not a {FILE_FORMAT} file")
-    if body.get("schema_version") != FILE_SCHEMA_VERSION:
-        raise BadInputError(f"{path}: schema_version {body.get('schema_version')} is not supported (expected {FILE_SCHEMA_VERSION})")
+    if body.get("schema_version") not in SCHEMA_VERSIONS:
+        raise BadInputError(f"{path}: schema_version {body.get('schema_version')} is not supported (expected one of {list(SCHEMA_VERSIONS)})")
+    if (body["schema_version"] == TRANSFER_SCHEMA_VERSION) != ("transfer" in body):
+        raise BadInputError(f"{path}: schema_version {body['schema_version']} and the 'transfer' section disagree")
     missing = [k for k in ("metadata", "features", "prior", "xgboost", "sha256") if k not in body]
     if missing:
         raise BadInputError(f"{path}: predictor file is missing {missing}")
@@ -297,8 +398,21 @@ def _read_body(path: Path) -> dict[str, Any]:
     return body
 
 
-def _read_prior(prior: Any, count_names: list[str], path: Path) -> np.ndarray:
-    basis = ["intercept", *count_names]
+def _read_transfer(body: dict[str, Any], path: Path) -> TransferSource | None:
+    """The embedded source predictor of a transferred predictor (checked like a file of its own)."""
+    if "transfer" not in body:
+        return None
+    section = body["transfer"]
+    if not isinstance(section, dict) or not isinstance(section.get("reference"), dict) or "predictor" not in section:
+        raise BadInputError(f"{path}: the 'transfer' section needs 'reference' and 'predictor'")
+    where = f"{path} (its source predictor)"
+    source = LatencyPredictor._from_body(_check_body(dict(section["predictor"]), where), Path(where))
+    source.source_ = section["reference"].get("name", where)
+    return TransferSource(source, section["reference"])
+
+
+def _read_prior(prior: Any, basis_names: list[str], path: Path) -> np.ndarray:
+    basis = basis_names
     if not isinstance(prior, dict) or prior.get("basis") != basis:
         raise BadInputError(f"{path}: prior basis does not match the space's widths (expected {basis})")
     coef = np.asarray(prior.get("coef"), dtype=np.float64)

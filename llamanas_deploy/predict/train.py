@@ -2,6 +2,12 @@
 
 The predictor returned is the one fitted on the training split only, so the held-out figures
 stored in its metadata are the figures of the file that is saved.
+
+With `transfer_from` (another device's predictor of the same backend, or this device's predictor
+of another backend / precision, or a profile to fit one on; see transfer.py), the source's
+prediction is the prior and the target's few measurements fit the rest; the comparison then also
+holds the same estimator fitted from scratch on the same rows, the source rescaled by one measured
+sub-network and the source as is.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from ..errors import BadInputError
 from ..progress import Callback, report
 from ..space import SearchSpace, load_space
 from .compare import baselines, compare, learning_curve, learning_curve_plan, plot_predictions, split_indices
-from .dataset import ProfileData, load_profile_data, resolve_shape
+from .dataset import MIN_SUBNETS, ProfileData, load_profile_data, resolve_shape
 from .estimator import LatencyPredictor
 from .features import FeatureBuilder
+from .transfer import MIN_TRANSFER_SUBNETS, kind_of, resolve_source, transfer_rows
 
 if TYPE_CHECKING:
     from ..model.supernet import SuperNetwork
@@ -27,11 +34,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class FitSettings:
-    """The held-out split (fraction, seed; the seed is XGBoost's too) and whether to draw the learning curve."""
+    """The held-out split (fraction, seed; the seed is XGBoost's too), whether to draw the learning curve,
+    and `train_samples`: fit on only the first K sub-networks of the training split in measuring order
+    (the profile plan's order: smallest and largest first), as a device profiled with K would."""
 
     test_fraction: float = 0.2
     seed: int = 0
     learning_curve: bool = True
+    train_samples: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.test_fraction, (int, float)) or not 0.05 <= self.test_fraction <= 0.5:
@@ -40,6 +50,10 @@ class FitSettings:
             raise BadInputError(f"must be an integer, got {self.seed!r}", param="seed")
         if not isinstance(self.learning_curve, bool):
             raise BadInputError(f"must be True or False, got {self.learning_curve!r}", param="learning_curve")
+        if self.train_samples is not None and (
+            not isinstance(self.train_samples, int) or isinstance(self.train_samples, bool) or self.train_samples < 2
+        ):
+            raise BadInputError(f"must be an integer >= 2 or None, got {self.train_samples!r}", param="train_samples")
 
 
 @dataclass
@@ -78,44 +92,64 @@ def fit(
     model: "SuperNetwork | str | Path | None" = None,
     backend: str | None = None,
     precision: str | None = None,
+    transfer_from: Any = None,
     callback: Callback = None,
 ) -> FitResult:
     """Fit an XGBoost predictor of `metric` on a profile directory (or its loaded `ProfileData`).
 
     `space`, `backend` and `precision` choose among what the directory holds (default: its one
     built-in space, its one setting); `model` is the super-network it measured (default: the
-    built-in model it names). Every model is scored on the same held-out split.
+    built-in model it names). Every model is scored on the same held-out split. `transfer_from`:
+    a source predictor (object, file, shipped name) or a profile directory to transfer from.
     """
-    data = _profile_data(profile, metric, space, backend, precision)
+    minimum = MIN_SUBNETS if transfer_from is None else MIN_TRANSFER_SUBNETS
+    data = _profile_data(profile, metric, space, backend, precision, minimum)
     shape = resolve_shape(data, model)
-    estimator = LatencyPredictor(FeatureBuilder(data.space, shape, data.setting["shapes"]), data.metric,
-                                 random_state=settings.seed)  # fmt: skip
-    report(callback, "fit", message=f"fitting {data.metric} on {len(data.y)} sub-networks of {data.target} "
-                                    f"({data.n_flagged} flagged visits dropped)")  # fmt: skip
+    features = FeatureBuilder(data.space, shape, data.setting["shapes"])
+    source = None if transfer_from is None else resolve_source(transfer_from, data, features, settings.seed)
+    estimator = LatencyPredictor(features, data.metric, random_state=settings.seed, transfer_from=source)
     train, test = split_indices(len(data.y), settings.test_fraction, settings.seed)
-    total = 1 + len(baselines()) + (sum(d for _, d in learning_curve_plan(len(train))) if settings.learning_curve else 0)
+    if settings.train_samples is not None:
+        train = train[: settings.train_samples]
+    via = "" if source is None else f" with transfer from {source.reference['name']}"
+    used = "" if settings.train_samples is None else f" ({len(train)} of them to fit, {len(test)} held out)"
+    report(callback, "fit", message=f"fitting {data.metric} on {len(data.y)} sub-networks of {data.target}{used}{via} "
+                                    f"({data.n_flagged} flagged visits dropped)")  # fmt: skip
+    with_baselines = source is None or len(train) >= MIN_SUBNETS
+    plan = learning_curve_plan(len(train), small=source is not None) if settings.learning_curve else []
+    total = 1 + (len(baselines()) if with_baselines else 0) + (3 if source else 0) + sum(d for _, d in plan)
     done = iter(range(1, total + 1))
 
     def step(name: Any) -> None:
-        report(callback, "fit", next(done) - 1, total, "model", status=str(name))
+        report(callback, "fit", min(next(done), total) - 1, total, "model", status=str(name))
 
-    ours, rows, pred = compare(estimator, data.configs, data.y, train, test, settings.seed, step, data.provenance())
-    curve = learning_curve(estimator, data.configs, data.y, train, test, step) if settings.learning_curve else []
+    ours, rows, pred = compare(estimator, data.configs, data.y, train, test, settings.seed, step, data.provenance(),
+                               with_baselines=with_baselines)  # fmt: skip
+    if source is not None:
+        step("transfer alternatives")
+        scratch = LatencyPredictor(features, data.metric, random_state=settings.seed)
+        rows[1:1] = transfer_rows(source, scratch, data.configs, data.y, train, test)
+        ours.metadata_["transfer"]["kind"] = kind_of(source, data)
+    curve = learning_curve(estimator, data.configs, data.y, train, test, step, plan) if plan else []
     report(callback, "fit", total, total, "model")
     ours.metadata_.update(
         n_test=len(test),
         test_metrics={k: v for k, v in rows[0].items() if k != "model"},
         baselines_test_mape_pct={r["model"]: r["mape_pct"] for r in rows[1:]},
         learning_curve_mape_pct={str(r["n_train"]): r["mape_pct"] for r in curve},
-        split={"test_fraction": settings.test_fraction, "seed": settings.seed},
+        split={"test_fraction": settings.test_fraction, "seed": settings.seed,
+               **({"train_samples": settings.train_samples} if settings.train_samples is not None else {})},
     )
-    return FitResult(ours, rows, curve, data.y[test], pred, _summary(data, len(train), len(test)))
+    summary = _summary(data, len(train), len(test))
+    if source is not None:
+        summary["transfer"] = ours.metadata_["transfer"]
+    return FitResult(ours, rows, curve, data.y[test], pred, summary)
 
 
-def _profile_data(profile, metric: str, space, backend: str | None, precision: str | None) -> ProfileData:
+def _profile_data(profile, metric: str, space, backend: str | None, precision: str | None, minimum: int) -> ProfileData:
     if not isinstance(profile, ProfileData):
         space = load_space(space) if isinstance(space, (str, Path)) else space
-        return load_profile_data(profile, metric, space, backend, precision)
+        return load_profile_data(profile, metric, space, backend, precision, min_subnets=minimum)
     if profile.metric != metric_named(metric).name:
         raise BadInputError(f"{metric!r}, but the profile data given hold {profile.metric!r}", param="metric")
     return profile
