@@ -94,3 +94,22 @@ def compare_with_full(shape: ModelShape, space, subnets: Sequence[SubnetConfig],
         s = subnet_stats(shape, cfg, prompt_len, context_len)
         rows.append({"id": cfg.id, "subnet": cfg.to_dict(), **s.to_dict(), "size_ratio": full.params / s.params})
     return {"space_id": space.id, "full": full.to_dict(), "subnets": rows}
+
+
+def decode_step_bytes(shape: ModelShape, subnet: SubnetConfig, context_len: int, batch_size: int = 1,
+                      bytes_per_value: int = 2) -> int:  # fmt: skip
+    """Bytes a decode step must read at least: every matrix once, and each sequence's KV cache of `context_len` tokens.
+
+    `bytes_per_value`: of the weights and the cache (2 for bf16 / fp16, 4 for fp32). This is
+    the memory-bandwidth bound of decode: at batch 1 the weights dominate (13.5 GB for LLaMA2-7B).
+    """
+    _, matmul = count_params(shape, subnet)
+    kv_per_token = 2 * subnet.num_layers * shape.kv_dim * bytes_per_value
+    return matmul * bytes_per_value + batch_size * kv_per_token * context_len
+
+
+def bandwidth_fraction(bytes_moved: int, step_ms: float, peak_gb_s: float) -> float:
+    """Achieved fraction of the memory bandwidth: `bytes_moved` in `step_ms`, over `peak_gb_s` (1e9 bytes/s)."""
+    if not (step_ms > 0 and peak_gb_s > 0):
+        raise ValueError(f"step time and peak bandwidth must be > 0, got {step_ms} ms and {peak_gb_s} GB/s")
+    return bytes_moved / (step_ms * 1e-3) / (peak_gb_s * 1e9)

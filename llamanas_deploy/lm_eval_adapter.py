@@ -139,6 +139,8 @@ class _SubnetScoring:
     def _greedy(self, model, context: str, gen_kwargs: dict | None) -> str:
         import torch
 
+        from .model.compat import forward_with_cache, returned_cache
+
         kwargs = dict(gen_kwargs or {})
         until = kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
@@ -154,7 +156,9 @@ class _SubnetScoring:
             text = self.tokenizer.decode(new)
             if any(stop in text for stop in until):
                 break
-            out = model(input_ids=torch.tensor([[token]]), cache=out.cache, use_cache=True, logits_to_keep=1)
+            out = forward_with_cache(
+                model, returned_cache(out), input_ids=torch.tensor([[token]]), use_cache=True, logits_to_keep=1
+            )
         text = self.tokenizer.decode(new)
         for stop in until:
             text = text.split(stop)[0]

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import LLAMA2_7B, SMALL_CONFIG
 from llamanas_deploy.analytics import GIB, count_params, subnet_stats
 from llamanas_deploy.model.families import ModelShape, read_shape
+from llamanas_deploy.model.compat import forward_with_cache, returned_cache
 from llamanas_deploy.model.supernet import random_subnet_model
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig
@@ -66,9 +67,9 @@ def test_decode_flops_equal_torch_flop_counter(config_path):
     model = random_subnet_model(config_path, SUBNET)
     model.set_attn_implementation("eager")  # attention as plain matmuls, which the counter sees
     context = 5
-    cache = model(torch.zeros(1, context, dtype=torch.long), use_cache=True).cache
+    cache = returned_cache(model(torch.zeros(1, context, dtype=torch.long), use_cache=True))
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 1, dtype=torch.long), cache=cache, use_cache=True)
+        forward_with_cache(model, cache, input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True)
     stats = subnet_stats(read_shape(config_path), SUBNET, prompt_len=8, context_len=context)
     assert stats.decode_flops == counter.get_total_flops()
 
@@ -95,7 +96,7 @@ def test_prefill_flops_equal_torch_flop_counter_minus_masked_half(config_path):
 def test_kv_cache_bytes_equal_a_real_cache(config_path):
     model = random_subnet_model(config_path, SUBNET).to(torch.float16)
     tokens = 6
-    cache = model(torch.zeros(2, tokens, dtype=torch.long), use_cache=True).cache
+    cache = returned_cache(model(torch.zeros(2, tokens, dtype=torch.long), use_cache=True))
     real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
     stats = subnet_stats(read_shape(config_path), SUBNET)
     assert real == stats.kv_cache_bytes_per_token * tokens * 2

@@ -16,6 +16,7 @@ from torch import nn
 from llamanas_deploy.analytics import count_params
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.model.build import load_model
+from llamanas_deploy.model.compat import forward_with_cache, returned_cache
 from llamanas_deploy.model.families import read_shape
 from llamanas_deploy.model.supernet import SuperNetwork, random_subnet_model
 from llamanas_deploy.subnet_config import SubnetConfig
@@ -72,7 +73,7 @@ def decode_with_cache(model: nn.Module, ids: torch.Tensor, prompt_len: int = 4) 
     out = model(ids[:, :prompt_len], use_cache=True)
     steps = [out.logits]
     for t in range(prompt_len, ids.shape[1]):
-        out = model(ids[:, t : t + 1], cache=out.cache, use_cache=True)
+        out = forward_with_cache(model, returned_cache(out), input_ids=ids[:, t : t + 1], use_cache=True)
         steps.append(out.logits)
     return torch.cat(steps, dim=1)
 

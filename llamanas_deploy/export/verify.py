@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import VerificationError
+from ..model.compat import cache_tensors, forward_with_cache, returned_cache
 from ..onnx_model.config import DecoderOnnxConfig
 
 FP32_TOLERANCE = 1e-4
@@ -82,7 +83,7 @@ def _torch_forward(model, ids: np.ndarray, cache=None):
     import torch
 
     with torch.no_grad():
-        return model(input_ids=torch.from_numpy(ids), cache=cache, use_cache=True)
+        return forward_with_cache(model, cache, input_ids=torch.from_numpy(ids), use_cache=True)
 
 
 def _compare(name: str, ort_out: np.ndarray, torch_out, checks: Checks, expected_shape: tuple[int, ...]) -> float:
@@ -95,7 +96,7 @@ def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref, pas
     batch, seq = ort_logits.shape[:2]
     shapes = config.output_shapes(batch, seq, past_len)
     logits = _compare(f"{label} logits", ort_logits, ref.logits, checks, shapes["logits"])
-    torch_kv = [t for layer in ref.cache.layers for t in (layer.keys, layer.values)]
+    torch_kv = cache_tensors(returned_cache(ref))
     kv = max(
         _compare(f"{label} {present}", ort_present[past], t, checks, shapes[present])
         for present, past, t in zip(config.present_names, decoder.past_names, torch_kv)
@@ -116,7 +117,7 @@ def _compare_decode(model, decoder, config, ids: np.ndarray, checks: Checks) -> 
     prompt, step = ids[:, :-1], ids[:, -1:]
     _, past = decoder.forward(prompt, decoder.empty_past(len(prompt)))
     logits, present = decoder.forward(step, past)
-    ref = _torch_forward(model, step, _torch_forward(model, prompt).cache)
+    ref = _torch_forward(model, step, returned_cache(_torch_forward(model, prompt)))
     return _compare_step("decode", decoder, config, logits, present, ref, prompt.shape[1], checks)
 
 

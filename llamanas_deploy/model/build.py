@@ -58,7 +58,11 @@ def hf_config_for(config_dict: dict[str, Any], intermediate_sizes: list[int], so
 
 
 def build_skeleton(hf_config, dtype: torch.dtype = torch.float32, device: str = "cpu") -> nn.Module:
-    """An uninitialized model (memory allocated, values undefined) with per-layer MLP widths."""
+    """An uninitialized model (memory allocated, values undefined) with per-layer MLP widths.
+
+    The parameters are allocated once, on `device` and in `dtype` (the cast happens on the
+    meta device, where it costs nothing): no float32 copy is ever made.
+    """
     family = family_for(hf_config.model_type, "config")
     sizes = list(hf_config.intermediate_sizes)
     with torch.device("meta"):
@@ -66,7 +70,7 @@ def build_skeleton(hf_config, dtype: torch.dtype = torch.float32, device: str = 
         for layer, size in zip(model.model.layers, sizes):
             if size != hf_config.intermediate_size:
                 layer.mlp = type(layer.mlp)(_with_width(hf_config, size))
-    model.to_empty(device=device).to(dtype)
+    model.to(dtype).to_empty(device=device)
     # non-persistent buffers (rotary frequencies) were on the meta device: rebuild them after the
     # dtype cast, so they stay in float32 as transformers keeps them
     with torch.device(device):
@@ -82,8 +86,8 @@ def _with_width(hf_config, size: int):
 
 
 def init_random_(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
-    """Cheap random weights (norm scales at 1): enough for timing, where values do not matter."""
-    gen = torch.Generator().manual_seed(seed)
+    """Random weights (norm scales at 1), drawn in place in each parameter's own dtype and device."""
+    generators: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -91,8 +95,49 @@ def init_random_(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Modul
             elif param.dim() == 1:
                 param.zero_()
             else:
-                param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32) * std)
+                if param.device not in generators:
+                    generators[param.device] = torch.Generator(device=param.device).manual_seed(seed)
+                param.normal_(0.0, std, generator=generators[param.device])
     return model
+
+
+TIMING_POOL = 1 << 22  # random values drawn per model for `init_for_timing_`; every matrix is tiled from them
+
+
+def init_for_timing_(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Weights for latency measurement, in seconds even for a 7B model: no extra copy of the model.
+
+    Latency does not depend on weight values, so `TIMING_POOL` values are drawn once (on the
+    model's device, in its dtype) and every matrix is filled by tiling them from its own offset:
+    a memory-bound copy instead of billions of random draws. The values are finite and no
+    smaller in magnitude than `std / 16` (never denormal, even in float16, where denormals
+    would slow some CPUs down); norm scales are 1 and biases 0, as in `init_random_`.
+    """
+    params = list(model.named_parameters())
+    device, dtype = params[0][1].device, params[0][1].dtype
+    gen = torch.Generator(device=device).manual_seed(seed)
+    pool = torch.randn(TIMING_POOL, generator=gen, device=device) * std
+    pool = torch.where(pool.abs() < std / 16, torch.copysign(torch.full_like(pool, std / 16), pool), pool)
+    pool = torch.cat([pool, pool]).to(dtype)  # doubled, so any window of TIMING_POOL values is contiguous
+    with torch.no_grad():
+        for index, (name, param) in enumerate(params):
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif param.dim() == 1:
+                param.zero_()
+            else:
+                _tile_(param.view(-1), pool, offset=(index * 7919) % TIMING_POOL)
+    return model
+
+
+def _tile_(flat: torch.Tensor, pool: torch.Tensor, offset: int) -> None:
+    """Fill `flat` with `pool[offset:offset + TIMING_POOL]` repeated."""
+    window = pool[offset : offset + TIMING_POOL]
+    whole, rest = divmod(flat.numel(), TIMING_POOL)
+    if whole:
+        flat[: whole * TIMING_POOL].view(whole, TIMING_POOL).copy_(window.expand(whole, TIMING_POOL))
+    if rest:
+        flat[whole * TIMING_POOL :].copy_(window[:rest])
 
 
 def read_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ from ..jsonfiles import check_out_dir, new_directory
 from ..progress import Callback, report
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
-from .build import build_skeleton, hf_config_for, init_random_, layer_widths, load_model, save_model
+from .build import build_skeleton, hf_config_for, init_for_timing_, init_random_, layer_widths, load_model, save_model
 from .families import ModelShape, read_config_dict
 
 
@@ -182,12 +182,15 @@ def _slice_mlp(param_name: str, tensor: torch.Tensor, size: int) -> torch.Tensor
     return tensor
 
 
-def random_subnet_model(name_or_path: str | Path, subnet: SubnetConfig, seed: int = 0) -> nn.Module:
+def random_subnet_model(
+    name_or_path: str | Path, subnet: SubnetConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> nn.Module:
     """Only the sub-network, with random weights, from `config.json`: memory of one sub-network.
 
     Latency does not depend on weight values, so this is how a 7B-shaped space is profiled
-    without its checkpoint.
+    without its checkpoint. The weights are made on `device` in `dtype` directly
+    (`build.init_for_timing_`): seconds and the sub-network's own bytes, even at 7B.
     """
     config, config_path = read_config_dict(name_or_path)
     hf_config = hf_config_for(config, list(subnet.intermediate_sizes), str(config_path))
-    return init_random_(build_skeleton(hf_config), seed)
+    return init_for_timing_(build_skeleton(hf_config, dtype=dtype, device=device), seed)

@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..model.compat import cache_tensors, forward_with_cache, returned_cache
 from .config import PAST, DecoderOnnxConfig
 
 ONNX_NAME = "model.onnx"
@@ -38,10 +39,10 @@ class KVCacheWrapper(nn.Module):
 
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
         cache = DynamicCache(ddp_cache_data=pairs, config=self.model.config)
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
+        out = forward_with_cache(
+            self.model, cache, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
         )
-        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
+        present = cache_tensors(returned_cache(out))
         return (out.logits, *present)
 
 

@@ -31,7 +31,7 @@ import ctypes
 import ctypes.util
 import gc
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -98,6 +98,9 @@ class SubnetMeasurement:
     peak_mem_mib: float
     model_bytes: int
     weights: str
+    # backend-specific record fields (`Backend.record_extra`); with `decode_bytes_per_step` and
+    # `peak_bandwidth_gb_s` the record also gets `decode_bandwidth_fraction`
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def flagged(self) -> bool:
@@ -113,6 +116,7 @@ class SubnetMeasurement:
             peak_mem_mib=max(v.peak_mem_mib for v in visits),
             model_bytes=visits[0].model_bytes,
             weights=visits[0].weights,
+            extra=visits[0].extra,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,7 +128,19 @@ class SubnetMeasurement:
             "model_bytes": self.model_bytes,
             "weights": self.weights,
             "flagged": self.flagged,
+            **self.extra,
+            **self._bandwidth(),
         }
+
+    def _bandwidth(self) -> dict[str, float]:
+        from ..analytics import bandwidth_fraction
+
+        if "decode_bytes_per_step" not in self.extra or "peak_bandwidth_gb_s" not in self.extra:
+            return {}
+        fraction = bandwidth_fraction(
+            self.extra["decode_bytes_per_step"], self.decode_ms.spread.median, self.extra["peak_bandwidth_gb_s"]
+        )
+        return {"decode_bandwidth_fraction": fraction}
 
 
 class Backend:
@@ -182,6 +198,10 @@ class Backend:
         """Where the loaded weights came from ("checkpoint" or "random"); recorded with the figures."""
         return "random"
 
+    def record_extra(self, subnet: SubnetConfig, shapes: Shapes) -> dict[str, Any]:
+        """Fields this backend adds to each record of the loaded sub-network (none by default)."""
+        return {}
+
     # ---- device hooks ------------------------------------------------------------------------
     def synchronize(self) -> None:
         """Wait until queued device work is done (a no-op on the CPU)."""
@@ -230,10 +250,11 @@ class Backend:
             )
             peak = probe.peak_mib()
             source = self.weights_source
+            extra = self.record_extra(subnet, shapes)
         finally:
             self.unload()
             probe.stop()
-        return SubnetMeasurement(prefill, decode, throughput, peak, model_bytes, source)
+        return SubnetMeasurement(prefill, decode, throughput, peak, model_bytes, source, extra)
 
     def measure_visits(
         self, subnets: list[SubnetConfig], shapes: Shapes, protocol: Protocol

@@ -9,6 +9,7 @@ recognized as foreign.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ def device_info() -> dict[str, Any]:
         **cpu,
         "memory_gib": _memory_gib(),
         "gpus": _gpus(),
+        "gpu_memory_bandwidth": [memory_bandwidth(i) for i in range(_cuda_device_count())],
         "os": platform.system(),
         "os_release": platform.release(),
         "machine": platform.machine(),
@@ -122,6 +124,55 @@ def _gpus() -> list[dict[str, Any]]:
         }
         for i in range(torch.cuda.device_count())
     ]
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+COPY_TEST_BYTES = 1 << 30
+COPY_TEST_REPEATS = 10
+
+
+@functools.lru_cache(maxsize=None)
+def memory_bandwidth(index: int = 0) -> dict[str, Any]:
+    """Peak memory bandwidth of CUDA device `index` in GB/s (1e9 bytes/s), measured once per process.
+
+    `spec_gb_s`: from the device properties (2 transfers per memory clock x bus width), when
+    this torch reports them; `copy_gb_s`: a device-to-device copy of 1 GiB, best of 10 (each
+    byte read once and written once). `peak_gb_s` is the specification when known, else the
+    copy test; it is what `decode_bandwidth_fraction` divides by. Not part of the identity:
+    a measured figure varies between runs.
+    """
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0) or 0, getattr(props, "memory_bus_width", 0) or 0
+    spec = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9 if clock_khz and bus_bits else None
+    with torch.cuda.device(index):
+        source = torch.empty(COPY_TEST_BYTES, dtype=torch.uint8, device="cuda")
+        target = torch.empty_like(source)
+        target.copy_(source)  # first touch
+        times = []
+        for _ in range(COPY_TEST_REPEATS):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            target.copy_(source)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        del source, target
+        torch.cuda.empty_cache()
+    copy = 2 * COPY_TEST_BYTES / (min(times) * 1e-3) / 1e9
+    return {
+        "index": index,
+        "spec_gb_s": round(spec, 1) if spec else None,
+        "copy_gb_s": round(copy, 1),
+        "peak_gb_s": round(spec or copy, 1),
+        "source": "device properties" if spec else "copy test",
+    }
 
 
 def _version(package: str) -> str | None:

@@ -45,17 +45,21 @@ def weights_source(model: str | Path, weights: str) -> str:
     return "checkpoint" if weights != "random" and has_checkpoint else "random"
 
 
-def subnet_model(model: str | Path, subnet: SubnetConfig, dtype, source: str, seed: int = 0):
-    """The sub-network as a standalone `LlamaForCausalLM` in `dtype`, in eval mode."""
+def subnet_model(model: str | Path, subnet: SubnetConfig, dtype, source: str, seed: int = 0, device: str = "cpu"):
+    """The sub-network as a standalone `LlamaForCausalLM` on `device` in `dtype`, in eval mode.
+
+    Its parameters are allocated once, where and as they are used: random weights are made
+    there (`build.init_for_timing_`), checkpoint tensors are read one at a time and copied there.
+    """
     from ..model.build import build_skeleton, hf_config_for
     from ..model.families import read_config_dict
     from ..model.supernet import random_subnet_model
 
     if source == "random":
-        return random_subnet_model(model, subnet, seed).to(dtype).eval()
+        return random_subnet_model(model, subnet, seed, dtype=dtype, device=device).eval()
     config, config_path = read_config_dict(model)
     hf_config = hf_config_for(config, list(subnet.intermediate_sizes), str(config_path))
-    built = build_skeleton(hf_config, dtype=dtype)
+    built = build_skeleton(hf_config, dtype=dtype, device=device)
     _fill_from_checkpoint(built, subnet, checkpoint_files(config_path.parent), config_path.parent)
     built.tie_weights()
     return built.eval()
@@ -80,7 +84,7 @@ def _fill_from_checkpoint(model, subnet: SubnetConfig, files: dict[str, Path], m
                 if file not in handles:
                     handles[file] = safe_open(str(file), framework="pt")
                 tensor = _read_slice(handles[file].get_slice(source), tuple(param.shape), source, model_dir)
-                param.copy_(tensor.to(param.dtype))
+                param.copy_(tensor)  # one tensor at a time, cast and moved into place by copy_
     finally:
         handles.clear()
 

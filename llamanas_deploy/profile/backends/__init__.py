@@ -13,6 +13,7 @@ from ..base import Backend
 
 BACKENDS = {
     "torch": "llamanas_deploy.profile.backends.torch_backend:TorchBackend",
+    "torch-eager": "llamanas_deploy.profile.backends.torch_backend:TorchEagerBackend",
     "torch-compile": "llamanas_deploy.profile.backends.torch_compile_backend:TorchCompileBackend",
     "ipex": "llamanas_deploy.profile.backends.ipex_backend:IpexBackend",
     "onnxruntime": "llamanas_deploy.profile.backends.onnxruntime_backend:OnnxRuntimeBackend",

@@ -13,6 +13,7 @@ from .torch_backend import TorchBackend
 
 class TorchCompileBackend(TorchBackend):
     name = "torch-compile"
+    cuda_graphs = False  # Inductor's own kernels, launched step by step (as before CUDA graphs came)
 
     def prepare(self, net):
         import torch

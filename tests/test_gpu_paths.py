@@ -1,0 +1,211 @@
+"""The GPU paths' CPU-testable parts: the transformers compat shim, set-up in the target dtype with no
+float32 copy, the static KV cache that CUDA graphs replay, and the bandwidth-fraction arithmetic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import LLAMA2_7B, SMALL_CONFIG
+from llamanas_deploy.analytics import bandwidth_fraction, count_params, decode_step_bytes
+from llamanas_deploy.model.compat import cache_keyword, forward_with_cache, returned_cache
+from llamanas_deploy.model.families import ModelShape
+from llamanas_deploy.model.supernet import random_subnet_model
+from llamanas_deploy.profile.backends import get_backend
+from llamanas_deploy.profile.backends.cuda_graphs import StaticKVCache, decode_step, prefill
+from llamanas_deploy.profile.base import SubnetMeasurement
+from llamanas_deploy.profile.stats import Measurement, Spread
+from llamanas_deploy.space import load_space
+from llamanas_deploy.subnet_config import SubnetConfig
+
+
+# ---- transformers compat ----------------------------------------------------------------------
+class OldOutput:
+    def __init__(self, past_key_values):
+        self.past_key_values = past_key_values
+
+
+class OldStyleModel(nn.Module):
+    """Takes its cache only as `past_key_values` (transformers 5.0 .. 5.17)."""
+
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs):
+        assert "cache" not in kwargs, "the old keyword must be used"
+        return OldOutput(("seen", past_key_values))
+
+
+class NewStyleModel(nn.Module):
+    def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs):
+        assert "past_key_values" not in kwargs, "the new keyword must be used"
+        return type("Out", (), {"cache": ("seen", cache), "past_key_values": None})()
+
+
+@pytest.mark.parametrize("model_class, keyword", [(OldStyleModel, "past_key_values"), (NewStyleModel, "cache")])
+def test_cache_keyword_follows_the_model(model_class, keyword):
+    model = model_class()
+    assert cache_keyword(model) == keyword
+    out = forward_with_cache(model, "kv", input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True)
+    assert returned_cache(out) == ("seen", "kv")
+
+
+def test_cache_keyword_of_a_compiled_module_is_its_originals():
+    wrapper = nn.Module()
+    wrapper._orig_mod = OldStyleModel()  # what torch.compile's OptimizedModule holds
+    assert cache_keyword(wrapper) == "past_key_values"
+
+
+def test_returned_cache_says_what_is_missing():
+    with pytest.raises(AttributeError, match="neither .cache nor .past_key_values"):
+        returned_cache(object())
+
+
+def test_installed_transformers_round_trips_a_cache(small_checkpoint):
+    from llamanas_deploy.model.build import load_model
+
+    model = load_model(small_checkpoint)[0]
+    ids = torch.randint(0, 100, (1, 6))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        first = model(ids[:, :5], use_cache=True)
+        step = forward_with_cache(model, returned_cache(first), input_ids=ids[:, 5:], use_cache=True)
+    assert torch.allclose(step.logits[:, -1], full[:, -1], atol=1e-5)
+
+
+# ---- set-up in the target dtype and device ----------------------------------------------------
+def _config_file(tmp_path, **overrides):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(SMALL_CONFIG | overrides))
+    return path
+
+
+def test_timing_weights_are_made_in_the_target_dtype_finite_and_not_denormal(tmp_path):
+    subnet = SubnetConfig(num_layers=3, intermediate_sizes=[128, 64, 96])
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        model = random_subnet_model(_config_file(tmp_path), subnet, seed=3, dtype=dtype)
+        for name, param in model.named_parameters():
+            assert param.dtype == dtype and param.device.type == "cpu", name
+            values = param.detach().float()
+            assert torch.isfinite(values).all(), name
+            tiny = values[(values != 0) & (values.abs() < torch.finfo(dtype).tiny)]
+            assert tiny.numel() == 0, f"{name}: {tiny.numel()} denormal values"
+            if name.endswith("norm.weight"):
+                assert (values == 1).all()
+            elif param.dim() == 2:
+                assert values.std() > 0.01 and values.abs().min() > 0
+    same = random_subnet_model(_config_file(tmp_path), subnet, seed=3).state_dict()
+    other = random_subnet_model(_config_file(tmp_path), subnet, seed=4).state_dict()
+    again = random_subnet_model(_config_file(tmp_path), subnet, seed=3).state_dict()
+    key = "model.layers.1.mlp.up_proj.weight"
+    assert torch.equal(same[key], again[key]) and not torch.equal(same[key], other[key])
+
+
+PEAK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from pathlib import Path
+    from llamanas_deploy.model.supernet import random_subnet_model
+    from llamanas_deploy.subnet_config import SubnetConfig
+
+    def kib(field):
+        return int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field)).split()[1])
+
+    import transformers.models.llama.modeling_llama  # libraries' own start-up memory before the baseline
+    torch.empty(1)
+    Path("/proc/self/clear_refs").write_text("5")
+    base = kib("VmRSS")
+    model = random_subnet_model(sys.argv[1], SubnetConfig(num_layers=6, intermediate_sizes=[4096] * 6), dtype=torch.bfloat16)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(json.dumps({"bytes": nbytes, "growth": (kib("VmHWM") - base) * 1024}))
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the peak resident set from /proc")
+def test_bf16_set_up_peaks_near_the_sub_networks_own_bytes(tmp_path):
+    """~230 MB of bf16 weights: the old path (a float32 skeleton, then a cast) peaked above 2x."""
+    config = _config_file(tmp_path, hidden_size=1024, num_attention_heads=8, num_key_value_heads=8,
+                          num_hidden_layers=6, intermediate_size=4096, vocab_size=32000)  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(config)], capture_output=True, text=True, check=True)
+    figures = json.loads(out.stdout)
+    assert figures["bytes"] > 200 * 1024**2
+    assert figures["growth"] <= 1.3 * figures["bytes"], figures
+
+
+# ---- the static KV cache that CUDA graphs replay ----------------------------------------------
+def test_static_cache_decode_matches_the_full_forward(gqa_checkpoint):
+    from llamanas_deploy.model.build import load_model
+
+    model = load_model(gqa_checkpoint)[0]
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = StaticKVCache(model.config, batch=2, length=9, dtype=torch.float32, device="cpu")
+        logits = prefill(model, cache, ids[:, :5])
+        assert torch.allclose(logits[:, -1], full[:, 4], atol=1e-5)
+        mask = torch.zeros(2, 1, 1, 9, dtype=torch.bool)
+        mask[..., :5] = True
+        positions = torch.full((2, 1), 5)
+        for t in (5, 6):  # the graph's step: mark the slot, run, move on (all in place, on the device)
+            mask.index_fill_(3, cache.position, True)
+            logits = decode_step(model, cache, ids[:, t : t + 1], positions, mask)
+            assert torch.allclose(logits[:, -1], full[:, t], atol=1e-5), t
+            cache.position.add_(1)
+            positions.add_(1)
+
+
+def test_a_static_decode_step_reads_no_value_on_the_host(gqa_checkpoint):
+    """On the meta device any host read (`.item()`, `if tensor:`) fails: what a CUDA graph capture forbids."""
+    from llamanas_deploy.model.build import load_model
+
+    model = load_model(gqa_checkpoint)[0].to("meta")
+    cache = StaticKVCache(model.config, batch=2, length=9, dtype=torch.float32, device="meta")
+    ids = torch.zeros(2, 1, dtype=torch.long, device="meta")
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool, device="meta")
+    try:
+        with torch.no_grad():
+            logits = decode_step(model, cache, ids, ids.clone(), mask)
+    except RuntimeError as err:
+        if "autocast" in str(err):  # older transformers wrap rotary in autocast, which has no meta device
+            pytest.skip(f"this transformers cannot run on the meta device: {err}")
+        raise
+    assert logits.shape == (2, 1, model.config.vocab_size)
+
+
+# ---- memory bandwidth -------------------------------------------------------------------------
+def test_decode_step_bytes_of_llama2_7b():
+    shape = ModelShape.from_config_dict(LLAMA2_7B, "llama2-7b")
+    full = load_space("llama2-7b-paper").largest
+    matmul = count_params(shape, full)[1]
+    kv_token = 2 * 32 * 4096 * 2
+    assert decode_step_bytes(shape, full, context_len=128) == 2 * matmul + 128 * kv_token
+    assert decode_step_bytes(shape, full, context_len=128, batch_size=16) == 2 * matmul + 16 * 128 * kv_token
+    assert 13.2e9 < 2 * matmul < 13.3e9  # the matrices a bf16 decode step streams (the embedding is a lookup)
+
+
+def test_bandwidth_fraction_arithmetic():
+    assert bandwidth_fraction(4_800_000_000, 1.0, 4800.0) == pytest.approx(1.0)
+    assert bandwidth_fraction(13_476_000_000, 18.2, 4800.0) == pytest.approx(0.154, abs=1e-3)  # the eager figure
+    with pytest.raises(ValueError):
+        bandwidth_fraction(1, 0.0, 4800.0)
+
+
+def test_gpu_records_carry_the_bandwidth_fraction():
+    def figure(ms: float) -> Measurement:
+        return Measurement(Spread(ms, 0.0, 0.0, 5, ms), attempts=1, flagged=False)
+
+    extra = {"execution": "cuda-graphs", "decode_bytes_per_step": 4_000_000_000, "peak_bandwidth_gb_s": 4000.0}
+    measured = SubnetMeasurement(figure(3.0), figure(2.0), figure(100.0), 1.0, 10, "random", extra)
+    record = measured.to_dict()
+    assert record["execution"] == "cuda-graphs" and record["decode_bandwidth_fraction"] == pytest.approx(0.5)
+    assert "decode_bandwidth_fraction" not in SubnetMeasurement(figure(3.0), figure(2.0), figure(100.0), 1.0, 10, "random").to_dict()
+
+
+def test_eager_backend_is_registered_for_comparison():
+    eager, graphs = get_backend("torch-eager"), get_backend("torch")
+    assert issubclass(eager, graphs) and graphs.cuda_graphs and not eager.cuda_graphs
+    assert "cuda" in eager.devices
