@@ -44,7 +44,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise BadInputError(f"Ray is not installed; install the ray extra: {RAY_EXTRA}", param="ray") from None
+        raise BadInputError(f"Ray is not installed; install the ray extra: {RAY_EXTRA}", param="address") from None
     return ray
 
 
@@ -56,7 +56,7 @@ def connected(address: str = "auto") -> Iterator[Any]:
         yield ray
         return
     if not isinstance(address, str) or not address:
-        raise BadInputError(f"expected 'auto' or a Ray cluster address, got {address!r}", param="ray")
+        raise BadInputError(f"expected 'auto' or a Ray cluster address, got {address!r}", param="address")
     try:
         if address != "auto":
             ray.init(address=address, log_to_driver=False)
@@ -68,7 +68,7 @@ def connected(address: str = "auto") -> Iterator[Any]:
     except ConnectionError as err:
         raise BadInputError(
             f"no Ray cluster at {address!r} ({str(err).splitlines()[0]}); start one with `ray start --head`",
-            param="ray",
+            param="address",
         ) from None
     try:
         yield ray
@@ -127,6 +127,7 @@ class RayWorkers:
             raise BadInputError(f"expected an integer >= 1, got {workers!r}", param="workers")
         if isinstance(gpus_per_worker, bool) or not isinstance(gpus_per_worker, (int, float)) or not 0 <= gpus_per_worker:
             raise BadInputError(f"expected a number >= 0, got {gpus_per_worker!r}", param="gpus_per_worker")
+        import_ray()  # missing: said now, before any model is loaded
         self.workers, self.gpus_per_worker, self.address = workers, float(gpus_per_worker), address
         self.actors: list[Any] = []
 
@@ -180,6 +181,7 @@ class RayNode:
     def __init__(self, resource: str, address: str = "auto"):
         if not isinstance(resource, str) or not resource:
             raise BadInputError(f"expected a resource name, got {resource!r}", param="node_resource")
+        import_ray()
         self.resource, self.address = resource, address
 
     @contextmanager

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..concepts import PROFILE_PRECISIONS, WEIGHT_SOURCES
+from ..errors import BadInputError
 from ..profile import runner
 from ..profile.backends import BACKENDS
 from ..profile.base import Shapes
@@ -40,8 +41,14 @@ DEFAULTS = ProfileSettings()
 @device_option(DEFAULTS.device)
 @click.option("--samples", default=DEFAULTS.samples, show_default=True, type=click.IntRange(min=1),
               help="Sub-networks in the plan.")  # fmt: skip
-@click.option("--target", required=True, help="Name of the hardware target (the profile's directory name).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Profile dir [hardware_profiles/TARGET].")
+@click.option("--target", "target", required=True, multiple=True,
+              help="Name of the hardware target (the profile's directory name); repeat with --ray to profile a fleet.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Profile dir [hardware_profiles/TARGET]; with several --target, the folder of their profiles.")
+@click.option("--ray", "address", metavar="auto|ADDRESS",
+              help="Measure on a node of this Ray cluster (the one advertising --node-resource), not here.")
+@click.option("--node-resource", "node_resource", multiple=True, metavar="NAME",
+              help="Custom Ray resource of the target's node, one per --target in order [the target's name].")
 @shape_options(Shapes())
 @threads_option(DEFAULTS.threads)
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed of the sampling plan and of random weights.")
@@ -55,18 +62,48 @@ def profile(**opts) -> None:
     """Measure sampled sub-networks on this device and append them to hardware_profiles/TARGET/.
 
     Rerunning the same command resumes; a larger --samples or --visits extends the same plan.
+    With --ray the measurements run on the cluster node advertising the target's resource
+    (`ray start --address ... --resources '{"TARGET": 1}'`) and stream back here; several
+    --target profile a fleet at once, each into its own directory.
     """
     settings = ProfileSettings(
         **{k: opts[k] for k in ("backend", "precision", "device", "samples", "seed", "threads", "weights", "clock")},
         shapes=shapes_from(opts),
         protocol=protocol_from(opts),
     )
+    nodes = _nodes(opts["target"], opts["address"], opts["node_resource"])
     printer = progress_printer(opts["quiet"])
     try:
-        result = runner.profile(opts["model"], opts["space_name"], settings, target=opts["target"], out=opts["out"], callback=printer)
+        if len(nodes) == 1:
+            (target, node), = nodes.items()
+            result = runner.profile(opts["model"], opts["space_name"], settings, target=target, out=opts["out"],
+                                    callback=printer, node=node)  # fmt: skip
+            emit(result.to_dict(), opts["as_json"], _render_profile)
+            return
+        results = runner.profile_fleet(opts["model"], opts["space_name"], settings, targets=nodes,
+                                       directory=opts["out"] or DEFAULT_PROFILES_DIR, callback=printer)  # fmt: skip
     finally:
         printer.close()
-    emit(result.to_dict(), opts["as_json"], _render_profile)
+    emit({"targets": [r.to_dict() for r in results]}, opts["as_json"],
+         lambda fleet: "\n".join(_render_profile(r) for r in fleet["targets"]))  # fmt: skip
+
+
+def _nodes(targets: tuple[str, ...], address: str | None, resources: tuple[str, ...]) -> dict:
+    """{target: where it is measured}: None (here) without --ray, else the Ray node advertising its resource."""
+    if len(set(targets)) != len(targets):
+        raise BadInputError(f"a target named twice: {list(targets)}", param="target")
+    if address is None:
+        if resources:
+            raise BadInputError("applies to a profile on Ray only; add --ray ADDRESS", param="node_resource")
+        if len(targets) > 1:
+            raise BadInputError("several targets are profiled on a Ray cluster only; add --ray ADDRESS", param="target")
+        return {targets[0]: None}
+    if resources and len(resources) != len(targets):
+        raise BadInputError(f"{len(resources)} resources for {len(targets)} targets; give one per --target",
+                            param="node_resource")  # fmt: skip
+    from ..cluster import RayNode
+
+    return {t: RayNode(r, address) for t, r in zip(targets, resources or targets)}
 
 
 def _render_profile(r: dict) -> str:
