@@ -25,19 +25,29 @@ DEFAULTS = FitSettings()
 @click.option("--plot", "plot_path", default=None, help="PNG: predicted vs measured on the held-out split.")
 @click.option("--test-fraction", default=DEFAULTS.test_fraction, show_default=True, type=FiniteFloat(0.05, 0.5))
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed of the train/test split and of XGBoost.")
+@click.option("--transfer-from", "transfer_from", default=None, metavar="PREDICTOR_OR_PROFILE",
+              help="Source to transfer from: a predictor file or shipped name, or a profile directory, of the same space, "
+                   "measured on another device with the same backend and precision, or on this device with another one.")
+@click.option("--samples", "train_samples", type=click.IntRange(min=2), default=None,
+              help="Fit on only the first K sub-networks of the training split, in measuring order [default: all].")
 @json_option
 def fit(**opts) -> None:
-    """Fit an XGBoost predictor of METRIC on a profile; compare it with baselines on a held-out split."""
+    """Fit an XGBoost predictor of METRIC on a profile; compare it with baselines on a held-out split.
+
+    With --transfer-from, the source's prediction is the prior and a few of this profile's
+    sub-networks fit the rest (5 usable sub-networks suffice: 3 to fit, 2 held out).
+    """
     from ..predict.train import fit as fit_predictor
 
     _check_out(opts["out_path"], ".json", "--out")
     if opts["plot_path"]:
         _check_out(opts["plot_path"], ".png", "--plot")
-    settings = FitSettings(test_fraction=opts["test_fraction"], seed=opts["seed"])
+    settings = FitSettings(test_fraction=opts["test_fraction"], seed=opts["seed"], train_samples=opts["train_samples"])
     printer = progress_printer(quiet=False)
     try:
         result = fit_predictor(opts["profile"], opts["metric"], settings, space=opts["space"], model=opts["model"],
-                               backend=opts["backend"], precision=opts["precision"], callback=printer)  # fmt: skip
+                               backend=opts["backend"], precision=opts["precision"], transfer_from=opts["transfer_from"],
+                               callback=printer)  # fmt: skip
     finally:
         printer.close()
     saved = result.predictor.save(opts["out_path"])
@@ -79,6 +89,12 @@ def _render_fit(r: dict) -> str:
         f"{'cross-validation' if r['metadata']['cv_mape_pct'] is not None else 'default'}), "
         f"{d['n_test']} held out; {d['n_flagged_dropped']} flagged measurements dropped\n"
     )
+    if d.get("transfer"):
+        t, src = d["transfer"], d["transfer"]["source"]
+        what = "another device" if t["kind"] == "device" else "another backend/precision on this device"
+        head += (f"transfer from {src['name']} ({what}: {src['target']}, {src['backend']} {src['precision']}; "
+                 f"sha256 {src['sha256'][:12]}), {t['target_samples']} target sub-networks; prior = "
+                 f"{t['prior_coef']['intercept']:.4g} + {t['prior_coef']['source_scale']:.4g} x source\n")  # fmt: skip
     rows = [[row["model"], *_metric_cells(row)] for row in r["comparison"]]
     curve = [[row["n_train"], row["draws"], *_metric_cells(row)] for row in r["learning_curve"]]
     headers = ["MAPE %", f"RMSE {unit}", "±5 %", "±10 %", "Spearman", "Kendall"]

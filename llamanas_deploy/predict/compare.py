@@ -123,7 +123,7 @@ def compare(
     """(a clone of `estimator` fitted on `train`, one metrics row per model on `test`, its test predictions)."""
     from sklearn.base import clone
 
-    progress(OURS)
+    progress(OURS_TRANSFER if estimator.transfer_from is not None else OURS)
     ours = clone(estimator).fit([configs[i] for i in train], y[train], provenance=provenance)
     ours_pred = ours.predict([configs[i] for i in test])
     rows = [{"model": OURS_TRANSFER if estimator.transfer_from is not None else OURS, **regression_metrics(y[test], ours_pred)}]
