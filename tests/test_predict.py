@@ -41,6 +41,8 @@ LAYER_MS = {192: 0.30, 384: 0.42, 576: 0.61, 768: 0.70}  # deliberately not line
 FINGERPRINT_ID = "00aa11bb22cc33dd"
 # predictions for (smallest, largest) of the shipped predictors, by the code that fitted and saved them
 SHIPPED_PREDICTIONS = {
+    "amd-epyc-2c-torch-fp32-decode_ms": (1.8408116928935399, 5.610447014196929),
+    "amd-epyc-2c-torch-fp32-prefill_ms": (8.160608605926658, 26.397071321594808),
     "dev-cpu-2c-avx512-amx-onnxruntime-int8-decode_ms": (0.8668236338620328, 1.497123071467034),
     "dev-cpu-2c-avx512-amx-torch-fp32-decode_ms": (1.8899339396904262, 4.863478973175127),
     "dev-cpu-2c-avx512-amx-torch-fp32-peak_mem": (17.650193500612133, 36.507563223601565),
