@@ -61,6 +61,8 @@ class OrtDecoder:
     def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None):
         import onnxruntime as ort
 
+        from .onnx_model.fp16 import kv_dtype
+
         provider = check_device(device)
         self.path = Path(onnx_path)
         self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=[provider])
@@ -68,6 +70,7 @@ class OrtDecoder:
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
         self.output_names = [o.name for o in self.session.get_outputs()]
         first = inputs[self.past_names[0]].shape
+        self.kv_dtype = kv_dtype(self.session)  # float16 in a CUDA (fp16) artifact
         self.num_kv_heads, self.head_dim = int(first[1]), int(first[3])
         self.vocab_size = int(self.session.get_outputs()[0].shape[2])
 
@@ -77,7 +80,7 @@ class OrtDecoder:
 
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:
         """A KV cache of length 0, for a prefill."""
-        empty = np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=np.float32)
+        empty = np.zeros((batch, self.num_kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
         return {name: empty for name in self.past_names}
 
     def forward(

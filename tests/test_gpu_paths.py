@@ -209,3 +209,39 @@ def test_eager_backend_is_registered_for_comparison():
     eager, graphs = get_backend("torch-eager"), get_backend("torch")
     assert issubclass(eager, graphs) and graphs.cuda_graphs and not eager.cuda_graphs
     assert "cuda" in eager.devices
+
+
+# ---- the CUDA artifact's graph, built and run on the CPU --------------------------------------
+def test_fp16_graph_keeps_the_kv_cache_in_fp16_and_matches_torch(small_checkpoint, tmp_path):
+    import numpy as np
+
+    from llamanas_deploy.model.build import load_model
+    from llamanas_deploy.onnx_model.config import onnx_config_for
+    from llamanas_deploy.onnx_model.fp16 import export_fp16, fp16_tolerance
+    from llamanas_deploy.runtime import OrtDecoder
+
+    model, config_dict, _ = load_model(small_checkpoint)
+    ids = np.random.default_rng(0).integers(0, 100, (2, 7))
+    with torch.no_grad():
+        reference = model(torch.from_numpy(ids), use_cache=False).logits.numpy()
+    onnx_config = onnx_config_for(config_dict | {"intermediate_sizes": [128] * 4}, "small")
+    decoder = OrtDecoder(export_fp16(model, onnx_config, tmp_path), "cpu")
+    types = {arg.name: arg.type for arg in [*decoder.session.get_inputs(), *decoder.session.get_outputs()]}
+    assert types["past_key_values.0.key"] == types["present.3.value"] == types["logits"] == "tensor(float16)"
+    assert decoder.empty_past(2)["past_key_values.0.key"].dtype == np.float16
+    logits, past = decoder.forward(ids[:, :6], decoder.empty_past(2))
+    step, _ = decoder.forward(ids[:, 6:], past)
+    tolerance = fp16_tolerance(reference)
+    assert np.abs(logits.astype(np.float32) - reference[:, :6]).max() <= tolerance
+    assert np.abs(step[:, -1].astype(np.float32) - reference[:, 6]).max() <= tolerance
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_export_for_cuda_is_refused_in_one_line_without_a_gpu(capsys, tmp_path, small_checkpoint, small_space_file):
+    from conftest import run_cli
+
+    code, _, err = run_cli(capsys, "export", "--model", str(small_checkpoint), "--space", str(small_space_file),
+                           "--subnet", '{"num_layers": 2, "intermediate_sizes": [32, 32]}',
+                           "--out", str(tmp_path / "a"), "--device", "cuda")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "CUDAExecutionProvider" in err, err
+    assert not (tmp_path / "a").exists()

@@ -46,7 +46,8 @@ class KVCacheWrapper(nn.Module):
         return (out.logits, *present)
 
 
-def dummy_inputs(config: DecoderOnnxConfig, batch: int, seq: int, past: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def dummy_inputs(config: DecoderOnnxConfig, batch: int, seq: int, past: int, seed: int = 0,
+                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:  # fmt: skip
     """Inputs of one call, named as the graph names them: random tokens, full mask, positions after the past."""
     gen = torch.Generator().manual_seed(seed)
     feeds = {
@@ -55,7 +56,7 @@ def dummy_inputs(config: DecoderOnnxConfig, batch: int, seq: int, past: int, see
         "position_ids": torch.arange(past, past + seq).expand(batch, seq).contiguous(),
     }
     for name in config.past_names:
-        feeds[name] = torch.randn(config.kv_shape(batch, past), generator=gen)
+        feeds[name] = torch.randn(config.kv_shape(batch, past), generator=gen).to(dtype)  # the model's own KV dtype
     return feeds
 
 
@@ -82,7 +83,7 @@ def dynamic_shapes(config: DecoderOnnxConfig) -> dict:
 def export_onnx(model: nn.Module, config: DecoderOnnxConfig, out_dir: Path) -> Path:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` above 2 GiB of weights); returns the model path."""
     wrapper = KVCacheWrapper(model).eval()
-    feeds = dummy_inputs(config, DUMMY_BATCH, DUMMY_SEQUENCE, DUMMY_PAST)
+    feeds = dummy_inputs(config, DUMMY_BATCH, DUMMY_SEQUENCE, DUMMY_PAST, dtype=next(model.parameters()).dtype)
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             wrapper,
