@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,14 +126,11 @@ def test_onnxruntime_backend_measures_an_exported_subnet(small_checkpoint):
     subnet = SubnetConfig(2, (128, 32))
     shapes = Shapes(batch_size=2, prompt_len=8, context_len=8, gen_len=3)
     backend.warm_up(subnet, shapes)
-    onnx_file = Path(backend._workdir.name) / subnet.id / "int4" / "model.onnx"
-    written = onnx_file.stat().st_mtime_ns
     result = backend.measure(subnet, shapes, Protocol(warmup=0, repeats=3, max_attempts=1))
-    assert onnx_file.stat().st_mtime_ns == written  # exported once, reused by warm-up and measurement
+    assert backend.exports_made == 1  # exported once, reused by warm-up and measurement
     assert result.weights == "checkpoint" and result.model_bytes > 0
     for figure in (result.prefill_ms, result.decode_ms, result.throughput_tok_s):
         assert figure.spread.median > 0 and figure.spread.n >= 3
-    assert [p.name for p in Path(backend._workdir.name).iterdir()] == [subnet.id]
     with pytest.raises(BadInputError, match="precision: 'bf16'") as err:
         backend_cls.validate("cpu", "bf16")
     assert err.value.param == "precision"

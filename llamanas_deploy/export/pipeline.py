@@ -103,14 +103,14 @@ def export(
     space = load_space(space) if isinstance(space, (str, Path)) else space
     subnet = space.resolve(subnet) if isinstance(subnet, str) else space.validate(subnet)
     predictor, predictor_name = _load_predictor(predictor, space) if predictor is not None else (None, None)
-    quant = _quant_settings(settings)
-    steps = ["load", "export", "verify", *(["quantize", "verify quantized"] if quant else []), "artifact"]
+    quantized = settings.precision != "fp32"
+    steps = ["load", "export", "verify", *(["quantize", "verify quantized"] if quantized else []), "artifact"]
     stage = _Stages(callback, steps + (["bench"] if bench is not None else []))
     with new_directory(out) as artifact_dir:
         stage("load")
         supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
         supernet.check_space(space)
-        built = _build(supernet, subnet, settings, quant, artifact_dir, stage)
+        built = _build(supernet, subnet, settings, artifact_dir, stage)
         manifest = _manifest(settings, space, supernet, subnet, provider, built)
         if predictor is not None:
             manifest["predicted"] = _predicted(predictor, predictor_name, subnet)
@@ -139,6 +139,7 @@ class _Stages:
 class _Built:
     artifact_dir: Path
     onnx_config: Any
+    graph: str
     model_config: dict[str, Any]
     quant: QuantSettings
     verification: dict[str, Any]
@@ -146,13 +147,14 @@ class _Built:
     tokenizer_files: list[str]
 
 
-def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, quant: QuantSettings | None, artifact_dir: Path,
+def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, artifact_dir: Path,
            stage: Callable[[str], None]) -> _Built:  # fmt: skip
     """Export, verify and quantize into `artifact_dir` (empty; its parent is scratch space)."""
     from ..jsonfiles import write_json
     from ..onnx_model.artifact import GENAI_CONFIG, copy_tokenizer, genai_config
     from ..onnx_model.config import onnx_config_for
-    from ..onnx_model.exporter import ONNX_NAME, export_onnx
+    from ..onnx_model.exporter import ONNX_NAME
+    from ..onnx_model.graphs import export_graph, graph_for
     from ..onnx_model.quantize import quantize
     from ..runtime import OrtDecoder
     from .verify import verify_fp32, verify_quantized
@@ -161,9 +163,11 @@ def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, quant: Quan
     model = supernet.extract(subnet)
     model_config = model.config.to_dict() | {"intermediate_sizes": list(subnet.intermediate_sizes)}
     onnx_config = onnx_config_for(model_config, f"sub-network {subnet.id}")
+    graph = graph_for(settings.device, onnx_config)
+    quant = _quant_settings(settings)
     fp32_dir = artifact_dir.parent / "fp32"
     fp32_dir.mkdir()
-    fp32_path = export_onnx(model, onnx_config, fp32_dir)
+    fp32_path = export_graph(model, onnx_config, fp32_dir, graph)
     external = (fp32_dir / f"{ONNX_NAME}.data").exists()
     tokens, data_source = eval_tokens(supernet.source, settings.data, settings.max_eval_tokens, onnx_config.vocab_size)
     stage("verify")
@@ -176,7 +180,7 @@ def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, quant: Quan
             shutil.move(str(path), artifact_dir / path.name)
     else:
         stage("quantize")
-        quant = quantize(fp32_path, artifact_dir / ONNX_NAME, quant, external)
+        quant = quantize(fp32_path, artifact_dir / ONNX_NAME, quant, external, graph)
         stage("verify quantized")
         quantized = OrtDecoder(artifact_dir / ONNX_NAME, settings.device)
         verification["quantized_vs_fp32"] = verify_quantized(
@@ -184,22 +188,21 @@ def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, quant: Quan
         )
     stage("artifact")
     provider = fp32.session.get_providers()[0]
-    genai = genai_config(onnx_config, model_config, provider, ONNX_NAME)
+    genai = genai_config(onnx_config, model_config, provider, ONNX_NAME, graph)
     write_json(artifact_dir / GENAI_CONFIG, genai, sort_keys=True)
     tokenizer_files = copy_tokenizer(supernet.source, artifact_dir)
-    return _Built(artifact_dir, onnx_config, model_config, quant, verification, external, tokenizer_files)
+    return _Built(artifact_dir, onnx_config, graph, model_config, quant, verification, external, tokenizer_files)
 
 
 def _quant_settings(settings: ExportSettings) -> QuantSettings | None:
-    from ..onnx_model.quantize import int4_settings, int8_settings
+    from ..onnx_model.quantize import settings_for
 
+    isa_flags: list[str] = []
     if settings.precision == "int8":
         from ..profile.fingerprint import current_fingerprint
 
-        return int8_settings(current_fingerprint()["device"]["isa_flags"])
-    if settings.precision == "int4":
-        return int4_settings(settings.device, settings.block_size, settings.accuracy_level)
-    return None
+        isa_flags = current_fingerprint()["device"]["isa_flags"]
+    return settings_for(settings.precision, settings.device, isa_flags, settings.block_size, settings.accuracy_level)
 
 
 def eval_tokens(model_dir: Path, data: str | None, max_tokens: int, vocab_size: int) -> tuple[list[int], str]:
@@ -246,6 +249,7 @@ def _manifest(settings: ExportSettings, space, supernet, subnet: SubnetConfig, p
         "size": {"params": stats.params, "fp16_bytes": stats.fp16_bytes, "fp16_gib": stats.fp16_gib, "onnx_bytes": onnx_bytes},
         "onnx": {
             "file": "model.onnx",
+            "graph": built.graph,
             "external_data": built.external_data,
             "opset": config.opset,
             "inputs": {k: {str(a): n for a, n in v.items()} for k, v in config.inputs.items()},

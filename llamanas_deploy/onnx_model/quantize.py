@@ -7,8 +7,15 @@
 - int4: `MatMulNBitsQuantizer` (weight-only, blockwise); `accuracy_level` 4 computes in int8
   on the CPU (fast), 0 keeps fp32 compute.
 
-As in the paper ("INT8 on all decoder linear layers"), the decoder layers' MatMuls are
-quantized; the LM head (the MatMul that produces `logits`) stays fp32.
+On the fused CPU graph (`fused.py`) every MatMul is quantized, the LM head included, and the
+embedding reads the LM head's quantized table when the two are tied (one copy in the file):
+int8 through `quantize_dynamic` (ORT fuses each into one DynamicQuantizeMatMul; with VNNI /
+AMX its prefill is 2x the speed of weight-only 8-bit MatMulNBits at the same decode speed),
+the embedding a Gather of the transposed int8 table (ORT folds the Transpose when the session
+opens) and its dequantization; int4 through MatMulNBits, the embedding a GatherBlockQuantized
+over the LM head's blocks (an untied embedding: ORT's own int4 Gather quantization). On the
+dynamo graph (CUDA, small heads) the paper's recipe ("INT8 on all decoder linear layers"):
+the decoder layers' MatMuls are quantized, the LM head (the MatMul producing `logits`) stays fp32.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+import numpy as np
 
 from ..concepts import check_choice
 from ..errors import BadInputError
@@ -67,6 +76,18 @@ def int4_settings(device: str, block_size: int | None = None, accuracy_level: in
     return QuantSettings("int4", "MatMulNBits", block_size=block, accuracy_level=level, reason=reason)
 
 
+def settings_for(
+    precision: str, device: str, isa_flags: Sequence[str] = (), block_size: int | None = None,
+    accuracy_level: int | None = None,
+) -> QuantSettings | None:
+    """How `precision` is quantized on `device` (None for fp32): what export and the profiler both use."""
+    if precision == "int8":
+        return int8_settings(isa_flags)
+    if precision == "int4":
+        return int4_settings(device, block_size, accuracy_level)
+    return None
+
+
 def check_int4(block_size: int | None, accuracy_level: int | None) -> None:
     """`BadInputError` naming the parameter when a given int4 setting is not one MatMulNBits takes."""
     for param, value, choices in (
@@ -87,18 +108,193 @@ def lm_head_node(model) -> str:
     return node.name
 
 
-def quantize(src: Path, dst: Path, settings: QuantSettings, external_data: bool) -> QuantSettings:
-    """Write the quantized model `dst` from the fp32 model `src`; returns the settings with exclusions."""
+def quantize(src: Path, dst: Path, settings: QuantSettings, external_data: bool, graph: str = "fused") -> QuantSettings:
+    """Write the quantized model `dst` from the fp32 model `src`; returns the settings with exclusions.
+
+    `graph`: "fused" (`fused.py`: every MatMul and the embedding quantized) or "dynamo" (the LM
+    head stays fp32).
+    """
     import onnx
 
     if settings.precision not in ("int8", "int4"):
         raise BadInputError(f"{settings.precision!r}: expected int8 or int4 to quantize", param="precision")
+    if graph == "fused":
+        with _quiet_quantizer():
+            note = (_int8_fused if settings.precision == "int8" else _int4_fused)(src, dst, settings, external_data)
+        return QuantSettings(**{**asdict(settings), "reason": f"{settings.reason}; {note}"})
     excluded = (lm_head_node(onnx.load(str(src), load_external_data=False)),)
     with _quiet_quantizer():
         (_int8 if settings.precision == "int8" else _int4)(src, dst, settings, excluded, external_data)
     return QuantSettings(**{**asdict(settings), "excluded_nodes": excluded})
 
 
+def _int8_fused(src: Path, dst: Path, settings: QuantSettings, external_data: bool) -> str:
+    """quantize_dynamic on every MatMul of the fused graph; a tied embedding reads the LM head's int8 table."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .fused import LM_HEAD_NODE
+
+    model = onnx.load(str(src))
+    tied = _untie_lm_head(model)
+    quantized = dst.with_name(f"{dst.name}.int8")
+    quantize_dynamic(
+        model,
+        quantized,
+        op_types_to_quantize=["MatMul"],
+        per_channel=bool(settings.per_channel),
+        reduce_range=bool(settings.reduce_range),
+        weight_type=QuantType.QInt8,
+        # the contrib ops stop ONNX shape inference: every MatMul here is fp32
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    model = onnx.load(str(quantized))
+    quantized.unlink()
+    note = "LM head int8; embedding fp32 (not tied)"
+    if tied:
+        _share_int8_embedding(model, f"{LM_HEAD_NODE}_quant")
+        note = "LM head int8; embedding reads the LM head's int8 table (tied, stored once)"
+    _save(model, dst, external_data)
+    return note
+
+
+def _int4_fused(src: Path, dst: Path, settings: QuantSettings, external_data: bool) -> str:
+    """MatMulNBits on every MatMul of the fused graph; the embedding shares the LM head's blocks when tied."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    from .fused import EMBEDDING, LM_HEAD_NODE
+
+    model = onnx.load(str(src))
+    tied = _untie_lm_head(model)
+    hidden = next(t for t in model.graph.initializer if t.name == EMBEDDING).dims[1]
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=settings.block_size,
+        is_symmetric=True,
+        accuracy_level=settings.accuracy_level,
+        op_types_to_quantize=("MatMul",) if tied else ("MatMul", "Gather"),
+    )
+    quantizer = MatMulNBitsQuantizer(model, block_size=settings.block_size, is_symmetric=True,
+                                     accuracy_level=settings.accuracy_level, algo_config=config)  # fmt: skip
+    quantizer.process()
+    model = quantizer.model.model
+    if not tied:
+        note = "LM head int4; embedding int4"
+    elif hidden % settings.block_size:
+        note = f"LM head int4; embedding fp32 (hidden size {hidden} is not a multiple of the block size)"
+    else:
+        _share_int4_embedding(model, f"{LM_HEAD_NODE}_Q4", settings.block_size)
+        note = "LM head int4; embedding reads the LM head's int4 blocks (tied, stored once)"
+    _save(model, dst, external_data)
+    return note
+
+
+def _untie_lm_head(model) -> bool:
+    """Give a tied LM head its own [hidden, vocab] initializer, so that the quantizer sees a weight."""
+    from onnx import numpy_helper
+
+    from .fused import EMBEDDING, LM_HEAD, LM_HEAD_NODE
+
+    nodes = {n.name: n for n in model.graph.node}
+    head = nodes[LM_HEAD_NODE]
+    transpose = next((n for n in model.graph.node if n.output[0] == head.input[1] and n.op_type == "Transpose"), None)
+    if transpose is None or transpose.input[0] != EMBEDDING:
+        return False
+    embedding = next(t for t in model.graph.initializer if t.name == EMBEDDING)
+    model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(embedding).T.copy(), LM_HEAD))
+    head.input[1] = LM_HEAD
+    model.graph.node.remove(transpose)
+    return True
+
+
+def _share_int4_embedding(model, head_name: str, block_size: int) -> None:
+    """Replace the embedding's Gather by a GatherBlockQuantized over the LM head's MatMulNBits blocks.
+
+    MatMulNBits stores B as [vocab, blocks, block bytes], one row per token: reshaped to
+    [vocab, hidden / 2] it is the embedding table quantized along the hidden axis.
+    """
+    from onnx import helper
+
+    from .fused import MS_DOMAIN
+
+    head = next(n for n in model.graph.node if n.name == head_name)
+    weights, scales = head.input[1], head.input[2]
+    shape = _constant(model, "embed_tokens/shape", np.array([0, -1], dtype=np.int64))
+
+    def nodes(ids: str, output: str) -> list:
+        return [
+            helper.make_node("Reshape", [weights, shape], ["embed_tokens/blocks"], name="embed_tokens/Reshape"),
+            helper.make_node("GatherBlockQuantized", ["embed_tokens/blocks", ids, scales], [output],
+                             name="embed_tokens/GatherBlockQuantized", domain=MS_DOMAIN, bits=4,
+                             block_size=block_size, gather_axis=0, quantize_axis=1),
+        ]  # fmt: skip
+
+    _replace_embedding(model, nodes)
+
+
+def _share_int8_embedding(model, head_name: str) -> None:
+    """Replace the embedding's Gather by a Gather of the LM head's int8 table, transposed, dequantized.
+
+    Per-tensor: one scale and zero point; per-channel: each token's own (its column of the head).
+    """
+    from onnx import TensorProto, helper
+
+    head = next(n for n in model.graph.node if n.name == head_name)
+    weights = head.input[1]
+    base = weights.removesuffix("_quantized")  # quantize_dynamic's names: W_quantized, W_scale, W_zero_point
+    scale, zero_point = f"{base}_scale", f"{base}_zero_point"
+    per_channel = len(next(t for t in model.graph.initializer if t.name == scale).dims) == 1
+
+    def nodes(ids: str, output: str) -> list:
+        make = helper.make_node
+        table = [make("Transpose", [weights], ["embed_tokens/table"], name="embed_tokens/Transpose", perm=[1, 0]),
+                 make("Gather", ["embed_tokens/table", ids], ["embed_tokens/rows"], name="embed_tokens/Gather")]  # fmt: skip
+        if not per_channel:
+            return table + [make("DequantizeLinear", ["embed_tokens/rows", scale, zero_point], [output],
+                                 name="embed_tokens/DequantizeLinear")]  # fmt: skip
+        # symmetric int8 weights: zero points are 0, so each row is its scale times its values
+        axis = _constant(model, "embed_tokens/last_axis", np.array([-1], dtype=np.int64))
+        return table + [
+            make("Cast", ["embed_tokens/rows"], ["embed_tokens/rows_f"], name="embed_tokens/Cast", to=TensorProto.FLOAT),
+            make("Gather", [scale, ids], ["embed_tokens/row_scales"], name="embed_tokens/GatherScales"),
+            make("Unsqueeze", ["embed_tokens/row_scales", axis], ["embed_tokens/row_scales_3d"], name="embed_tokens/Unsqueeze"),
+            make("Mul", ["embed_tokens/rows_f", "embed_tokens/row_scales_3d"], [output], name="embed_tokens/Mul"),
+        ]  # fmt: skip
+
+    _replace_embedding(model, nodes)
+
+
+def _constant(model, name: str, value: np.ndarray) -> str:
+    from onnx import numpy_helper
+
+    model.graph.initializer.append(numpy_helper.from_array(value, name))
+    return name
+
+
+def _replace_embedding(model, make_nodes) -> None:
+    """Swap the embedding's Gather for `make_nodes(ids, output)` in place, and drop the fp32 table."""
+    from .fused import EMBEDDING, EMBEDDING_NODE
+
+    graph = model.graph
+    gather = next(n for n in graph.node if n.name == EMBEDDING_NODE)
+    index = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    for offset, node in enumerate(make_nodes(gather.input[1], gather.output[0])):
+        graph.node.insert(index + offset, node)
+    graph.initializer.remove(next(t for t in graph.initializer if t.name == EMBEDDING))
+
+
+def _save(model, dst: Path, external_data: bool) -> None:
+    import onnx
+
+    if external_data:
+        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{dst.name}.data", size_threshold=1024)  # fmt: skip
+    else:
+        onnx.save_model(model, str(dst))
 def _int8(src: Path, dst: Path, settings: QuantSettings, excluded: tuple[str, ...], external_data: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -116,7 +312,10 @@ def _int8(src: Path, dst: Path, settings: QuantSettings, excluded: tuple[str, ..
 
 def _int4(src: Path, dst: Path, settings: QuantSettings, excluded: tuple[str, ...], external_data: bool) -> None:
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     config = DefaultWeightOnlyQuantConfig(
         block_size=settings.block_size, is_symmetric=True, accuracy_level=settings.accuracy_level

@@ -1,8 +1,11 @@
 """`onnxruntime`: the deployed format, fp32 / int8 / int4, timed through ONNX Runtime sessions.
 
-`load` exports the sub-network with the project's exporter (`onnx_model/exporter.py`, KV cache,
-the same quantization as `llamanas export`) into a temporary directory, once per sub-network,
-and opens one session with a fixed number of intra-op threads. Workloads match the `torch`
+`load` exports the sub-network as `llamanas export` deploys it on this device (the same graph,
+`onnx_model.graphs.export_graph`, and the same quantization, `quantize.settings_for`) into a
+temporary directory and opens one session with a fixed number of intra-op threads. Each
+sub-network is exported once: its file stays on disk across the visits of a profile (which
+take turns), and is exported again only if it had to make room (`ExportCache`: the oldest
+files go first when free disk space would fall below `DISK_RESERVE_BYTES`). Workloads match the `torch`
 backend: prefill = one prompt from an empty cache (the graph computes logits for every
 prompt position, as an Optimum export does); decode = one token against a cache of exactly
 `context_len` tokens (ORT never mutates its inputs, so the same cache is fed every time);
@@ -24,6 +27,34 @@ from ...errors import BadInputError
 from ...subnet_config import SubnetConfig
 from ..base import Backend, BackendUnavailable, Shapes, Workload
 
+DISK_RESERVE_BYTES = 2 * 1024**3  # free space an export cache leaves on its disk
+
+
+class ExportCache:
+    """Exported sub-networks in one temporary directory, kept until the disk needs room.
+
+    `path(key)` is where a key's file lives; `add(key)` records a new export and evicts the
+    oldest others while free space is below the reserve.
+    """
+
+    def __init__(self, reserve_bytes: int = DISK_RESERVE_BYTES):
+        self._tmp = tempfile.TemporaryDirectory(prefix="llamanas-ort-")  # removed when the backend is dropped
+        self.root = Path(self._tmp.name)
+        self.reserve_bytes = reserve_bytes
+        self._order: list[str] = []
+
+    def directory(self, key: str) -> Path:
+        return self.root / key
+
+    def get(self, key: str, name: str) -> Path | None:
+        path = self.directory(key) / name
+        return path if path.is_file() else None
+
+    def add(self, key: str) -> None:
+        self._order = [k for k in self._order if k != key] + [key]
+        while len(self._order) > 1 and shutil.disk_usage(self.root).free < self.reserve_bytes:
+            shutil.rmtree(self.directory(self._order.pop(0)), ignore_errors=True)
+
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
@@ -42,7 +73,8 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._decoder = None
-        self._workdir: tempfile.TemporaryDirectory | None = None  # removed when the backend is dropped
+        self._exports: ExportCache | None = None
+        self.exports_made = 0  # how many exports this backend ran (a sub-network's visits share one)
 
     @property
     def weights_source(self) -> str:
@@ -52,48 +84,47 @@ class OnnxRuntimeBackend(Backend):
 
     # ---- one sub-network -------------------------------------------------------------------
     def load(self, subnet: SubnetConfig) -> int:
-        """Export `subnet` once (warm-up and measurement reuse it), then open a session."""
+        """Export `subnet` unless an earlier visit did, then open a session."""
         from ...onnx_model.exporter import ONNX_NAME
         from ...runtime import OrtDecoder
 
-        if self._workdir is None:
-            self._workdir = tempfile.TemporaryDirectory(prefix="llamanas-ort-")
-        root = Path(self._workdir.name)
-        here = root / subnet.id
-        for other in root.iterdir():  # one sub-network on disk at a time
-            if other != here:
-                shutil.rmtree(other)
-        path = here / self.precision / ONNX_NAME
-        if not path.is_file():
+        if self._exports is None:
+            self._exports = ExportCache()
+        key = f"{subnet.id}-{self.precision}"
+        path = self._exports.get(key, ONNX_NAME)
+        if path is None:
+            here = self._exports.directory(key)
             shutil.rmtree(here, ignore_errors=True)
             here.mkdir()
             path = self._export(subnet, here)
+            self.exports_made += 1
+            self._exports.add(key)
         self._decoder = OrtDecoder(path, self.device, self.threads)
         return sum(p.stat().st_size for p in path.parent.glob("model.onnx*"))
 
-    def _export(self, subnet: SubnetConfig, tmp: Path) -> Path:
+    def _export(self, subnet: SubnetConfig, here: Path) -> Path:
+        """The deployed graph of `subnet` at this precision, in `here/model.onnx` (fp32 scratch beside it)."""
         import torch
 
         from ...onnx_model.config import onnx_config_for
-        from ...onnx_model.exporter import ONNX_NAME, export_onnx
-        from ...onnx_model.quantize import int4_settings, int8_settings, quantize
+        from ...onnx_model.exporter import ONNX_NAME
+        from ...onnx_model.graphs import export_graph, graph_for
+        from ...onnx_model.quantize import quantize, settings_for
         from ..fingerprint import current_fingerprint
         from ..weights import subnet_model
 
         net = subnet_model(self.model, subnet, torch.float32, self.weights_source, self.seed)
         config = onnx_config_for(net.config.to_dict(), f"sub-network {subnet.id}")
-        (tmp / "fp32").mkdir()
-        fp32 = export_onnx(net, config, tmp / "fp32")
-        if self.precision == "fp32":
-            return fp32
-        if self.precision == "int8":
-            settings = int8_settings(current_fingerprint()["device"]["isa_flags"])
-        else:
-            settings = int4_settings(self.device)
-        quantized = tmp / self.precision / ONNX_NAME
-        quantized.parent.mkdir()
-        quantize(fp32, quantized, settings, external_data=(fp32.parent / f"{ONNX_NAME}.data").exists())
-        return quantized
+        graph = graph_for(self.device, config)
+        settings = settings_for(self.precision, self.device, current_fingerprint()["device"]["isa_flags"])
+        if settings is None:
+            return export_graph(net, config, here, graph)
+        (here / "fp32").mkdir()
+        fp32 = export_graph(net, config, here / "fp32", graph)
+        del net
+        quantize(fp32, here / ONNX_NAME, settings, (fp32.parent / f"{ONNX_NAME}.data").exists(), graph)
+        shutil.rmtree(here / "fp32")
+        return here / ONNX_NAME
 
     def unload(self) -> None:
         self._decoder = None

@@ -1,0 +1,221 @@
+"""The fused ONNX graph of a LLaMA sub-network, emitted directly from its tensors (CPU).
+
+One node per job, with ONNX Runtime's contrib ops (the ops the onnxruntime-genai model builder
+emits, here built from our own modules so that every layer keeps its own MLP width):
+
+    Gather (embedding) -> per layer:
+        [Skip]SimplifiedLayerNormalization -> MatMul (fused Q|K|V) -> GroupQueryAttention
+        (rotary and the KV cache inside) -> MatMul (o_proj) -> SkipSimplifiedLayerNormalization
+        -> MatMul (fused gate|up) -> Split -> Sigmoid, Mul, Mul (SiLU(gate) * up) -> MatMul (down)
+    -> SkipSimplifiedLayerNormalization (final norm) -> MatMul (LM head) -> logits
+
+The I/O is the decoder's `DecoderOnnxConfig` (Optimum names). `GroupQueryAttention` takes
+`seqlens_k` (valid tokens - 1 per row) and the total length from `attention_mask`, which
+therefore must be contiguous from the left, as in greedy decoding (no left padding);
+`position_ids` feed its rotary embedding. With the cache not shared, `present` has
+past + new tokens, as the contract says; a caller that passes a preallocated past buffer of
+the full context (onnxruntime-genai with `past_present_share_buffer`) gets it updated in place.
+
+Tied embeddings are stored once: the LM head multiplies by the transposed embedding (ORT folds
+the `Transpose` when the session opens). Everything here is deterministic: fixed names, no
+randomness, weights in the order of the layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, DecoderOnnxConfig
+
+MS_DOMAIN = "com.microsoft"
+EMBEDDING = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
+LM_HEAD_NODE = "lm_head/MatMul"
+EMBEDDING_NODE = "embed_tokens/Gather"
+
+
+class _Graph:
+    """Nodes and initializers in the order they are added (so the file is the same every time)."""
+
+    def __init__(self) -> None:
+        self.nodes: list = []
+        self.initializers: list = []
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, outputs: int | list[str] = 1, domain: str = "", **attrs) -> list[str]:
+        from onnx import helper
+
+        names = outputs if isinstance(outputs, list) else [f"{name}/output_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, names, name=name, domain=domain, **attrs))
+        return names
+
+
+def _np(tensor) -> np.ndarray:
+    return tensor.detach().to("cpu").float().numpy()
+
+
+def rotary_caches(model, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos / sin tables [positions, head_dim / 2], computed as the torch model computes them (fp32)."""
+    import torch
+
+    rotary = model.model.rotary_emb
+    inv_freq = rotary.inv_freq.detach().float().cpu()
+    positions = torch.arange(max_positions, dtype=torch.float32)
+    freqs = positions[:, None] @ inv_freq[None, :]
+    scaling = float(getattr(rotary, "attention_scaling", 1.0))
+    return (freqs.cos() * scaling).numpy(), (freqs.sin() * scaling).numpy()
+
+
+def build_fused(model, config: DecoderOnnxConfig):
+    """The fused `onnx.ModelProto` of the torch sub-network `model` (a `LlamaForCausalLM`)."""
+    from onnx import TensorProto
+
+    hf = model.config
+    g = _Graph()
+    eps = float(hf.rms_norm_eps)
+    max_positions = int(getattr(hf, "max_position_embeddings", 2048))
+
+    # attention bookkeeping shared by every layer: valid length - 1 per row, and the total length
+    one = g.weight("const/one", np.array([1], dtype=np.int64))
+    valid = g.node("ReduceSum", ["attention_mask", one], "mask/ReduceSum", keepdims=0)[0]
+    last = g.node("Sub", [valid, one], "mask/Sub")[0]
+    seqlens_k = g.node("Cast", [last], "mask/seqlens_k", to=TensorProto.INT32)[0]
+    mask_shape = g.node("Shape", ["attention_mask"], "mask/Shape")[0]
+    total = g.node("Gather", [mask_shape, g.weight("const/axis1", np.array(1, dtype=np.int64))], "mask/Gather", axis=0)[0]
+    total_len = g.node("Cast", [total], "mask/total_sequence_length", to=TensorProto.INT32)[0]
+    cos, sin = rotary_caches(model, max_positions)
+    cos_cache, sin_cache = g.weight("cos_cache", cos), g.weight("sin_cache", sin)
+
+    embedding = g.weight(EMBEDDING, _np(model.model.embed_tokens.weight))
+    hidden = g.node("Gather", [embedding, "input_ids"], EMBEDDING_NODE)[0]
+    residual, pending = hidden, None  # `pending`: the output still to add to the residual stream
+    for i, layer in enumerate(model.model.layers):
+        p = f"layers.{i}"
+        norm_w = g.weight(f"model.{p}.input_layernorm.weight", _np(layer.input_layernorm.weight))
+        if pending is None:
+            normed = g.node("SimplifiedLayerNormalization", [residual, norm_w], f"{p}/input_layernorm",
+                            axis=-1, epsilon=eps, stash_type=1)[0]  # fmt: skip
+        else:
+            normed, residual = _skip_norm(g, residual, pending, norm_w, f"{p}/input_layernorm", eps)
+        attn = layer.self_attn
+        qkv_w = np.concatenate([_np(attn.q_proj.weight), _np(attn.k_proj.weight), _np(attn.v_proj.weight)]).T
+        qkv = _linear(g, normed, qkv_w, _bias(attn.q_proj, attn.k_proj, attn.v_proj), f"{p}/attn/qkv_proj")
+        out, _, _ = g.node(
+            "GroupQueryAttention",
+            [qkv, "", "", PAST_KEY % i, PAST_VALUE % i, seqlens_k, total_len, cos_cache, sin_cache, "position_ids"],
+            f"{p}/attn/GroupQueryAttention",
+            outputs=[f"{p}/attn/output", PRESENT_KEY % i, PRESENT_VALUE % i],
+            domain=MS_DOMAIN,
+            num_heads=config.num_attention_heads,
+            kv_num_heads=config.num_kv_heads,
+            scale=float(config.head_dim**-0.5),
+            do_rotary=1,
+            rotary_interleaved=0,
+            local_window_size=-1,
+        )
+        attn_out = _linear(g, out, _np(attn.o_proj.weight).T, _bias(attn.o_proj), f"{p}/attn/o_proj")
+        post_w = g.weight(f"model.{p}.post_attention_layernorm.weight", _np(layer.post_attention_layernorm.weight))
+        normed, residual = _skip_norm(g, residual, attn_out, post_w, f"{p}/post_attention_layernorm", eps)
+        pending = _mlp(g, normed, layer.mlp, p)
+
+    final_w = g.weight("model.norm.weight", _np(model.model.norm.weight))
+    normed, _ = _skip_norm(g, residual, pending, final_w, "norm", eps)
+    if _tied(model):
+        head = g.node("Transpose", [embedding], "lm_head/Transpose", perm=[1, 0])[0]
+    else:
+        head = g.weight(LM_HEAD, _np(model.lm_head.weight).T)
+    g.node("MatMul", [normed, head], LM_HEAD_NODE, outputs=["logits"])
+
+    return _model(g, config)
+
+
+def _tied(model) -> bool:
+    return model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def _bias(*linears) -> np.ndarray | None:
+    biases = [lin.bias for lin in linears]
+    if all(b is None for b in biases):
+        return None
+    return np.concatenate([_np(b) if b is not None else np.zeros(lin.out_features, np.float32) for b, lin in zip(biases, linears)])
+
+
+def _linear(g: _Graph, x: str, weight_t: np.ndarray, bias: np.ndarray | None, name: str) -> str:
+    """x @ W^T (+ b), the weight stored [in, out] so that a quantizer turns it into MatMulNBits."""
+    y = g.node("MatMul", [x, g.weight(f"{name}.weight", weight_t)], f"{name}/MatMul")[0]
+    if bias is not None:
+        y = g.node("Add", [y, g.weight(f"{name}.bias", bias)], f"{name}/Add")[0]
+    return y
+
+
+def _skip_norm(g: _Graph, residual: str, added: str, weight: str, name: str, eps: float) -> tuple[str, str]:
+    """RMSNorm(residual + added) and the new residual (residual + added), in one node."""
+    out, _, _, summed = g.node(
+        "SkipSimplifiedLayerNormalization", [residual, added, weight], name, outputs=4, domain=MS_DOMAIN, epsilon=eps
+    )
+    return out, summed
+
+
+def _mlp(g: _Graph, x: str, mlp, prefix: str) -> str:
+    """down(SiLU(gate(x)) * up(x)) with gate and up in one MatMul; the width is this layer's own."""
+    width = mlp.gate_proj.out_features
+    gate_up_w = np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)]).T
+    gate_up = _linear(g, x, gate_up_w, _bias(mlp.gate_proj, mlp.up_proj), f"{prefix}/mlp/gate_up_proj")
+    sizes = g.weight(f"{prefix}/mlp/split_sizes", np.array([width, width], dtype=np.int64))
+    gate, up = g.node("Split", [gate_up, sizes], f"{prefix}/mlp/Split", outputs=2, axis=-1)
+    sigmoid = g.node("Sigmoid", [gate], f"{prefix}/mlp/act_fn/Sigmoid")[0]
+    silu = g.node("Mul", [gate, sigmoid], f"{prefix}/mlp/act_fn/Mul")[0]
+    product = g.node("Mul", [silu, up], f"{prefix}/mlp/Mul")[0]
+    return _linear(g, product, _np(mlp.down_proj.weight).T, _bias(mlp.down_proj), f"{prefix}/mlp/down_proj")
+
+
+def _model(g: _Graph, config: DecoderOnnxConfig):
+    from onnx import TensorProto, helper
+
+    def value(name: str, dtype: int, axes: dict[int, str], rank: int, fixed: dict[int, int]) -> Any:
+        dims = [axes.get(a, fixed.get(a)) for a in range(rank)]
+        return helper.make_tensor_value_info(name, dtype, dims)
+
+    kv_fixed = {1: config.num_kv_heads, 3: config.head_dim}
+    inputs = []
+    for name, axes in config.inputs.items():
+        if name.startswith("past_key_values."):
+            inputs.append(value(name, TensorProto.FLOAT, axes, 4, kv_fixed))
+        else:
+            inputs.append(value(name, TensorProto.INT64, axes, 2, {}))
+    outputs = []
+    for name, axes in config.outputs.items():
+        if name == "logits":
+            outputs.append(value(name, TensorProto.FLOAT, axes, 3, {2: config.vocab_size}))
+        else:
+            outputs.append(value(name, TensorProto.FLOAT, axes, 4, kv_fixed))
+    graph = helper.make_graph(g.nodes, "llamanas_decoder", inputs, outputs, g.initializers)
+    opsets = [helper.make_opsetid("", config.opset), helper.make_opsetid(MS_DOMAIN, 1)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="llamanas-deploy")
+    model.ir_version = 10
+    return model
+
+
+def export_fused(model, config: DecoderOnnxConfig, out_dir: Path) -> Path:
+    """Write `out_dir/model.onnx` (+ `model.onnx.data` above 2 GiB of weights); returns its path."""
+    import onnx
+
+    from .exporter import EXTERNAL_DATA_BYTES, ONNX_NAME
+
+    proto = build_fused(model, config)
+    path = out_dir / ONNX_NAME
+    weight_bytes = sum(t.ByteSize() for t in proto.graph.initializer)
+    if weight_bytes > EXTERNAL_DATA_BYTES:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{ONNX_NAME}.data", size_threshold=1024)  # fmt: skip
+    else:
+        onnx.save_model(proto, str(path))
+    return path

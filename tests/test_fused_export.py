@@ -1,0 +1,178 @@
+"""The fused CPU graph (`onnx_model/fused.py`): its logits equal torch's, heterogeneous MLP widths
+export and run in plain ONNX Runtime and in onnxruntime-genai, quantized files share the tied
+embedding, exports are byte-identical, and the profiler exports each sub-network once."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import write_space
+
+from llamanas_deploy.export import ExportSettings, export
+from llamanas_deploy.export.verify import FP32_TOLERANCE, verify_fp32
+from llamanas_deploy.model.supernet import SuperNetwork
+from llamanas_deploy.onnx_model.config import onnx_config_for
+from llamanas_deploy.onnx_model.fused import EMBEDDING, build_fused, export_fused
+from llamanas_deploy.profile.base import Shapes
+from llamanas_deploy.profile.stats import Protocol
+from llamanas_deploy.runtime import OrtDecoder, generate
+from llamanas_deploy.subnet_config import SubnetConfig
+
+HETERO = SubnetConfig(3, (128, 32, 96))
+
+
+def fused_decoder(model, tmp_path: Path) -> tuple[OrtDecoder, object]:
+    config = onnx_config_for(model.config.to_dict(), "test")
+    return OrtDecoder(export_fused(model, config, tmp_path)), config
+
+
+def ops(path: Path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    return write_space(tmp_path_factory.mktemp("space") / "space.json")
+
+
+@pytest.fixture(scope="module")
+def artifacts(small_checkpoint, space_file, tmp_path_factory) -> dict[str, Path]:
+    """The heterogeneous sub-network exported by the pipeline at every precision (no bench)."""
+    root = tmp_path_factory.mktemp("fused")
+    out = {}
+    for precision in ("fp32", "int8", "int4"):
+        out[precision] = root / precision
+        settings = ExportSettings(precision=precision, max_eval_tokens=512)
+        export(small_checkpoint, space_file, HETERO, out[precision], settings, bench=None)
+    return out
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 2, "tie_word_embeddings": True}])
+def test_fused_logits_equal_torch_on_prefill_and_a_cached_step(overrides, tmp_path):
+    """Untied multi-head and tied grouped-query attention (4 heads on 2 KV heads), heterogeneous widths."""
+    from conftest import make_checkpoint
+
+    checkpoint = make_checkpoint(tmp_path / "model", seed=3, **overrides)
+    model = SuperNetwork.load(checkpoint).extract(HETERO)
+    decoder, config = fused_decoder(model, tmp_path)
+    ids = np.random.default_rng(1).integers(0, config.vocab_size, (2, 9))
+    logits, present = decoder.forward(ids, decoder.empty_past(2))
+    with torch.no_grad():
+        expected = model(input_ids=torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(logits - expected).max() <= FP32_TOLERANCE
+    assert present["past_key_values.2.key"].shape == (2, config.num_kv_heads, 9, config.head_dim)
+    # the export's gate: prefill (batch 2) and one cached decode step, logits and present KV
+    report = verify_fp32(model, decoder, config, np.random.default_rng(2).integers(0, config.vocab_size, 64).tolist())
+    for step in ("prefill", "decode"):
+        assert report[step]["logits_max_abs_diff"] <= FP32_TOLERANCE and report[step]["kv_max_abs_diff"] <= FP32_TOLERANCE
+
+
+def test_head_sizes_the_cpu_kernel_refuses_fall_back_to_the_dynamo_graph(gqa_checkpoint):
+    from llamanas_deploy.onnx_model.graphs import graph_for
+
+    config = onnx_config_for(json.loads((gqa_checkpoint / "config.json").read_text()), "gqa")
+    assert config.head_dim == 8 and graph_for("cpu", config) == "dynamo"
+    assert graph_for("cuda", onnx_config_for(json.loads((gqa_checkpoint / "config.json").read_text()), "x")) == "dynamo"
+
+
+def test_fused_graph_uses_fused_ops_with_each_layers_width(small_checkpoint):
+    model = SuperNetwork.load(small_checkpoint).extract(HETERO)
+    proto = build_fused(model, onnx_config_for(model.config.to_dict(), "test"))
+    counts = Counter(n.op_type for n in proto.graph.node)
+    assert counts["GroupQueryAttention"] == 3 and counts["SkipSimplifiedLayerNormalization"] == 6
+    assert not {"Pow", "ReduceMean", "Sqrt", "Softmax"} & set(counts)
+    widths = {t.name: t.dims[1] for t in proto.graph.initializer if t.name.endswith("gate_up_proj.weight")}
+    assert [widths[f"layers.{i}/mlp/gate_up_proj.weight"] for i in range(3)] == [2 * s for s in HETERO.intermediate_sizes]
+
+
+def test_heterogeneous_artifacts_run_in_onnxruntime(artifacts):
+    manifest = json.loads((artifacts["fp32"] / "manifest.json").read_text())
+    assert manifest["onnx"]["graph"] == "fused"
+    assert manifest["verification"]["fp32_vs_torch"]["decode"]["logits_max_abs_diff"] <= FP32_TOLERANCE
+    reference = generate(OrtDecoder(artifacts["fp32"] / "model.onnx"), [5, 6, 7], 6).tokens
+    for precision, quantized_op in (("int8", "MatMulInteger"), ("int4", "MatMulNBits")):
+        path = artifacts[precision] / "model.onnx"
+        counts = ops(path)
+        assert counts[quantized_op] == 3 * 4 + 1 and "MatMul" not in counts  # the LM head too
+        assert counts["GatherBlockQuantized"] == (1 if precision == "int4" else 0)  # untied int8: fp32 embedding
+        quant = json.loads((artifacts[precision] / "manifest.json").read_text())["verification"]["quantized_vs_fp32"]
+        assert 0 <= quant["greedy_agreement"] <= 1 and np.isfinite(quant["perplexity_change_pct"])
+        assert len(generate(OrtDecoder(path), [5, 6, 7], 6).tokens) == len(reference)
+    sizes = [sum(p.stat().st_size for p in artifacts[k].glob("model.onnx*")) for k in ("fp32", "int8", "int4")]
+    assert sizes[0] > sizes[1] > sizes[2]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_heterogeneous_artifact_runs_in_onnxruntime_genai(artifacts, precision):
+    og = pytest.importorskip("onnxruntime_genai")
+    prompt, new = [9, 8, 7, 6], 8
+    model = og.Model(str(artifacts[precision]))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + new, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array([prompt], dtype=np.int32))
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    assert tokens == generate(OrtDecoder(artifacts[precision] / "model.onnx"), prompt, new).tokens
+
+
+def test_tied_embedding_is_stored_once_in_quantized_files(tmp_path):
+    """The embedding reads the LM head's quantized blocks: no fp32 table left in the file."""
+    from conftest import make_checkpoint
+
+    from llamanas_deploy.onnx_model.quantize import (
+        int4_settings,
+        int8_settings,
+        quantize,
+    )
+
+    tied = SuperNetwork.load(make_checkpoint(tmp_path / "tied", seed=2, tie_word_embeddings=True))
+    model = tied.extract(SubnetConfig(2, (64, 32)))
+    fp32 = export_fused(model, onnx_config_for(model.config.to_dict(), "test"), tmp_path)
+    ids = np.random.default_rng(0).integers(0, 256, 300).tolist()
+    reference = OrtDecoder(fp32).forward(np.array([ids[:20]]), OrtDecoder(fp32).empty_past(1))[0]
+    # int8 per-channel (a CPU without VNNI), per-tensor (with it), int4 blocks
+    for name, settings in (("pc", int8_settings([])), ("pt", int8_settings(["avx512_vnni"])), ("q4", int4_settings("cpu"))):
+        out = tmp_path / f"{name}.onnx"
+        quantize(fp32, out, settings, external_data=False)
+        graph = onnx.load(str(out)).graph
+        assert EMBEDDING not in {t.name for t in graph.initializer}
+        assert not any(n.op_type == "Gather" and n.input[0] == EMBEDDING for n in graph.node)
+        quantized = OrtDecoder(out)
+        logits, _ = quantized.forward(np.array([ids[:20]]), quantized.empty_past(1))
+        assert logits.shape == (1, 20, 256) and np.isfinite(logits).all()
+        # random weights: the logits stay close to fp32's (a wrong table or scale would not)
+        assert np.abs(logits - reference).max() < 0.2 * np.abs(reference).max()
+
+
+def test_fused_export_is_deterministic(small_checkpoint, tmp_path):
+    from llamanas_deploy.onnx_model.quantize import int4_settings, quantize
+
+    model = SuperNetwork.load(small_checkpoint).extract(HETERO)
+    config = onnx_config_for(model.config.to_dict(), "test")
+    files = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        fp32 = export_fused(model, config, tmp_path / name)
+        quantize(fp32, tmp_path / name / "int4.onnx", int4_settings("cpu"), external_data=False)
+        files.append([(tmp_path / name / f).read_bytes() for f in ("model.onnx", "int4.onnx")])
+    assert files[0] == files[1]
+
+
+def test_profiler_exports_each_subnet_once_across_visits(small_checkpoint):
+    from llamanas_deploy.profile.backends import get_backend
+
+    backend = get_backend("onnxruntime")(small_checkpoint, "int4", "cpu", 1, weights="random")
+    subnets = [SubnetConfig(2, (32, 64)), SubnetConfig(3, (128, 32, 96))]
+    protocol = Protocol(warmup=1, repeats=3, max_attempts=1, visits=2)
+    measured = backend.measure_visits(subnets, Shapes(1, 8, 8, 3), protocol)
+    assert backend.exports_made == 2
+    assert [m.decode_ms.visits for m in measured] == [2, 2]
