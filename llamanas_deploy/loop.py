@@ -1,9 +1,13 @@
 """`llamanas run`: the whole loop on one device, each stage's output a file in one run directory.
 
-    profile (reuse a shipped profile of this device, or measure) -> fit the latency predictor
-    -> search under a latency budget -> export the best sub-network within the budget
-    -> verify and measure the artifact -> measure the full network and the winner the way the
-    profile was measured -> one summary table.
+    profile (reuse a shipped profile of this device; on a new device, measure a few sub-networks
+    and transfer another device's predictor of the same space and backend; else measure)
+    -> fit the latency predictor -> the deployed format: profile a few sub-networks with
+    onnxruntime at the export precision (or reuse a profile of them) and fit its predictor with
+    transfer from the first -> search on the deployed format's latency under a budget -> export
+    the best sub-network within the budget -> verify and measure the artifact (predicted vs
+    measured is then like for like) -> measure the full network and the winner the way the
+    deployed-format profile was measured -> one summary table.
 
 Each stage reads the previous stage's files, so a rerun of the same command with the same
 `--out` skips the stages whose output is already there and resumes the interrupted one.
@@ -24,7 +28,8 @@ from .subnet_config import SubnetConfig
 
 PROFILE_DIRS = (Path("hardware_profiles"), Path(__file__).resolve().parent.parent / "hardware_profiles")
 LATENCY_METRIC = "decode_ms"
-STAGES = 6
+STAGES = 7
+DEPLOYED_BACKEND = "onnxruntime"  # the profiler backend that times what `export` deploys
 HELDOUT_TOKENS = 4096  # the export's verification data: full, winner and artifact share one perplexity
 RUN_FILE, SUMMARY_FILE = "run.json", "summary.json"
 
@@ -42,6 +47,8 @@ class RunSettings:
     max_latency_ms: float | None = None
     speedup: float = 1.5  # without max_latency_ms: budget = full network's predicted latency / speedup
     samples: int = 60  # sub-networks to profile when no matching profile of this device exists
+    transfer_samples: int = 12  # ... when another device's predictor of the same space and backend exists (2 held out)
+    deployed_samples: int = 8  # deployed-format sub-networks to profile when none are (2 held out); 0: search on `backend`
     visits: int = 3
     min_profile_subnets: int = 40
     algorithm: str = "nsga2"
@@ -60,6 +67,12 @@ class RunSettings:
             raise BadInputError(f"must be a positive finite number of ms, got {self.max_latency_ms}", param="max_latency_ms")
         if not (math.isfinite(self.speedup) and self.speedup >= 1):
             raise BadInputError(f"must be a finite number >= 1, got {self.speedup}", param="speedup")
+        from .predict.transfer import MIN_TRANSFER_SUBNETS
+
+        if self.transfer_samples < MIN_TRANSFER_SUBNETS:
+            raise BadInputError(f"must be >= {MIN_TRANSFER_SUBNETS}, got {self.transfer_samples}", param="transfer_samples")
+        if self.deployed_samples and self.deployed_samples < MIN_TRANSFER_SUBNETS:
+            raise BadInputError(f"must be 0 or >= {MIN_TRANSFER_SUBNETS}, got {self.deployed_samples}", param="deployed_samples")
 
 
 @dataclass(frozen=True)
@@ -80,10 +93,12 @@ def run(settings: RunSettings, out: str | Path, callback: Callback = None) -> Ru
     space = load_space(settings.space)
     _check_run_dir(settings, out)
     stage = _Stages(callback)
-    profile_dir, reused = _stage_profile(settings, out, space, stage)
+    profile = _stage_profile(settings, out, space, stage)
     supernet = SuperNetwork.load(settings.model)
     supernet.check_space(space)
-    predictor_path = _stage_fit(settings, out, space, supernet, profile_dir, stage)
+    backend_predictor = _stage_fit(settings, out, space, supernet, profile, stage)
+    deployed = _stage_deployed(settings, out, space, supernet, backend_predictor, stage)
+    predictor_path = Path(deployed["predictor"]) if deployed else backend_predictor
     predictor = _load_predictor(predictor_path, space)
     budget = settings.max_latency_ms or float(predictor.predict([space.largest])[0]) / settings.speedup
     search = _stage_search(settings, out, space, supernet, predictor_path, budget, stage)
@@ -91,10 +106,9 @@ def run(settings: RunSettings, out: str | Path, callback: Callback = None) -> Ru
     manifest = _stage_export(settings, out, space, supernet, chosen, predictor_path, stage)
     measured = _stage_measure(settings, predictor, [space.largest, chosen], stage)
     perplexities = _heldout_perplexities(settings, supernet, [space.largest, chosen])
-    stage(6, "summary")
-    profile = {"dir": str(profile_dir), "reused": reused}
+    stage(7, "summary")
     summary = _summary(settings, out, space, supernet, profile, predictor, budget, search, chosen, manifest, measured,
-                       perplexities)  # fmt: skip
+                       perplexities, predictor_path, deployed)  # fmt: skip
     write_json(out / SUMMARY_FILE, summary)
     return RunResult(out, summary)
 
@@ -113,42 +127,55 @@ class _Stages:
 
 
 # ---- stages ------------------------------------------------------------------------------
-def _stage_profile(settings: RunSettings, out: Path, space, stage: _Stages) -> tuple[Path, bool]:
-    """A profile of this device for the backend: a shipped/earlier one if it matches, else measured now."""
+def _stage_profile(settings: RunSettings, out: Path, space, stage: _Stages) -> dict[str, Any]:
+    """A profile of this device for the backend: a shipped/earlier one if it matches; else, when another
+    device's predictor of the same space and backend exists, `transfer_samples` measured now to transfer
+    it; else `samples` measured now. Returns {dir, reused, samples, transfer_from}."""
     shipped = find_matching_profile(settings, space)
     if shipped is not None:
         stage(1, f"profile: reusing {shipped} (same device fingerprint, backend, shapes)")
-        return shipped, True
+        return {"dir": str(shipped), "reused": True, "samples": None, "transfer_from": None}
+    source = find_transfer_source(settings, space)
+    profile_dir = out / "profile"
+    samples = settings.transfer_samples if source else settings.samples
+    why = f"; transferring {source['name']} ({source['target']})" if source else ""
+    stage(1, f"profile: no matching profile of this device{why}; measuring {samples} sub-networks into {profile_dir}")
+    _measure_profile(settings, out, space, settings.backend, settings.backend_precision, samples, profile_dir, stage)
+    return {"dir": str(profile_dir), "reused": False, "samples": samples, "transfer_from": source["path"] if source else None,
+            "transfer_from_name": source["name"] if source else None}  # fmt: skip
+
+
+def _measure_profile(settings: RunSettings, out: Path, space, backend: str, precision: str, samples: int, profile_dir: Path,
+                     stage: _Stages) -> None:  # fmt: skip
     from .profile import ProfileSettings, Protocol, profile
 
-    profile_dir = out / "profile"
-    stage(1, f"profile: no matching profile of this device; measuring {settings.samples} sub-networks into {profile_dir}")
     profile_settings = ProfileSettings(
-        backend=settings.backend,
-        precision=settings.backend_precision,
+        backend=backend,
+        precision=precision,
         device=settings.device,
-        samples=settings.samples,
+        samples=samples,
         seed=settings.seed,
         threads=settings.threads,
         clock=settings.clock,
         protocol=Protocol(visits=settings.visits),
     )
     profile(settings.model, space, profile_settings, target=f"run-{out.name}", out=profile_dir, callback=stage.callback)
-    return profile_dir, False
 
 
-def find_matching_profile(settings: RunSettings, space) -> Path | None:
-    """The first profile directory measured on this device with enough usable records for the run."""
+def find_matching_profile(settings: RunSettings, space, backend: str | None = None, precision: str | None = None,
+                          min_subnets: int | None = None) -> Path | None:  # fmt: skip
+    """The first profile directory measured on this device with enough usable records for the run
+    (default: of the run's backend and precision, at least `min_profile_subnets`)."""
     from .predict.dataset import load_profile_data
     from .profile.fingerprint import current_fingerprint
 
+    backend, precision = backend or settings.backend, precision or settings.backend_precision
+    minimum = settings.min_profile_subnets if min_subnets is None else min_subnets
     here = current_fingerprint()["fingerprint_id"]
     for root in PROFILE_DIRS:
         for candidate in sorted(root.glob("*/fingerprint.json")) if root.is_dir() else []:
             try:
-                data = load_profile_data(
-                    candidate.parent, LATENCY_METRIC, space, settings.backend, settings.backend_precision
-                )
+                data = load_profile_data(candidate.parent, LATENCY_METRIC, space, backend, precision, min_subnets=1)
             except BadInputError:
                 continue
             setting = data.setting
@@ -156,26 +183,94 @@ def find_matching_profile(settings: RunSettings, space) -> Path | None:
                 data.fingerprint["fingerprint_id"] == here
                 and setting["device"] == settings.device
                 and setting["threads"] == settings.threads
-                and len(data.y) >= settings.min_profile_subnets
+                and setting["clock"] == settings.clock
+                and len(data.y) >= minimum
             ):
                 return candidate.parent
     return None
 
 
-def _stage_fit(settings: RunSettings, out: Path, space, supernet, profile_dir: Path, stage: _Stages) -> Path:
+def find_transfer_source(settings: RunSettings, space) -> dict[str, Any] | None:
+    """A shipped predictor of another device for the run's space, backend, precision, device, threads,
+    clock and default lengths (the one with the lowest held-out MAPE), or None."""
+    from dataclasses import asdict as as_dict
+
+    from .predict import list_latency_predictors
+    from .profile import Shapes
+    from .profile.fingerprint import current_fingerprint
+
+    here = current_fingerprint()["fingerprint_id"]
+    wanted = {"space_id": space.id, "backend": settings.backend, "precision": settings.backend_precision,
+              "metric": LATENCY_METRIC, "device": settings.device, "threads": settings.threads, "clock": settings.clock,
+              "shapes": as_dict(Shapes())}  # fmt: skip
+    try:
+        rows = list_latency_predictors()
+    except BadInputError:
+        return None
+    fits = [r for r in rows if r["fingerprint_id"] != here and all(r.get(k) == v for k, v in wanted.items())]
+    return min(fits, key=lambda r: (r["test_mape_pct"] is None, r["test_mape_pct"] or 0.0, r["name"]), default=None)
+
+
+def _stage_fit(settings: RunSettings, out: Path, space, supernet, profile: dict[str, Any], stage: _Stages) -> Path:
     path = out / f"predictor-{LATENCY_METRIC}.json"
     if path.is_file():
         stage(2, f"fit: reusing {path}")
         return path
     from .predict import FitSettings, fit
 
-    stage(2, f"fit: XGBoost {LATENCY_METRIC} predictor on {profile_dir}")
-    result = fit(profile_dir, LATENCY_METRIC, FitSettings(seed=settings.seed, learning_curve=False), space=space,
-                 model=supernet, backend=settings.backend, precision=settings.backend_precision,
+    source = profile.get("transfer_from")
+    via = f" with transfer from {profile['transfer_from_name']}" if source else ""
+    stage(2, f"fit: XGBoost {LATENCY_METRIC} predictor on {profile['dir']}{via}")
+    result = fit(profile["dir"], LATENCY_METRIC, FitSettings(seed=settings.seed, learning_curve=False), space=space,
+                 model=supernet, backend=settings.backend, precision=settings.backend_precision, transfer_from=source,
                  callback=stage.callback)  # fmt: skip
-    metrics = result.predictor.metadata_["test_metrics"]
-    stage.log(f"      held-out: MAPE {metrics['mape_pct']:.2f}%, {metrics['within_10_pct']:.0f}% within ±10%")
+    _log_fit(stage, result)
     return result.predictor.save(path)
+
+
+def _log_fit(stage: _Stages, result) -> None:
+    metrics = result.predictor.metadata_["test_metrics"]
+    d = result.data_summary
+    stage.log(f"      held-out ({d['n_test']} sub-networks, fitted on {d['n_train']}): MAPE {metrics['mape_pct']:.2f}%, "
+              f"{metrics['within_10_pct']:.0f}% within ±10%")  # fmt: skip
+
+
+def _stage_deployed(settings: RunSettings, out: Path, space, supernet, backend_predictor: Path,
+                    stage: _Stages) -> dict[str, Any] | None:  # fmt: skip
+    """The deployed format's predictor (onnxruntime at the export precision): a profile of this device
+    with at least `deployed_samples` of its sub-networks, or that many measured now; fitted with
+    transfer from the backend's predictor. None when `deployed_samples` is 0 (or the backend already
+    is the deployed format)."""
+    precision = settings.export_precision
+    if not settings.deployed_samples or (settings.backend, settings.backend_precision) == (DEPLOYED_BACKEND, precision):
+        stage(3, "deployed format: searching on the profiled backend's latency")
+        return None
+    path = out / f"predictor-deployed-{LATENCY_METRIC}.json"
+    info_path = out / "deployed.json"
+    if path.is_file() and info_path.is_file():
+        stage(3, f"deployed format: reusing {path}")
+        return read_json(info_path, "deployed-format record")
+    from .predict import FitSettings, fit
+
+    shipped = find_matching_profile(settings, space, DEPLOYED_BACKEND, precision, settings.deployed_samples)
+    profile_dir = shipped or out / "profile-deployed"
+    if shipped:
+        stage(3, f"deployed format: reusing {shipped} ({DEPLOYED_BACKEND} {precision}); fitting with transfer from "
+                 f"{backend_predictor.name}")  # fmt: skip
+    else:
+        stage(3, f"deployed format: measuring {settings.deployed_samples} sub-networks with {DEPLOYED_BACKEND} {precision} "
+                 f"into {profile_dir}, then fitting with transfer from {backend_predictor.name}")  # fmt: skip
+        _measure_profile(settings, out, space, DEPLOYED_BACKEND, precision, settings.deployed_samples, profile_dir, stage)
+    result = fit(profile_dir, LATENCY_METRIC, FitSettings(seed=settings.seed, learning_curve=False), space=space,
+                 model=supernet, backend=DEPLOYED_BACKEND, precision=precision, transfer_from=backend_predictor,
+                 callback=stage.callback)  # fmt: skip
+    _log_fit(stage, result)
+    result.predictor.save(path)
+    info = {"dir": str(profile_dir), "reused": shipped is not None, "backend": DEPLOYED_BACKEND, "precision": precision,
+            "n_subnets": result.data_summary["n_subnets"], "predictor": str(path),
+            "transfer_from": str(backend_predictor)}  # fmt: skip
+    write_json(info_path, info)
+    return info
 
 
 @dataclass
@@ -192,7 +287,7 @@ def _stage_search(settings: RunSettings, out: Path, space, supernet, predictor_p
                   stage: _Stages) -> SearchOutcome:  # fmt: skip
     from .search import ALGORITHMS, Perplexity, PredictedLatency, SearchProblem, minimize
 
-    stage(3, f"search: {settings.algorithm}, {settings.evaluations} evaluations, latency budget {budget_ms:.2f} ms")
+    stage(4, f"search: {settings.algorithm}, {settings.evaluations} evaluations, latency budget {budget_ms:.2f} ms")
     accuracy = Perplexity(max_tokens=settings.eval_tokens)
     problem = SearchProblem(supernet, space, [accuracy, PredictedLatency(predictor_path)], max_latency_ms=budget_ms)
     algorithm = ALGORITHMS[settings.algorithm](population=settings.population)
@@ -225,10 +320,10 @@ def _stage_export(settings: RunSettings, out: Path, space, supernet, chosen: Sub
 
         manifest = read_manifest(artifact)  # the one check every artifact reader makes
         if manifest.get("subnet_id") == chosen.id and manifest.get("precision") == settings.export_precision:
-            stage(4, f"export: reusing {artifact}")
+            stage(5, f"export: reusing {artifact}")
             return manifest
         raise BadInputError(f"{artifact}: holds another artifact; use a new run directory")
-    stage(4, f"export: {chosen.id} ({chosen.num_layers} layers) to ONNX {settings.export_precision}, verify, bench")
+    stage(5, f"export: {chosen.id} ({chosen.num_layers} layers) to ONNX {settings.export_precision}, verify, bench")
     export_settings = ExportSettings(precision=settings.export_precision, device=settings.device,
                                      max_eval_tokens=HELDOUT_TOKENS)  # fmt: skip
     bench = BenchSettings(protocol=Protocol(visits=settings.visits), threads=settings.threads, clock=settings.clock)
@@ -243,7 +338,7 @@ def _stage_measure(settings: RunSettings, predictor, subnets: list[SubnetConfig]
     from .profile.backends import get_backend
 
     meta = predictor.metadata_
-    stage(5, f"measure: full network and winner with the {meta['backend']} backend (the profile's protocol)")
+    stage(6, f"measure: full network and winner with the {meta['backend']} {meta['precision']} backend (the profile's protocol)")
     backend = get_backend(meta["backend"])(
         settings.model, meta["precision"], meta["device"], meta["threads"], "auto", settings.seed, meta["clock"]
     )
@@ -262,7 +357,7 @@ def _heldout_perplexities(settings: RunSettings, supernet, subnets: list[SubnetC
 
 # ---- summary ---------------------------------------------------------------------------------
 def _summary(settings, out, space, supernet, profile, predictor, budget, search, chosen, manifest, measured,
-             perplexities) -> dict:  # fmt: skip
+             perplexities, predictor_path, deployed) -> dict:  # fmt: skip
     from .analytics import subnet_stats
     from .profile.store import kept_figure
 
@@ -297,7 +392,8 @@ def _summary(settings, out, space, supernet, profile, predictor, budget, search,
         "run_dir": str(out),
         "request": {"out": str(out), **asdict(settings)},
         "profile": profile,
-        "predictor": {"file": str(out / f"predictor-{LATENCY_METRIC}.json"), **_predictor_info(predictor)},
+        "deployed": deployed,
+        "predictor": {"file": str(predictor_path), **_predictor_info(predictor)},
         "latency_budget_ms": budget,
         "search": {"dir": str(search.out_dir), "evaluations": search.evaluations, "front_size": len(search.front)},
         "search_accuracy_metric": search.accuracy_name,
@@ -323,8 +419,14 @@ def _search_value(search: SearchOutcome, cfg: SubnetConfig) -> float:
 
 def _predictor_info(predictor) -> dict[str, Any]:
     meta = predictor.metadata_
-    keys = ("target", "backend", "precision", "metric", "statistic", "shapes", "test_metrics")
-    return {k: meta.get(k) for k in keys}
+    keys = ("target", "backend", "precision", "metric", "statistic", "shapes", "test_metrics", "n_train", "n_test")
+    info = {k: meta.get(k) for k in keys}
+    transfer = meta.get("transfer")
+    info["transfer"] = None if not transfer else {
+        "kind": transfer.get("kind"), "target_samples": transfer["target_samples"],
+        **{k: transfer["source"].get(k) for k in ("name", "sha256", "target", "backend", "precision")},
+    }  # fmt: skip
+    return info
 
 
 def _artifact_info(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:

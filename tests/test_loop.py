@@ -101,3 +101,29 @@ def test_rerun_reuses_every_stage_and_other_settings_are_refused(run_dir: Path, 
     )  # fmt: skip
     assert other.returncode == 2
     assert other.stderr.strip().count("\n") == 0 and "other settings (seed)" in other.stderr
+
+
+def test_the_search_predicts_the_deployed_format_transferred_from_the_profiled_backend(run_dir: Path, summary: dict):
+    predictor = summary["predictor"]
+    assert (predictor["backend"], predictor["precision"]) == ("onnxruntime", "int8")
+    assert predictor["transfer"]["kind"] == "format" and predictor["transfer"]["backend"] == "torch"
+    deployed = summary["deployed"]
+    assert deployed["predictor"] == predictor["file"] and deployed["n_subnets"] >= 8
+    manifest = json.loads((run_dir / "artifact" / "manifest.json").read_text())
+    assert (manifest["predicted"]["backend"], manifest["predicted"]["precision"]) == ("onnxruntime", "int8")
+
+
+def test_a_new_device_transfers_another_devices_shipped_predictor(monkeypatch):
+    from llamanas_deploy import loop
+    from llamanas_deploy.errors import BadInputError
+    from llamanas_deploy.profile import fingerprint
+
+    monkeypatch.setattr(fingerprint, "current_fingerprint", lambda: {"fingerprint_id": "0123456789abcdef", "device": {}})
+    settings, space = loop.RunSettings(), load_space("tiny")
+    assert loop.find_matching_profile(settings, space) is None
+    source = loop.find_transfer_source(settings, space)
+    assert source is not None and source["backend"] == "torch" and source["metric"] == "decode_ms"
+    assert loop.find_transfer_source(loop.RunSettings(threads=2), space) is None  # no predictor at 2 threads
+    with pytest.raises(BadInputError) as err:
+        loop.RunSettings(deployed_samples=3)
+    assert err.value.param == "deployed_samples"

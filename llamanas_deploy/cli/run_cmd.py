@@ -39,6 +39,12 @@ def _algorithms() -> list[str]:
               help="Without --max-latency: budget = full network's predicted latency / SPEEDUP.")
 @click.option("--samples", default=D.samples, show_default=True, type=click.IntRange(min=10),
               help="Sub-networks to profile when no matching profile of this device exists.")
+@click.option("--transfer-samples", default=D.transfer_samples, show_default=True, type=click.IntRange(min=5),
+              help="... when a predictor of another device for the same space and backend exists: this many are "
+                   "profiled (2 held out) and that predictor transferred.")
+@click.option("--deployed-samples", default=D.deployed_samples, show_default=True, type=click.IntRange(min=0),
+              help="Sub-networks profiled in the deployed format (onnxruntime at the export precision) when this device "
+                   "has no profile of it; its predictor is transferred from the backend's. 0: search on the backend's latency.")
 @click.option("--visits", default=D.visits, show_default=True, type=click.IntRange(min=1),
               help="Passes over that profile's plan; turns measuring the full network and the winner.")
 @click.option("--algorithm", type=click.Choice(_algorithms()), default=D.algorithm, show_default=True)
@@ -87,8 +93,8 @@ def render_summary(s: dict) -> str:
     lines = [
         f"run directory: {s['run_dir']}",
         f"latency budget: {s['latency_budget_ms']:.3f} ms predicted decode ({s['predictor']['backend']} "
-        f"{s['predictor']['precision']}, profile {'reused' if s['profile']['reused'] else 'measured'}: "
-        f"{s['profile']['dir']})",
+        f"{s['predictor']['precision']})",
+        *_provenance_lines(s),
         "",
         table(rows, headers),
         "",
@@ -100,6 +106,27 @@ def render_summary(s: dict) -> str:
         *(f"  {f}" for f in s["files"]),
     ]
     return "\n".join(lines)
+
+
+def _provenance_lines(s: dict) -> list[str]:
+    """Where each predictor's data came from, and which source each transferred from."""
+    profile, deployed = s["profile"], s.get("deployed")
+    samples = f", {profile['samples']} sub-networks" if profile.get("samples") else ""
+    lines = [f"profile: {'reused' if profile['reused'] else 'measured'} {profile['dir']}{samples}"]
+    if profile.get("transfer_from"):
+        lines.append(f"  transferred from {profile.get('transfer_from_name') or profile['transfer_from']} "
+                     f"(another device's predictor of the same space and backend)")  # fmt: skip
+    if deployed:
+        how = "reused" if deployed["reused"] else "measured"
+        lines.append(f"deployed format ({deployed['backend']} {deployed['precision']}): {how} {deployed['dir']}, "
+                     f"{deployed['n_subnets']} sub-networks; predictor transferred from {deployed['transfer_from']}")  # fmt: skip
+    transfer = s["predictor"].get("transfer")
+    metrics = s["predictor"].get("test_metrics") or {}
+    if metrics:
+        lines.append(f"search predictor: {s['predictor']['file']}, held-out MAPE {metrics['mape_pct']:.2f}% "
+                     f"({metrics['within_10_pct']:.0f}% within ±10%) on {s['predictor'].get('n_test')} sub-networks"
+                     + (f"; {transfer['target_samples']} target sub-networks, transfer from {transfer['name']}" if transfer else ""))  # fmt: skip
+    return lines
 
 
 def _row(r: dict) -> tuple:
