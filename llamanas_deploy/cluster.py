@@ -67,7 +67,8 @@ def connected(address: str = "auto") -> Iterator[Any]:
                 ray.init(include_dashboard=False, log_to_driver=False)
     except ConnectionError as err:
         raise BadInputError(
-            f"no Ray cluster at {address!r} ({str(err).splitlines()[0]}); start one with `ray start --head`",
+            f"could not connect to a Ray cluster at {address!r} ({str(err).splitlines()[0]}): is one running "
+            "(`ray start --head`), and with token authentication, are RAY_AUTH_MODE=token and its token set here?",
             param="address",
         ) from None
     try:
@@ -183,6 +184,9 @@ class RayNode:
             raise BadInputError(f"expected a resource name, got {resource!r}", param="node_resource")
         import_ray()
         self.resource, self.address = resource, address
+
+    def connection(self):
+        return connected(self.address)
 
     @contextmanager
     def open(self, source: str, settings: ProfileSettings):

@@ -127,7 +127,7 @@ def test_search_cli_on_ray_prints_the_local_front(cluster, capsys, tmp_path):
               "--eval-tokens", "128", "--objective", "size", "--json"]  # fmt: skip
     code, out, err = run_cli(capsys, *common, "--out", str(tmp_path / "local"))
     assert code == 0, err
-    code, ray_out, err = run_cli(capsys, *common, "--out", str(tmp_path / "ray"), "--ray", "auto", "--workers", "2")
+    code, ray_out, err = run_cli(capsys, *common, "--out", str(tmp_path / "ray"), "--ray", "auto", "--workers", "1")
     assert code == 0, err
     assert json.loads(ray_out)["front"] == json.loads(out)["front"]
 

@@ -15,7 +15,7 @@ import statistics
 import threading
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,7 +180,9 @@ def profile_fleet(
     for name in targets:
         check_target_name(name)
     progress = _FleetProgress(callback)
-    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+    with ExitStack() as connections, ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        for node in targets.values():  # held for the whole fleet, not opened and closed by each target
+            connections.enter_context(node.connection())
         futures = [
             pool.submit(profile, model, space, settings, target=name, out=Path(directory) / name,
                         callback=progress.for_target(name), node=node)  # fmt: skip
@@ -214,6 +216,9 @@ class Node(Protocol):
     measurer like `Measurer`, living on that machine for the block."""
 
     def open(self, source: str | Path, settings: ProfileSettings) -> ContextManager[Measurer]: ...
+
+    def connection(self) -> ContextManager[Any]:
+        """The cluster's connection, held across several `open`s (a fleet)."""
 
 
 class Measurer:
