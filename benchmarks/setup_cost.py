@@ -111,7 +111,7 @@ def main() -> None:
         for which in args.subnets.split(","):
             bf16 = subnet_stats(shape, space.smallest if which == "smallest" else space.largest).fp16_bytes
             for path in args.paths.split(","):
-                need = bf16 * (3.2 if path == "old" else 1.3) + 1.0 * GB  # fp32 model + bf16 copy + draws
+                need = bf16 * (2.2 if path == "old" else 1.3) + 1.0 * GB  # old: the fp32 model (2x) + one tensor
                 if need > available_bytes():
                     rows.append({"path": path, "subnet": which, "bytes": bf16, "skipped":
                                  f"needs ~{need / GB:.0f} GB, {available_bytes() / GB:.0f} GB available"})  # fmt: skip
