@@ -108,9 +108,11 @@ def test_the_search_predicts_the_deployed_format_transferred_from_the_profiled_b
     assert (predictor["backend"], predictor["precision"]) == ("onnxruntime", "int8")
     assert predictor["transfer"]["kind"] == "format" and predictor["transfer"]["backend"] == "torch"
     deployed = summary["deployed"]
-    assert deployed["predictor"] == predictor["file"] and deployed["n_subnets"] >= 8
+    assert deployed["predictor"] == predictor["file"] and deployed["n_subnets"] == 8 and not deployed["reused"]
+    assert (run_dir / "profile-deployed" / "measurements.jsonl").is_file()  # measured with this exporter, in the run
     manifest = json.loads((run_dir / "artifact" / "manifest.json").read_text())
     assert (manifest["predicted"]["backend"], manifest["predicted"]["precision"]) == ("onnxruntime", "int8")
+    assert manifest["measured"]["vs_predicted"]["same_setup"] is True
 
 
 def test_a_new_device_transfers_another_devices_shipped_predictor(monkeypatch):

@@ -43,8 +43,8 @@ def _algorithms() -> list[str]:
               help="... when a predictor of another device for the same space and backend exists: this many are "
                    "profiled (2 held out) and that predictor transferred.")
 @click.option("--deployed-samples", default=D.deployed_samples, show_default=True, type=click.IntRange(min=0),
-              help="Sub-networks profiled in the deployed format (onnxruntime at the export precision) when this device "
-                   "has no profile of it; its predictor is transferred from the backend's. 0: search on the backend's latency.")
+              help="Sub-networks profiled in the deployed format (onnxruntime at the export precision) in the run "
+                   "directory; its predictor is transferred from the backend's. 0: search on the backend's latency.")
 @click.option("--visits", default=D.visits, show_default=True, type=click.IntRange(min=1),
               help="Passes over that profile's plan; turns measuring the full network and the winner.")
 @click.option("--algorithm", type=click.Choice(_algorithms()), default=D.algorithm, show_default=True)
