@@ -39,6 +39,7 @@ LAYER_POLICIES = ("first", "uniform")
 NEURON_POLICIES = ("first",)
 SUPPORTED_LAYER_DIMS = ("intermediate_sizes",)
 
+MAX_LAYERS, MAX_INTERMEDIATE_SIZE = 4096, 1 << 24  # far above any LLaMA; an absurd value is refused, not counted
 DERIVED_KEYS = ("id", "num_points", "num_distinct")  # what `space show --json` adds; a space file may keep them
 SAMPLING_STRATEGIES = ("stratified", "random")  # stratified: smallest and largest first, then depth x width strata
 
@@ -312,8 +313,10 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
     if "name" not in data or "layer_dims" not in data:
         raise fail("missing field 'name' or 'layer_dims'")
     name, raw_dims = data["name"], data["layer_dims"]
-    max_layers = _positive_int(data["super_network"]["num_hidden_layers"], "super_network.num_hidden_layers", fail)
-    max_width = _positive_int(data["super_network"]["intermediate_size"], "super_network.intermediate_size", fail)
+    max_layers = _positive_int(data["super_network"]["num_hidden_layers"], "super_network.num_hidden_layers", fail,
+                               MAX_LAYERS)  # fmt: skip
+    max_width = _positive_int(data["super_network"]["intermediate_size"], "super_network.intermediate_size", fail,
+                              MAX_INTERMEDIATE_SIZE)  # fmt: skip
     depth = _choices(data["depth"]["choices"], "depth.choices", fail)
     layer_policy = data["depth"].get("policy", "first")
     if not isinstance(name, str) or not name:
@@ -355,9 +358,9 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
     return space
 
 
-def _positive_int(value: Any, field: str, fail) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise fail(f"{field} must be a positive integer, got {value!r}")
+def _positive_int(value: Any, field: str, fail, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+        raise fail(f"{field} must be an integer from 1 to {maximum:,}, got {value!r}")
     return value
 
 

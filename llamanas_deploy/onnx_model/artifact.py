@@ -207,11 +207,19 @@ def inside(directory: Path, name: Any, root: Path | None = None) -> Path:
     if not isinstance(name, str) or not name or "\x00" in name or name.startswith("/") or ".." in name.split("/"):
         raise BadInputError(f"{where}path {name!r} is not a plain relative path inside the artifact")
     path = Path(directory) / name
-    if not path.resolve().is_relative_to(root):
-        raise BadInputError(f"{where}'{name}' points outside the artifact ({path.resolve()})")
+    if not _resolve(path).is_relative_to(root):
+        raise BadInputError(f"{where}'{name}' points outside the artifact ({_resolve(path)})")
     if path.exists() and not path.is_file():
         raise BadInputError(f"{path}: not a regular file")
     return path
+
+
+def _resolve(path: Path) -> Path:
+    """`path` with every link followed; `BadInputError` for a link loop."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # Python < 3.13 raises RuntimeError on a loop
+        raise BadInputError(f"{path}: a link loop") from None
 
 
 def named_paths(manifest: dict[str, Any]) -> list[Any]:
@@ -247,8 +255,8 @@ def _check_no_strays(directory: Path, root: Path, files: dict[str, str]) -> None
         for name in dirs + names:
             path = Path(here) / name
             relative = path.relative_to(directory).as_posix()
-            if path.is_symlink() and not path.resolve().is_relative_to(root):
-                raise BadInputError(f"{path}: a link out of the artifact ({path.resolve()})")
+            if path.is_symlink() and not _resolve(path).is_relative_to(root):
+                raise BadInputError(f"{path}: a link out of the artifact ({_resolve(path)})")
             if name in names and relative not in files and relative not in SEALED:
                 raise BadInputError(f"{path}: not listed in {MANIFEST} (an artifact holds only the files it lists)")
 
