@@ -101,12 +101,21 @@ def new_directory(out: str | Path) -> Iterator[Path]:
     """
     out = Path(out)
     check_out_dir(out)
+    made = [p for p in out.parents if not p.exists()]  # parents this call creates, innermost first
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        built = Path(tmp) / "result"
-        built.mkdir()
-        yield built
-        check_out_dir(out)  # nothing appeared there meanwhile
-        if out.is_dir():
-            out.rmdir()
-        os.replace(built, out)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+            built = Path(tmp) / "result"
+            built.mkdir()
+            yield built
+            check_out_dir(out)  # nothing appeared there meanwhile
+            if out.is_dir():
+                out.rmdir()
+            os.replace(built, out)
+    except BaseException:
+        for parent in made:  # a refused or failed build leaves no empty folders behind either
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
