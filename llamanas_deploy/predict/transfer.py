@@ -110,12 +110,6 @@ def _source_from_profile(path: Path, data: ProfileData, features: FeatureBuilder
     return TransferSource.of(predictor, name=str(path), fitted_from_profile=True, profile_measurements_sha256=digest)
 
 
-def rescaled_by_one(source: TransferSource, configs: Sequence[SubnetConfig], y: np.ndarray, anchor: int) -> np.ndarray:
-    """The source's predictions times (measured / predicted) of one sub-network (`anchor`, an index)."""
-    predicted = source.predictor.predict(configs)
-    return predicted * (y[anchor] / predicted[anchor])
-
-
 def transfer_rows(
     source: TransferSource,
     scratch: LatencyPredictor | None,
