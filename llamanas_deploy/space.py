@@ -360,7 +360,7 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
 
 def _positive_int(value: Any, field: str, fail, maximum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
-        raise fail(f"{field} must be an integer from 1 to {maximum:,}, got {value!r}")
+        raise fail(f"{field} must be a positive integer (at most {maximum:,}), got {value!r}")
     return value
 
 
