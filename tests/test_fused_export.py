@@ -140,7 +140,7 @@ def test_tied_embedding_is_stored_once_in_quantized_files(tmp_path):
     ids = np.random.default_rng(0).integers(0, 256, 300).tolist()
     reference = OrtDecoder(fp32).forward(np.array([ids[:20]]), OrtDecoder(fp32).empty_past(1))[0]
     # int8 per-channel (a CPU without VNNI), per-tensor (with it), int4 blocks
-    for name, settings in (("pc", int8_settings([])), ("pt", int8_settings(["avx512_vnni"])), ("q4", int4_settings("cpu"))):
+    for name, settings in (("pc", int8_settings([])), ("pt", int8_settings(["avx512_vnni"])), ("q4", int4_settings("cpu", block_size=32))):
         out = tmp_path / f"{name}.onnx"
         quantize(fp32, out, settings, external_data=False)
         graph = onnx.load(str(out)).graph

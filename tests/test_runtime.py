@@ -27,7 +27,7 @@ def test_int8_settings_follow_the_cpu():
 
 def test_int4_settings_defaults_and_bad_values():
     cpu = int4_settings("cpu")
-    assert (cpu.block_size, cpu.accuracy_level) == (32, 4) and "defaults for cpu" in cpu.reason
+    assert (cpu.block_size, cpu.accuracy_level) == (128, 4) and "defaults for cpu" in cpu.reason
     given = int4_settings("cpu", block_size=128, accuracy_level=0)
     assert (given.block_size, given.accuracy_level) == (128, 0) and "given" in given.reason
     with pytest.raises(BadInputError, match="block_size: 48: expected one of") as err:

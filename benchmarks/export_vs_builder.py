@@ -1,0 +1,276 @@
+"""Our deployed artifact vs the ONNX Runtime GenAI model builder's, side by side in one run.
+
+The builder (`python -m onnxruntime_genai.models.builder`, inside the `onnxruntime-genai`
+package) reads a transformers checkpoint, so it can only take a uniform sub-network; ours
+exports any. Rows: ours and the builder's at fp32 / int8 / int4 on the same uniform
+sub-network (the same weights), plus ours on a heterogeneous one. Each artifact is timed in
+two loops that treat both alike:
+
+- `ort`: a Python greedy loop over a plain ONNX Runtime session (one intra-op thread), the
+  cache fed back each step (what `llamanas generate` and the profiler do);
+- `genai`: onnxruntime-genai's own generator (`og.Generator`, one intra-op thread).
+
+Prompt: the first `--prompt-len` tokens of the model's held-out text (the same for every
+artifact), `--new-tokens` greedy tokens; decode ms/token = time of the decode steps / (new
+tokens - 1); prefill = the prompt's step. Rounds are interleaved (every artifact once per
+round), medians over `--rounds` rounds. Greedy agreement, over `--prompts` held-out prompts of
+32 tokens (plain ORT loop): the share of generated tokens equal, position by position, to the
+builder's at the same precision, and to our fp32 export of the same sub-network.
+
+    python benchmarks/export_vs_builder.py               # the tiny default, 6 x 576 vs 6 layers of mixed widths
+    python benchmarks/export_vs_builder.py --rounds 9 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llamanas_deploy.cli.common import table
+from llamanas_deploy.evaluate import load_heldout
+from llamanas_deploy.export import ExportSettings, export
+from llamanas_deploy.model.supernet import SuperNetwork
+from llamanas_deploy.onnx_model.artifact import copy_tokenizer
+from llamanas_deploy.space import load_space
+from llamanas_deploy.subnet_config import SubnetConfig
+
+PRECISIONS = ("fp32", "int8", "int4")
+AGREEMENT_PROMPT = 32  # tokens of held-out text per agreement prompt
+BUILDER_INT4_BLOCK = 32  # what the builder's int4 uses on the CPU (its MatMulNBits' block_size)
+UNIFORM = '{"num_layers": 6, "intermediate_sizes": [576, 576, 576, 576, 576, 576]}'
+HETEROGENEOUS = '{"num_layers": 6, "intermediate_sizes": [768, 576, 576, 384, 384, 576]}'
+
+
+def main() -> None:
+    args = parse_args()
+    space = load_space(args.space)
+    uniform = space.validate(SubnetConfig.from_json(args.uniform, "--uniform"))
+    hetero = space.validate(SubnetConfig.from_json(args.heterogeneous, "--heterogeneous"))
+    supernet = SuperNetwork.load(args.model)
+    heldout = load_heldout(args.model)
+    prompt = heldout[: args.prompt_len]
+    prompts = [heldout[i : i + AGREEMENT_PROMPT] for i in range(0, len(heldout) - AGREEMENT_PROMPT, len(heldout) // args.prompts)]
+    with tempfile.TemporaryDirectory(prefix="export-vs-builder-") as tmp:
+        tmp = Path(tmp)
+        artifacts = {}
+        for precision in PRECISIONS:
+            log(f"ours {precision}: export")
+            artifacts[("ours", precision)] = ours(supernet, space, uniform, precision, tmp / f"ours-{precision}")
+        log(f"ours int4 with the builder's block size ({BUILDER_INT4_BLOCK}): export")
+        artifacts[(f"ours, block {BUILDER_INT4_BLOCK}", "int4")] = ours(
+            supernet, space, uniform, "int4", tmp / "ours-int4-b32", block_size=BUILDER_INT4_BLOCK
+        )
+        checkpoint = supernet.save_subnet(uniform, tmp / "uniform-checkpoint", space)
+        copy_tokenizer(supernet.source, checkpoint)  # the builder also writes the tokenizer files
+        for precision in PRECISIONS:
+            log(f"builder {precision}: build")
+            artifacts[("builder", precision)] = builder(checkpoint, precision, tmp / f"builder-{precision}", tmp / "cache")
+        for precision in PRECISIONS:
+            log(f"ours heterogeneous {precision}: export")
+            artifacts[("ours hetero", precision)] = ours(supernet, space, hetero, precision, tmp / f"hetero-{precision}")
+        sizes = {key: onnx_mib(directory) for key, directory in artifacts.items()}
+        tokens = {key: greedy_tokens(directory, prompts[: args.prompts], args.new_tokens) for key, directory in artifacts.items()}
+        runs = measure(artifacts, prompt, args)
+    rows = summarize(sizes, runs, tokens)
+    print(render(rows, args, uniform, hetero))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="Super-network checkpoint (its weights are used).")
+    parser.add_argument("--space", default="tiny")
+    parser.add_argument("--uniform", default=UNIFORM, help="Uniform sub-network (JSON) the builder can read.")
+    parser.add_argument("--heterogeneous", default=HETEROGENEOUS, help="Sub-network with per-layer widths (JSON).")
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prompts", type=int, default=16, help="Held-out prompts for greedy agreement.")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: process CPU time (one thread: robust on a machine shared with other jobs).")
+    parser.add_argument("--json", help="Also write the rows to this JSON file.")
+    return parser.parse_args()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- artifacts ----------------------------------------------------------------------------------
+def ours(supernet, space, subnet, precision: str, out: Path, block_size: int | None = None) -> Path:
+    export(supernet, space, subnet, out, ExportSettings(precision=precision, block_size=block_size), bench=None)
+    return out
+
+
+def builder(checkpoint: Path, precision: str, out: Path, cache: Path) -> Path:
+    """The builder's artifact of the checkpoint (its CLI, as a user runs it)."""
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
+               "-p", precision, "-e", "cpu", "-c", str(cache)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"builder failed ({precision}):\n{done.stderr[-2000:]}")
+    return out
+
+
+def onnx_mib(directory: Path) -> float:
+    return sum(p.stat().st_size for p in directory.glob("model.onnx*")) / 2**20
+
+
+# ---- timing -------------------------------------------------------------------------------------
+def measure(artifacts: dict, prompt: list[int], args) -> dict:
+    """{(artifact key, loop): [ {prefill_ms, decode_ms, tokens}, ... one per round ]}"""
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    runners = {}
+    for key, directory in artifacts.items():
+        runners[(key, "ort")] = OrtLoop(directory, clock)
+        runners[(key, "genai")] = GenaiLoop(directory, clock)
+    runs: dict = {k: [] for k in runners}
+    for round_ in range(args.rounds + 1):  # round 0 warms every runner up and is dropped
+        log(f"round {round_}/{args.rounds}")
+        for k, runner in runners.items():
+            result = runner.run(prompt, args.new_tokens)
+            if round_:
+                runs[k].append(result)
+    return runs
+
+
+class OrtLoop:
+    """Greedy decoding over a plain ORT session, feeding whatever inputs the graph declares."""
+
+    def __init__(self, directory: Path, clock):
+        import onnxruntime as ort
+
+        self.clock = clock
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        decoder = json.loads((directory / "genai_config.json").read_text())["model"]["decoder"]
+        self.kv_heads, self.head_dim = decoder["num_key_value_heads"], decoder["head_size"]
+
+    def step(self, ids: np.ndarray, past: dict, past_len: int):
+        seq = ids.shape[1]
+        feeds = {"input_ids": ids, "attention_mask": np.ones((1, past_len + seq), dtype=np.int64)}
+        if "position_ids" in self.inputs:
+            feeds["position_ids"] = np.arange(past_len, past_len + seq, dtype=np.int64)[None]
+        outputs = self.session.run(None, feeds | past)
+        return outputs[0], dict(zip(self.past, outputs[1:]))
+
+    def run(self, prompt: list[int], new_tokens: int) -> dict:
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        start = self.clock()
+        logits, past = self.step(np.array([prompt], dtype=np.int64), {n: empty for n in self.past}, 0)
+        tokens = [int(logits[0, -1].argmax())]
+        prefill = self.clock() - start
+        start = self.clock()
+        while len(tokens) < new_tokens:
+            logits, past = self.step(np.array([[tokens[-1]]], dtype=np.int64), past, len(prompt) + len(tokens) - 1)
+            tokens.append(int(logits[0, -1].argmax()))
+        decode = self.clock() - start
+        return {"prefill_ms": prefill * 1e3, "decode_ms": decode * 1e3 / (new_tokens - 1), "tokens": tokens}
+
+
+class GenaiLoop:
+    """onnxruntime-genai's generator on the artifact's genai_config.json, one intra-op thread."""
+
+    def __init__(self, directory: Path, clock):
+        import onnxruntime_genai as og
+
+        self.clock = clock
+        config = og.Config(str(directory))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": 1, "inter_op_num_threads": 1}}}}))
+        self.og, self.model = og, og.Model(config)
+
+    def run(self, prompt: list[int], new_tokens: int) -> dict:
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
+        generator = og.Generator(self.model, params)
+        start = self.clock()
+        generator.append_tokens(np.array([prompt], dtype=np.int32))
+        tokens = [int(generator.get_next_tokens()[0])]
+        prefill = self.clock() - start
+        start = self.clock()
+        while len(tokens) < new_tokens:
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+        decode = self.clock() - start
+        return {"prefill_ms": prefill * 1e3, "decode_ms": decode * 1e3 / (new_tokens - 1), "tokens": tokens}
+
+
+# ---- report -------------------------------------------------------------------------------------
+def greedy_tokens(directory: Path, prompts: list[list[int]], new_tokens: int) -> list[int]:
+    loop = OrtLoop(directory, time.perf_counter)
+    return [t for prompt in prompts for t in loop.run(prompt, new_tokens)["tokens"]]
+
+
+def summarize(sizes: dict, runs: dict, tokens: dict) -> list[dict]:
+    """One row per artifact and loop; ratios against the builder's artifact of the same precision
+    (uniform rows only); greedy agreement with the builder at that precision and with our own
+    fp32 export of the same sub-network."""
+
+    def agreement(key, reference) -> float | None:
+        if reference not in sizes or reference == key:
+            return None
+        mine, theirs = tokens[key], tokens[reference]
+        return sum(a == b for a, b in zip(mine, theirs)) / len(mine)
+
+    rows = []
+    for key, mib in sizes.items():
+        who, precision = key
+        uniform = who != "ours hetero"
+        for loop in ("ort", "genai"):
+            samples = runs[(key, loop)]
+            row = {
+                "artifact": who, "precision": precision, "loop": loop, "mib": mib,
+                "prefill_ms": statistics.median(r["prefill_ms"] for r in samples),
+                "decode_ms": statistics.median(r["decode_ms"] for r in samples),
+                "agreement_vs_builder": agreement(key, ("builder", precision)) if uniform else None,
+                "agreement_vs_fp32": agreement(key, ("ours" if uniform else who, "fp32")) if who != "builder" else None,
+            }  # fmt: skip
+            row["tok_s"] = 1e3 / row["decode_ms"]
+            rows.append(row)
+    builder = {(r["precision"], r["loop"]): r for r in rows if r["artifact"] == "builder"}
+    for r in rows:
+        base = builder.get((r["precision"], r["loop"])) if r["artifact"].startswith("ours") and r["artifact"] != "ours hetero" else None
+        for figure in ("decode_ms", "prefill_ms", "mib"):
+            r[f"{figure}_vs_builder"] = r[figure] / base[figure] if base else None
+    return rows
+
+
+def render(rows: list[dict], args, uniform, hetero) -> str:
+    def fmt(value, spec, suffix=""):
+        return "—" if value is None else format(value, spec) + suffix
+
+    head = ["artifact", "precision", "loop", "MiB", "prefill ms", "decode ms/token", "tokens/s", "decode vs builder",
+            "prefill vs builder", "size vs builder", "agrees w/ builder", "agrees w/ our fp32"]  # fmt: skip
+    order = ["builder", "ours", f"ours, block {BUILDER_INT4_BLOCK}", "ours hetero"]
+    body = [
+        [r["artifact"], r["precision"], r["loop"], fmt(r["mib"], ".2f"), fmt(r["prefill_ms"], ".2f"),
+         fmt(r["decode_ms"], ".3f"), fmt(r["tok_s"], ".0f"), fmt(r["decode_ms_vs_builder"], ".2f", "×"),
+         fmt(r["prefill_ms_vs_builder"], ".2f", "×"), fmt(r["mib_vs_builder"], ".2f", "×"),
+         fmt(r["agreement_vs_builder"], ".0%"), fmt(r["agreement_vs_fp32"], ".0%")]
+        for r in sorted(rows, key=lambda r: (r["loop"], PRECISIONS.index(r["precision"]), order.index(r["artifact"])))
+    ]  # fmt: skip
+    note = (
+        f"uniform {uniform.to_dict()['intermediate_sizes']}, heterogeneous {hetero.to_dict()['intermediate_sizes']}; "
+        f"prompt {args.prompt_len}, {args.new_tokens} greedy tokens, 1 thread, {args.clock} clock, "
+        f"median of {args.rounds} interleaved rounds; greedy agreement over {args.prompts} held-out prompts; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    return table(body, head) + "\n" + note
+
+if __name__ == "__main__":
+    main()
