@@ -12,8 +12,9 @@ two loops that treat both alike:
 
 Prompt: the first `--prompt-len` tokens of the model's held-out text (the same for every
 artifact), `--new-tokens` greedy tokens; decode ms/token = time of the decode steps / (new
-tokens - 1); prefill = the prompt's step. Rounds are interleaved (every artifact once per
-round), medians over `--rounds` rounds. Greedy agreement, over `--prompts` held-out prompts of
+tokens - 1); prefill = the prompt's step. Each artifact runs in its own process; rounds are
+interleaved (every artifact once per round, in a new random order each round), medians over
+`--rounds` rounds. Greedy agreement, over `--prompts` held-out prompts of
 32 tokens (plain ORT loop): the share of generated tokens equal, position by position, to the
 builder's at the same precision, and to our fp32 export of the same sub-network.
 
@@ -60,7 +61,7 @@ def main() -> None:
     prompt = heldout[: args.prompt_len]
     prompts = [heldout[i : i + AGREEMENT_PROMPT] for i in range(0, len(heldout) - AGREEMENT_PROMPT, len(heldout) // args.prompts)]
     with tempfile.TemporaryDirectory(prefix="export-vs-builder-") as tmp:
-        tmp = Path(tmp)
+        tmp = Path(args.keep) if args.keep else Path(tmp)
         artifacts = {}
         for precision in PRECISIONS:
             log(f"ours {precision}: export")
@@ -99,6 +100,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: process CPU time (one thread: robust on a machine shared with other jobs).")
     parser.add_argument("--json", help="Also write the rows to this JSON file.")
+    parser.add_argument("--keep", help="Build the artifacts in this new directory and keep them.")
     return parser.parse_args()
 
 
@@ -128,20 +130,45 @@ def onnx_mib(directory: Path) -> float:
 
 # ---- timing -------------------------------------------------------------------------------------
 def measure(artifacts: dict, prompt: list[int], args) -> dict:
-    """{(artifact key, loop): [ {prefill_ms, decode_ms, tokens}, ... one per round ]}"""
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    runners = {}
+    """{(artifact key, loop): [ {prefill_ms, decode_ms, tokens}, ... one per round ]}
+
+    Each artifact lives in its own process (both its loops), so no session's memory placement
+    depends on another's; the main process asks them in turn, one at a time.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = {}
     for key, directory in artifacts.items():
-        runners[(key, "ort")] = OrtLoop(directory, clock)
-        runners[(key, "genai")] = GenaiLoop(directory, clock)
-    runs: dict = {k: [] for k in runners}
-    for round_ in range(args.rounds + 1):  # round 0 warms every runner up and is dropped
-        log(f"round {round_}/{args.rounds}")
-        for k, runner in runners.items():
-            result = runner.run(prompt, args.new_tokens)
-            if round_:
-                runs[k].append(result)
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_worker, args=(theirs, directory, args.clock), daemon=True)
+        process.start()
+        workers[key] = (process, ours)
+    keys = [(key, loop) for key in artifacts for loop in ("ort", "genai")]
+    runs: dict = {k: [] for k in keys}
+    order = np.random.default_rng(0)
+    try:
+        for round_ in range(args.rounds + 1):  # round 0 warms every runner up and is dropped
+            log(f"round {round_}/{args.rounds}")
+            for i in order.permutation(len(keys)):  # a new order each round: no runner always follows the same one
+                key, loop = keys[i]
+                workers[key][1].send((loop, prompt, args.new_tokens))
+                result = workers[key][1].recv()
+                if round_:
+                    runs[keys[i]].append(result)
+    finally:
+        for process, pipe in workers.values():
+            pipe.send(None)
+            process.join()
     return runs
+
+
+def _worker(pipe, directory: Path, clock_name: str) -> None:
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
+    loops = {"ort": OrtLoop(directory, clock), "genai": GenaiLoop(directory, clock)}
+    while (request := pipe.recv()) is not None:
+        loop, prompt, new_tokens = request
+        pipe.send(loops[loop].run(prompt, new_tokens))
 
 
 class OrtLoop:

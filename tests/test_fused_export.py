@@ -27,9 +27,9 @@ from llamanas_deploy.subnet_config import SubnetConfig
 HETERO = SubnetConfig(3, (128, 32, 96))
 
 
-def fused_decoder(model, tmp_path: Path) -> tuple[OrtDecoder, object]:
+def fused_decoder(model, tmp_path: Path, fuse_gate_up: bool = True) -> tuple[OrtDecoder, object]:
     config = onnx_config_for(model.config.to_dict(), "test")
-    return OrtDecoder(export_fused(model, config, tmp_path)), config
+    return OrtDecoder(export_fused(model, config, tmp_path, fuse_gate_up)), config
 
 
 def ops(path: Path) -> Counter:
@@ -53,14 +53,17 @@ def artifacts(small_checkpoint, space_file, tmp_path_factory) -> dict[str, Path]
     return out
 
 
-@pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 2, "tie_word_embeddings": True}])
-def test_fused_logits_equal_torch_on_prefill_and_a_cached_step(overrides, tmp_path):
-    """Untied multi-head and tied grouped-query attention (4 heads on 2 KV heads), heterogeneous widths."""
+@pytest.mark.parametrize(
+    ("overrides", "fuse_gate_up"), [({}, True), ({"num_key_value_heads": 2, "tie_word_embeddings": True}, False)]
+)
+def test_fused_logits_equal_torch_on_prefill_and_a_cached_step(overrides, fuse_gate_up, tmp_path):
+    """Untied multi-head and tied grouped-query attention (4 heads on 2 KV heads), heterogeneous
+    widths; gate and up in one MatMul (as quantized) and in two (as deployed in fp32)."""
     from conftest import make_checkpoint
 
     checkpoint = make_checkpoint(tmp_path / "model", seed=3, **overrides)
     model = SuperNetwork.load(checkpoint).extract(HETERO)
-    decoder, config = fused_decoder(model, tmp_path)
+    decoder, config = fused_decoder(model, tmp_path, fuse_gate_up)
     ids = np.random.default_rng(1).integers(0, config.vocab_size, (2, 9))
     logits, present = decoder.forward(ids, decoder.empty_past(2))
     with torch.no_grad():
@@ -87,8 +90,14 @@ def test_fused_graph_uses_fused_ops_with_each_layers_width(small_checkpoint):
     counts = Counter(n.op_type for n in proto.graph.node)
     assert counts["GroupQueryAttention"] == 3 and counts["SkipSimplifiedLayerNormalization"] == 6
     assert not {"Pow", "ReduceMean", "Sqrt", "Softmax"} & set(counts)
-    widths = {t.name: t.dims[1] for t in proto.graph.initializer if t.name.endswith("gate_up_proj.weight")}
-    assert [widths[f"layers.{i}/mlp/gate_up_proj.weight"] for i in range(3)] == [2 * s for s in HETERO.intermediate_sizes]
+    widths = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    for i, size in enumerate(HETERO.intermediate_sizes):
+        assert widths[f"layers.{i}/mlp/gate_up_proj.weight"] == (64, 2 * size)
+        assert widths[f"layers.{i}/mlp/down_proj.weight"] == (size, 64)
+    separate = build_fused(model, onnx_config_for(model.config.to_dict(), "test"), fuse_gate_up=False)
+    widths = {t.name: tuple(t.dims) for t in separate.graph.initializer}
+    assert [widths[f"layers.{i}/mlp/up_proj.weight"] for i in range(3)] == [(64, s) for s in HETERO.intermediate_sizes]
+    assert "Split" not in {n.op_type for n in separate.graph.node}
 
 
 def test_heterogeneous_artifacts_run_in_onnxruntime(artifacts):
@@ -108,7 +117,7 @@ def test_heterogeneous_artifacts_run_in_onnxruntime(artifacts):
     assert sizes[0] > sizes[1] > sizes[2]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int4"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_heterogeneous_artifact_runs_in_onnxruntime_genai(artifacts, precision):
     og = pytest.importorskip("onnxruntime_genai")
     prompt, new = [9, 8, 7, 6], 8

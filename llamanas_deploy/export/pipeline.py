@@ -167,7 +167,7 @@ def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, artifact_di
     quant = _quant_settings(settings)
     fp32_dir = artifact_dir.parent / "fp32"
     fp32_dir.mkdir()
-    fp32_path = export_graph(model, onnx_config, fp32_dir, graph)
+    fp32_path = export_graph(model, onnx_config, fp32_dir, graph, settings.precision)
     external = (fp32_dir / f"{ONNX_NAME}.data").exists()
     tokens, data_source = eval_tokens(supernet.source, settings.data, settings.max_eval_tokens, onnx_config.vocab_size)
     stage("verify")

@@ -6,7 +6,8 @@ emits, here built from our own modules so that every layer keeps its own MLP wid
     Gather (embedding) -> per layer:
         [Skip]SimplifiedLayerNormalization -> MatMul (fused Q|K|V) -> GroupQueryAttention
         (rotary and the KV cache inside) -> MatMul (o_proj) -> SkipSimplifiedLayerNormalization
-        -> MatMul (fused gate|up) -> Split -> Sigmoid, Mul, Mul (SiLU(gate) * up) -> MatMul (down)
+        -> MatMul (gate|up fused, then Split, for a graph to be quantized; two MatMuls in fp32)
+        -> Sigmoid, Mul, Mul (SiLU(gate) * up; ORT fuses the first two into QuickGelu) -> MatMul (down)
     -> SkipSimplifiedLayerNormalization (final norm) -> MatMul (LM head) -> logits
 
 The I/O is the decoder's `DecoderOnnxConfig` (Optimum names). `GroupQueryAttention` takes
@@ -74,8 +75,9 @@ def rotary_caches(model, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
     return (freqs.cos() * scaling).numpy(), (freqs.sin() * scaling).numpy()
 
 
-def build_fused(model, config: DecoderOnnxConfig):
-    """The fused `onnx.ModelProto` of the torch sub-network `model` (a `LlamaForCausalLM`)."""
+def build_fused(model, config: DecoderOnnxConfig, fuse_gate_up: bool = True):
+    """The fused `onnx.ModelProto` of the torch sub-network `model` (a `LlamaForCausalLM`);
+    `fuse_gate_up`: one MatMul for gate and up (for a graph to be quantized; see `_mlp`)."""
     from onnx import TensorProto
 
     hf = model.config
@@ -124,7 +126,7 @@ def build_fused(model, config: DecoderOnnxConfig):
         attn_out = _linear(g, out, _np(attn.o_proj.weight).T, _bias(attn.o_proj), f"{p}/attn/o_proj")
         post_w = g.weight(f"model.{p}.post_attention_layernorm.weight", _np(layer.post_attention_layernorm.weight))
         normed, residual = _skip_norm(g, residual, attn_out, post_w, f"{p}/post_attention_layernorm", eps)
-        pending = _mlp(g, normed, layer.mlp, p)
+        pending = _mlp(g, normed, layer.mlp, p, fuse_gate_up)
 
     final_w = g.weight("model.norm.weight", _np(model.model.norm.weight))
     normed, _ = _skip_norm(g, residual, pending, final_w, "norm", eps)
@@ -164,13 +166,22 @@ def _skip_norm(g: _Graph, residual: str, added: str, weight: str, name: str, eps
     return out, summed
 
 
-def _mlp(g: _Graph, x: str, mlp, prefix: str) -> str:
-    """down(SiLU(gate(x)) * up(x)) with gate and up in one MatMul; the width is this layer's own."""
-    width = mlp.gate_proj.out_features
-    gate_up_w = np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)]).T
-    gate_up = _linear(g, x, gate_up_w, _bias(mlp.gate_proj, mlp.up_proj), f"{prefix}/mlp/gate_up_proj")
-    sizes = g.weight(f"{prefix}/mlp/split_sizes", np.array([width, width], dtype=np.int64))
-    gate, up = g.node("Split", [gate_up, sizes], f"{prefix}/mlp/Split", outputs=2, axis=-1)
+def _mlp(g: _Graph, x: str, mlp, prefix: str, fuse_gate_up: bool) -> str:
+    """down(SiLU(gate(x)) * up(x)); the width is this layer's own.
+
+    `fuse_gate_up`: gate and up in one MatMul, then a Split. Measured (benchmarks/export_vs_builder.py,
+    ORT's profiler): quantized, one MatMulNBits / DynamicQuantizeMatMul instead of two saves more
+    than the Split's copy costs; in fp32 the Split costs more than the saved MatMul (about 2 %).
+    """
+    if fuse_gate_up:
+        width = mlp.gate_proj.out_features
+        gate_up_w = np.concatenate([_np(mlp.gate_proj.weight), _np(mlp.up_proj.weight)]).T
+        gate_up = _linear(g, x, gate_up_w, _bias(mlp.gate_proj, mlp.up_proj), f"{prefix}/mlp/gate_up_proj")
+        sizes = g.weight(f"{prefix}/mlp/split_sizes", np.array([width, width], dtype=np.int64))
+        gate, up = g.node("Split", [gate_up, sizes], f"{prefix}/mlp/Split", outputs=2, axis=-1)
+    else:
+        gate = _linear(g, x, _np(mlp.gate_proj.weight).T, _bias(mlp.gate_proj), f"{prefix}/mlp/gate_proj")
+        up = _linear(g, x, _np(mlp.up_proj.weight).T, _bias(mlp.up_proj), f"{prefix}/mlp/up_proj")
     sigmoid = g.node("Sigmoid", [gate], f"{prefix}/mlp/act_fn/Sigmoid")[0]
     silu = g.node("Mul", [gate, sigmoid], f"{prefix}/mlp/act_fn/Mul")[0]
     product = g.node("Mul", [silu, up], f"{prefix}/mlp/Mul")[0]
@@ -204,13 +215,13 @@ def _model(g: _Graph, config: DecoderOnnxConfig):
     return model
 
 
-def export_fused(model, config: DecoderOnnxConfig, out_dir: Path) -> Path:
+def export_fused(model, config: DecoderOnnxConfig, out_dir: Path, fuse_gate_up: bool = True) -> Path:
     """Write `out_dir/model.onnx` (+ `model.onnx.data` above 2 GiB of weights); returns its path."""
     import onnx
 
     from .exporter import EXTERNAL_DATA_BYTES, ONNX_NAME
 
-    proto = build_fused(model, config)
+    proto = build_fused(model, config, fuse_gate_up)
     path = out_dir / ONNX_NAME
     weight_bytes = sum(t.ByteSize() for t in proto.graph.initializer)
     if weight_bytes > EXTERNAL_DATA_BYTES:

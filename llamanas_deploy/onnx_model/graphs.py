@@ -27,12 +27,13 @@ def graph_for(device: str, config: DecoderOnnxConfig) -> str:
     return "fused" if device in FUSED_DEVICES and config.head_dim % FUSED_HEAD_MULTIPLE == 0 else "dynamo"
 
 
-def export_graph(model, config: DecoderOnnxConfig, out_dir: Path, graph: str) -> Path:
-    """Write the fp32 `out_dir/model.onnx` of the torch sub-network `model` as `graph`; returns its path."""
+def export_graph(model, config: DecoderOnnxConfig, out_dir: Path, graph: str, precision: str) -> Path:
+    """Write the fp32 `out_dir/model.onnx` of the torch sub-network `model` as `graph`, shaped for
+    the `precision` it will be deployed at (quantized later, or not); returns its path."""
     if graph == "fused":
         from .fused import export_fused
 
-        return export_fused(model, config, out_dir)
+        return export_fused(model, config, out_dir, fuse_gate_up=precision != "fp32")
     from .exporter import export_onnx
 
     return export_onnx(model, config, out_dir)

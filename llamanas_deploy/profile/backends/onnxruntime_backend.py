@@ -118,9 +118,9 @@ class OnnxRuntimeBackend(Backend):
         graph = graph_for(self.device, config)
         settings = settings_for(self.precision, self.device, current_fingerprint()["device"]["isa_flags"])
         if settings is None:
-            return export_graph(net, config, here, graph)
+            return export_graph(net, config, here, graph, self.precision)
         (here / "fp32").mkdir()
-        fp32 = export_graph(net, config, here / "fp32", graph)
+        fp32 = export_graph(net, config, here / "fp32", graph, self.precision)
         del net
         quantize(fp32, here / ONNX_NAME, settings, (fp32.parent / f"{ONNX_NAME}.data").exists(), graph)
         shutil.rmtree(here / "fp32")
