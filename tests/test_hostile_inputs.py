@@ -466,6 +466,7 @@ def test_3_no_nan_reaches_a_measurement_file(tmp_path):
 def test_4_thread_counts_above_the_logical_cores_are_refused(world, capsys):
     from llamanas_deploy.concepts import check_threads
     from llamanas_deploy.profile import ProfileSettings
+    from llamanas_deploy.profile.runner import Measurer
     from llamanas_deploy.runtime import session_options
 
     assert_refused(run_cli(capsys, "profile", "--threads", "1000000", "--target", "t"), "--threads", "logical cores")
@@ -473,7 +474,8 @@ def test_4_thread_counts_above_the_logical_cores_are_refused(world, capsys):
                    "--threads", "logical cores")  # fmt: skip
     cores = os.cpu_count()
     assert check_threads(cores) == cores
-    for library_call in (lambda: ProfileSettings(threads=cores + 1), lambda: session_options(10**6)):
+    # a profile checks the count where it measures (this machine, or the Ray node it runs on)
+    for library_call in (lambda: Measurer("tiny", ProfileSettings(threads=cores + 1)), lambda: session_options(10**6)):
         with pytest.raises(BadInputError, match="logical cores") as err:
             library_call()
         assert err.value.param == "threads"

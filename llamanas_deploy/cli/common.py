@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import weakref
 from typing import Any, Callable, Sequence
 
 import click
@@ -83,10 +84,15 @@ def clock_option(default: str | None) -> Callable:
                         help=help if default else help + " [the predictor's, else wall]")  # fmt: skip
 
 
-def threads_option(default: int | None, help: str = "Fixed intra-op thread count.") -> Callable:
-    """`--threads`: 1 to the machine's logical cores (`ThreadCount`); a larger count is refused, not clamped."""
-    return click.option("--threads", default=default, show_default=default is not None, type=ThreadCount(),
-                        help=f"{help} At most the logical cores.")  # fmt: skip
+def threads_option(default: int | None, help: str = "Fixed intra-op thread count.", here: bool = True) -> Callable:
+    """`--threads`: 1 to the machine's logical cores (`ThreadCount`); a larger count is refused, not clamped.
+
+    With `here=False` (the work may run on another machine, e.g. a Ray node) only positivity is
+    checked here; the library checks the count against the cores of the machine that runs it.
+    """
+    kind, limit = (ThreadCount(), "this machine's") if here else (click.IntRange(min=1), "the measuring machine's")
+    return click.option("--threads", default=default, show_default=default is not None, type=kind,
+                        help=f"{help} At most {limit} logical cores.")  # fmt: skip
 
 
 def shape_options(defaults: Any | None) -> Callable:
@@ -212,6 +218,7 @@ class ProgressPrinter:
         from tqdm import tqdm
 
         self.close()
+        _OPEN_PRINTERS.add(self)
         self._stage = event.stage
         self._bar = tqdm(total=event.total, initial=event.done, desc=event.stage, unit=event.unit or "it",
                          file=sys.stderr, dynamic_ncols=True, leave=False)  # fmt: skip
@@ -226,6 +233,15 @@ class ProgressPrinter:
         if self._bar is not None:
             self._bar.close()
         self._bar, self._stage = None, None
+
+
+_OPEN_PRINTERS: "weakref.WeakSet[ProgressPrinter]" = weakref.WeakSet()
+
+
+def close_progress() -> None:
+    """Close every bar still drawn, so that an error message gets a line of its own."""
+    for printer in list(_OPEN_PRINTERS):
+        printer.close()
 
 
 def progress_printer(quiet: bool) -> ProgressPrinter:

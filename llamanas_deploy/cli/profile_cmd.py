@@ -50,7 +50,7 @@ DEFAULTS = ProfileSettings()
 @click.option("--node-resource", "node_resource", multiple=True, metavar="NAME",
               help="Custom Ray resource of the target's node, one per --target in order [the target's name].")
 @shape_options(Shapes())
-@threads_option(DEFAULTS.threads)
+@threads_option(DEFAULTS.threads, here=False)
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed of the sampling plan and of random weights.")
 @click.option("--weights", type=click.Choice(WEIGHT_SOURCES), default=DEFAULTS.weights, show_default=True,
               help="auto: the checkpoint's weights when --model has them, else random from config.json.")  # fmt: skip

@@ -61,7 +61,6 @@ class ProfileSettings:
         check_choice(self.weights, WEIGHT_SOURCES, "weights")
         for name in ("samples", "threads"):
             _check_positive_int(getattr(self, name), name)
-        check_threads(self.threads)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise BadInputError(f"must be an integer, got {self.seed!r}", param="seed")
         if not isinstance(self.shapes, Shapes):
@@ -225,6 +224,7 @@ class Measurer:
     """Measures visits with the settings' backend on the machine it lives on (here, or a Ray node)."""
 
     def __init__(self, source: str | Path, settings: ProfileSettings):
+        check_threads(settings.threads)  # against the cores of the machine that measures, not the driver's
         self.settings = settings
         self.backend: Backend = get_backend(settings.backend)(
             source, settings.precision, settings.device, settings.threads, settings.weights, settings.seed,
