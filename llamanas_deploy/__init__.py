@@ -28,7 +28,7 @@ _API = {
     "SuperNetwork": "model.supernet",
     # job 1: profile a hardware target
     "profile_target": ("profile", "profile"), "ProfileSettings": "profile", "ProfileResult": "profile",
-    "Shapes": "profile", "Protocol": "profile", "list_targets": "profile",
+    "Shapes": "profile", "Protocol": "profile", "list_targets": "profile", "profile_fleet": "profile",
     # latency predictors
     "fit_predictor": ("predict", "fit"), "FitSettings": "predict", "FitResult": "predict",
     "LatencyPredictor": "predict", "list_latency_predictors": "predict", "load_latency_predictor": "predict",
@@ -47,6 +47,8 @@ _API = {
     "perplexity": "evaluate", "multiple_choice": "evaluate", "load_heldout": "evaluate", "load_task": "evaluate",
     # the whole loop
     "run_loop": ("loop", "run"), "RunSettings": "loop", "RunResult": "loop",
+    # Ray: accuracy on workers, profiles on the nodes of a fleet
+    "RayWorkers": "cluster", "RayNode": "cluster",
     # progress and errors
     "Progress": "progress", "LlamanasError": "errors", "BadInputError": "errors", "VerificationError": "errors",
 }  # fmt: skip

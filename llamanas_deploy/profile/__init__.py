@@ -11,8 +11,10 @@
 """
 
 from .base import Shapes
-from .runner import ProfileResult, ProfileSettings, list_targets, profile
+from .runner import ProfileResult, ProfileSettings, list_targets, profile, profile_fleet
 from .stats import Protocol
 from .store import Profile, read_profile
 
-__all__ = ["profile", "ProfileSettings", "ProfileResult", "list_targets", "Shapes", "Protocol", "Profile", "read_profile"]
+__all__ = [
+    "profile", "profile_fleet", "ProfileSettings", "ProfileResult", "list_targets", "Shapes", "Protocol", "Profile", "read_profile",
+]
