@@ -185,3 +185,19 @@ def test_profiler_exports_each_subnet_once_across_visits(small_checkpoint):
     measured = backend.measure_visits(subnets, Shapes(1, 8, 8, 3), protocol)
     assert backend.exports_made == 2
     assert [m.decode_ms.visits for m in measured] == [2, 2]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_weights_can_live_in_external_data(small_checkpoint, tmp_path, precision):
+    """What a model above protobuf's 2 GiB gets: `model.onnx` + `model.onnx.data`, nothing else left behind."""
+    from llamanas_deploy.onnx_model.quantize import int4_settings, int8_settings, quantize
+
+    model = SuperNetwork.load(small_checkpoint).extract(HETERO)
+    fp32 = export_fused(model, onnx_config_for(model.config.to_dict(), "test"), tmp_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    settings = int8_settings([]) if precision == "int8" else int4_settings("cpu", block_size=32)
+    quantize(fp32, out_dir / "model.onnx", settings, external_data=True)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx", "model.onnx.data"]
+    decoder = OrtDecoder(out_dir / "model.onnx")
+    assert len(generate(decoder, [1, 2, 3], 4).tokens) == 4

@@ -21,6 +21,7 @@ the decoder layers' MatMuls are quantized, the LM head (the MatMul producing `lo
 from __future__ import annotations
 
 import logging
+import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,19 +140,20 @@ def _int8_fused(src: Path, dst: Path, settings: QuantSettings, external_data: bo
 
     model = onnx.load(str(src))
     tied = _untie_lm_head(model)
-    quantized = dst.with_name(f"{dst.name}.int8")
-    quantize_dynamic(
-        model,
-        quantized,
-        op_types_to_quantize=["MatMul"],
-        per_channel=bool(settings.per_channel),
-        reduce_range=bool(settings.reduce_range),
-        weight_type=QuantType.QInt8,
-        # the contrib ops stop ONNX shape inference: every MatMul here is fp32
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    model = onnx.load(str(quantized))
-    quantized.unlink()
+    with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:  # its external data, if any, goes with it
+        quantized = Path(scratch) / dst.name
+        quantize_dynamic(
+            model,
+            quantized,
+            op_types_to_quantize=["MatMul"],
+            per_channel=bool(settings.per_channel),
+            reduce_range=bool(settings.reduce_range),
+            weight_type=QuantType.QInt8,
+            use_external_data_format=external_data,
+            # the contrib ops stop ONNX shape inference: every MatMul here is fp32
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        model = onnx.load(str(quantized))
     note = "LM head int8; embedding fp32 (not tied)"
     if tied:
         _share_int8_embedding(model, f"{LM_HEAD_NODE}_quant")
