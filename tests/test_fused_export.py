@@ -201,3 +201,16 @@ def test_quantized_weights_can_live_in_external_data(small_checkpoint, tmp_path,
     assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx", "model.onnx.data"]
     decoder = OrtDecoder(out_dir / "model.onnx")
     assert len(generate(decoder, [1, 2, 3], 4).tokens) == 4
+
+
+def test_export_cache_keeps_exports_until_the_disk_needs_room():
+    from llamanas_deploy.profile.backends.onnxruntime_backend import ExportCache
+
+    roomy, tight = ExportCache(reserve_bytes=0), ExportCache(reserve_bytes=1 << 62)  # never / always short of room
+    for cache in (roomy, tight):
+        for key in ("a", "b", "c"):
+            cache.directory(key).mkdir()
+            (cache.directory(key) / "model.onnx").write_bytes(b"x")
+            cache.add(key)
+    assert [k for k in "abc" if roomy.get(k, "model.onnx")] == ["a", "b", "c"]
+    assert [k for k in "abc" if tight.get(k, "model.onnx")] == ["c"]  # the newest export always stays
