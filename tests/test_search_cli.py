@@ -132,7 +132,8 @@ def test_other_settings_in_out_dir_exit_2(tmp_path, tiny_random_model, llamanas)
 def test_limits_must_be_finite_and_positive(tmp_path, flag, value, llamanas):
     run = llamanas("search", "--objective", "size", flag, value, "--out", tmp_path / "out")
     assert run.returncode == 2
-    assert run.stderr.strip() == f"error: {flag}: expected a finite number > 0, got {float(value)!r}"
+    line = run.stderr.strip()
+    assert "\n" not in line and line.startswith("error:") and f"'{flag}'" in line  # click refuses it, naming the flag
     assert not (tmp_path / "out").exists()
 
 
