@@ -102,3 +102,16 @@ def gqa_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_space_file(tmp_path_factory) -> Path:
     return write_space(tmp_path_factory.mktemp("space") / "small-test.json")
+
+
+def write_byte_tokenizer(model_dir: Path) -> None:
+    """A byte-level tokenizer whose 256 tokens fill the test model's vocabulary exactly."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.save(str(model_dir / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "model_max_length": 256}
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))

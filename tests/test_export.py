@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_checkpoint, write_space
+from conftest import make_checkpoint, write_byte_tokenizer, write_space
 from llamanas_deploy.cli import main
 from llamanas_deploy.onnx_model.artifact import MANIFEST, file_hashes
 from llamanas_deploy.errors import BadInputError
@@ -30,19 +30,6 @@ from llamanas_deploy.subnet_config import SubnetConfig
 SUBNET = SubnetConfig(3, (128, 64, 96))
 SUBNET_JSON = json.dumps(SUBNET.to_dict())
 QUICK_PROTOCOL = Protocol(warmup=1, repeats=3, max_attempts=1)
-
-
-def write_byte_tokenizer(model_dir: Path) -> None:
-    """A byte-level tokenizer whose 256 tokens fill the test model's vocabulary exactly."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.save(str(model_dir / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "model_max_length": 256}
-    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 @pytest.fixture(scope="module")

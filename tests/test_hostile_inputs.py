@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import make_checkpoint, run_cli, write_space
+from conftest import make_checkpoint, run_cli, write_byte_tokenizer, write_space
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.onnx_model.artifact import MANIFEST, MANIFEST_HASH, read_manifest
 from llamanas_deploy.runtime import open_artifact
@@ -35,16 +35,6 @@ FOREIGN_DEVICE = "f" * 16
 
 
 # ---- the world every case runs in -------------------------------------------------------------------
-def write_byte_tokenizer(model_dir: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.save(str(model_dir / "tokenizer.json"))
-
-
 def seal(directory: Path, manifest: dict) -> None:
     """Write `manifest` and a matching manifest.sha256, as someone who edits both would."""
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
