@@ -51,7 +51,7 @@ def metric(name: str) -> Metric:
 DEVICES = ("cpu", "cuda")
 CLOCKS = ("wall", "cpu")  # elapsed time, or the measuring thread's CPU time (one thread, shared machine)
 TORCH_PRECISIONS = ("fp32", "bf16")
-EXPORT_PRECISIONS = ("fp32", "int8", "int4")
+EXPORT_PRECISIONS = ("fp32", "int8", "int4", "fp16")  # per device: onnx_model.graphs.DEPLOYED_PRECISIONS
 PROFILE_PRECISIONS = tuple(dict.fromkeys(TORCH_PRECISIONS + EXPORT_PRECISIONS))
 WEIGHT_SOURCES = ("auto", "random", "checkpoint")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")

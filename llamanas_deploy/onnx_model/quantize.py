@@ -15,7 +15,8 @@ the embedding a Gather of the transposed int8 table (ORT folds the Transpose whe
 opens) and its dequantization; int4 through MatMulNBits, the embedding a GatherBlockQuantized
 over the LM head's blocks (an untied embedding: ORT's own int4 Gather quantization). On the
 dynamo graph (CUDA, small heads) the paper's recipe ("INT8 on all decoder linear layers"):
-the decoder layers' MatMuls are quantized, the LM head (the MatMul producing `logits`) stays fp32.
+the decoder layers' MatMuls are quantized, the LM head (the MatMul producing `logits`) stays unquantized
+(fp32; fp16 in the CUDA graph, whose int4 MatMulNBits take float16 activations and scales).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 # per device: (block size, accuracy level). CPU: int8 compute, and blocks of 128, chosen by measurement
 # (benchmarks/export_vs_builder.py, tiny 6 x 576): against blocks of 32, decode 0.91x, prefill 0.87x,
-# file 0.87x, held-out perplexity +0.56 % instead of +0.28 % over fp32. CUDA kernels ignore the level.
+# file 0.87x, held-out perplexity +0.56 % instead of +0.28 % over fp32. CUDA: blocks of 32 (onnxruntime-genai's
+# builder default for CUDA) over the float16 graph; level 0 = unset, the CUDA kernel computes in fp16 whatever it is.
 INT4_DEFAULTS = {"cpu": (128, 4), "cuda": (32, 0)}
 
 
@@ -83,8 +85,13 @@ def settings_for(
     precision: str, device: str, isa_flags: Sequence[str] = (), block_size: int | None = None,
     accuracy_level: int | None = None,
 ) -> QuantSettings | None:
-    """How `precision` is quantized on `device` (None for fp32): what export and the profiler both use."""
+    """How `precision` is quantized on `device` (None for fp32 / fp16): what export and the profiler both use.
+    int8 on CUDA is `BadInputError` (no CUDA kernels for dynamic quantization)."""
     if precision == "int8":
+        if device != "cpu":
+            from .graphs import check_precision
+
+            check_precision(device, precision)
         return int8_settings(isa_flags)
     if precision == "int4":
         return int4_settings(device, block_size, accuracy_level)
