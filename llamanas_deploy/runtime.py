@@ -1,7 +1,10 @@
 """Inference on an exported artifact through ONNX Runtime alone: no torch, no transformers.
 
 - `OrtDecoder`: one ORT session of a decoder with a KV cache (I/O names as in
-  `onnx_model/config.py`): `forward` one call, `empty_past` for a prefill.
+  `onnx_model/config.py`): `forward` one call, `empty_past` for a prefill. On CUDA it runs
+  through IO binding: the present KV comes back as OrtValues left on the device and is bound
+  as the next step's past, so only token ids go up and logits come down (`host` copies a
+  cache tensor to numpy when a caller needs its values).
 - `generate`: greedy or sampled (temperature, top-k) generation through the cache, timed.
 - `perplexity`: next-token perplexity on non-overlapping windows of a token stream.
 - `open_artifact`: an artifact directory whose files still match its manifest, with its
@@ -24,6 +27,7 @@ from .errors import BadInputError
 
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PROVIDERS = {device: _PROVIDER_NAMES[device] for device in DEVICES}  # ORT execution provider of each device
+IO_BINDING_DEVICES = ("cuda",)  # where OrtDecoder keeps the KV cache on the device between steps
 
 
 def session_options(threads: int | None):
@@ -56,15 +60,23 @@ def check_device(device: str) -> str:
 
 
 class OrtDecoder:
-    """An ORT session of a decoder exported with a KV cache."""
+    """An ORT session of a decoder exported with a KV cache.
 
-    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None):
+    `io_binding`: run through `session.io_binding()`, the present KV left where the session
+    computed it (OrtValues) and fed back as the next past without a host copy; default: on
+    the devices in `IO_BINDING_DEVICES`. A past may mix numpy arrays and OrtValues.
+    """
+
+    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None,
+                 io_binding: bool | None = None):  # fmt: skip
         import onnxruntime as ort
 
         from .onnx_model.fp16 import kv_dtype
 
         provider = check_device(device)
         self.path = Path(onnx_path)
+        self.io_binding = device in IO_BINDING_DEVICES if io_binding is None else io_binding
+        self._output_device = "cuda" if provider == PROVIDERS["cuda"] else "cpu"  # where bound KV outputs live
         self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=[provider])
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
@@ -84,18 +96,49 @@ class OrtDecoder:
         return {name: empty for name in self.past_names}
 
     def forward(
-        self, input_ids: np.ndarray, past: dict[str, np.ndarray], attention_mask: np.ndarray | None = None
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Logits of `input_ids` after `past`; returns (logits, the cache including these tokens)."""
+        self, input_ids: np.ndarray, past: dict[str, Any], attention_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Logits of `input_ids` after `past`; returns (logits, the cache including these tokens).
+
+        The returned cache is numpy arrays, or OrtValues on the session's device with IO binding.
+        """
         batch, seq = input_ids.shape
-        past_len = next(iter(past.values())).shape[2]
+        past_len = _shape(next(iter(past.values())))[2]
         if attention_mask is None:
             attention_mask = np.ones((batch, past_len + seq), dtype=np.int64)
         positions = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq))
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask, "position_ids": positions}
+        if self.io_binding:
+            return self._run_bound(feeds, past)
         outputs = self.session.run(None, feeds | past)
         present = dict(zip(self.past_names, outputs[1:]))
         return outputs[0], present
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], past: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in past.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            else:
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output(self.output_names[0], "cpu")  # the logits: tokens are picked on the host
+        for name in self.output_names[1:]:
+            binding.bind_output(name, self._output_device)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0].numpy(), dict(zip(self.past_names, outputs[1:]))
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    """Shape of a numpy array or an OrtValue (whose `shape` is a method)."""
+    return tuple(value.shape) if isinstance(value, np.ndarray) else tuple(value.shape())
+
+
+def host(value: Any) -> np.ndarray:
+    """A cache tensor as numpy: itself, or an OrtValue copied from its device."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
 
 
 # ---- generation -------------------------------------------------------------------------------
