@@ -13,6 +13,7 @@ import click
 from ..concepts import EXPORT_PRECISIONS
 from ..export.measure import SHAPE_FIELDS, BenchSettings
 from ..export.pipeline import EVAL_SEQ_LEN, ExportSettings
+from ..onnx_model.graphs import DEFAULT_PRECISIONS
 from ..onnx_model.quantize import INT4_DEFAULTS
 from ..runtime import DEFAULT_MAX_NEW_TOKENS, Sampling
 from .common import (
@@ -22,6 +23,7 @@ from .common import (
 from .subnet_cmd import SUBNET_HELP, resolve_subnet
 
 ARTIFACT_HELP = "Artifact directory from `llamanas export`."
+DEFAULTS_BY_DEVICE = ", ".join(f"{device}: {precision}" for device, precision in DEFAULT_PRECISIONS.items())
 
 
 def _bench_options(func):
@@ -47,16 +49,19 @@ def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
 @model_option()
 @space_option
 @click.option("--subnet", required=True, help=SUBNET_HELP)
-@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS), default=ExportSettings().precision, show_default=True)
+@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS),
+              help=f"cpu: fp32, int8, int4; cuda: fp16, int4 (MatMulNBits over fp16) [{DEFAULTS_BY_DEVICE}].")
 @device_option(ExportSettings().device)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="New artifact directory (must not exist or be empty).")
 @click.option("--predictor", type=click.Path(dir_okay=False, path_type=Path), help="Latency predictor JSON: record its prediction.")
 @click.option("--data", help="Held-out text for the accuracy checks [the model's heldout.txt].")
 @click.option("--max-eval-tokens", default=ExportSettings().max_eval_tokens, show_default=True,
               type=click.IntRange(min=EVAL_SEQ_LEN))
-@click.option("--block-size", type=int, help=f"int4: MatMulNBits block size [{INT4_DEFAULTS['cpu'][0]}].")
+@click.option("--block-size", type=int,
+              help=f"int4: MatMulNBits block size [cpu: {INT4_DEFAULTS['cpu'][0]}, cuda: {INT4_DEFAULTS['cuda'][0]}].")
 @click.option("--accuracy-level", type=int,
-              help=f"int4: 4 = int8 compute (fast on CPU), 0 = fp32 compute [cpu: {INT4_DEFAULTS['cpu'][1]}].")
+              help=f"int4: 4 = int8 compute (fast on CPU), 0 = unset (fp32 on CPU; CUDA computes in fp16) "
+                   f"[cpu: {INT4_DEFAULTS['cpu'][1]}, cuda: {INT4_DEFAULTS['cuda'][1]}].")
 @click.option("--max-ppl-increase", "max_ppl_increase_pct", type=FiniteFloat(),
               help="Fail a quantized export whose perplexity rises by more (%).")
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the artifact on this device.")
@@ -81,19 +86,20 @@ def export(**opts: Any) -> None:
 
 def _render_export(m: dict[str, Any]) -> str:
     v = m["verification"]
-    fp32 = v["fp32_vs_torch"]
+    base = "fp16" if "fp16_vs_torch" in v else "fp32"  # the unquantized graph (fp16 on CUDA)
+    fp32 = v[f"{base}_vs_torch"]
     lines = [
         f"artifact {m['artifact']}: sub-network {m['subnet_id']} ({m['subnet']['num_layers']} layers), "
         f"{m['precision']}, {m['execution_provider']}",
         f"size: {m['size']['params']:,} params, fp16 {m['size']['fp16_bytes'] / 2**20:.1f} MiB, "
         f"ONNX {m['size']['onnx_bytes'] / 2**20:.1f} MiB",
-        f"verified: ORT fp32 vs torch max abs diff prefill {fp32['prefill']['logits_max_abs_diff']:.2e}, "
+        f"verified: ORT {base} vs torch max abs diff prefill {fp32['prefill']['logits_max_abs_diff']:.2e}, "
         f"decode {fp32['decode']['logits_max_abs_diff']:.2e} (<= {fp32['tolerance']:g})",
     ]
-    if "quantized_vs_fp32" in v:
-        q = v["quantized_vs_fp32"]
+    if f"quantized_vs_{base}" in v:
+        q = v[f"quantized_vs_{base}"]
         lines.append(
-            f"{m['precision']}: perplexity {q['perplexity']:.4g} vs fp32 {q['perplexity_fp32']:.4g} "
+            f"{m['precision']}: perplexity {q['perplexity']:.4g} vs {base} {q[f'perplexity_{base}']:.4g} "
             f"({q['perplexity_change_pct']:+.2f}%), greedy agreement {q['greedy_agreement']:.0%} ({v['data']})"
         )
     if m.get("measured"):

@@ -5,7 +5,9 @@ artifact's ONNX file) measured by `Backend.measure_visits` (warm-up, repeats, me
 CV, fast end, re-measuring or flagging noisy figures, visits combined). Shapes, threads and
 clock default to those the manifest's predictor was trained on, and the figure compared with
 its prediction is the statistic it learned (`store.kept_figure`), so the error in % compares
-like with like.
+like with like. A CUDA artifact is timed through IO binding (`runtime.OrtDecoder`): the KV cache
+stays on the GPU between steps, and each step moves only token ids up and logits down, as a
+deployment would (`io_binding` in the measured block says which way it ran).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSett
     """Measure the artifact in `directory` described by `manifest`; returns the manifest's `measured` block."""
     from ..profile.backends.onnxruntime_backend import ArtifactBackend
     from ..profile.fingerprint import current_fingerprint
-    from ..runtime import Artifact
+    from ..runtime import IO_BINDING_DEVICES, Artifact
 
     predicted = manifest.get("predicted") or {}
     shapes = settings.shapes_for(predicted)
@@ -94,6 +96,7 @@ def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSett
         "backend": backend.name,
         "precision": manifest["precision"],
         "device": manifest["device"],
+        "io_binding": manifest["device"] in IO_BINDING_DEVICES,
         "threads": threads,
         "clock": clock,
         "shapes": shapes.to_dict(),

@@ -1,4 +1,9 @@
-"""Export end to end: extract -> export fp32 -> verify -> quantize -> verify -> artifact (-> bench).
+"""Export end to end: extract -> export fp32 / fp16 -> verify -> quantize -> verify -> artifact (-> bench).
+
+The device picks the graph and its dtype (`onnx_model.graphs`): on the CPU a float32 graph
+(fp32, int8, int4); on CUDA a float16 graph (fp16, or int4 MatMulNBits over it), verified on
+the GPU against the float32 torch model with fp16 tolerances, and `genai_config.json` naming
+the CUDA provider.
 
 Everything is built in a temporary directory next to `out` (`jsonfiles.new_directory`)
 and moved into place only once every check passed, so a failed export leaves no artifact
@@ -26,6 +31,8 @@ if TYPE_CHECKING:
     from ..space import SearchSpace
 
 EVAL_SEQ_LEN = 128
+QUANTIZED = ("int8", "int4")
+BASE_PRECISIONS = {"float32": "fp32", "float16": "fp16"}  # the unquantized graph's precision, by its dtype
 RANDOM_TOKENS_SEED = 0
 
 
@@ -36,10 +43,12 @@ class ExportSettings:
     `data`: held-out text for the accuracy checks (any source `data.read_texts` reads; default:
     the model directory's `heldout.txt`, else random token ids). `block_size` and
     `accuracy_level` tune int4 (default: the device's). `max_ppl_increase_pct`: a quantized
-    export whose perplexity rises by more than this (in %) fails verification.
+    export whose perplexity rises by more than this (in %) fails verification. `precision`:
+    one the device deploys (`onnx_model.graphs.DEPLOYED_PRECISIONS`); None: the device's
+    default (fp32 on the CPU, fp16 on CUDA).
     """
 
-    precision: str = "fp32"
+    precision: str | None = None
     device: str = "cpu"
     data: str | None = None
     max_eval_tokens: int = 4096
@@ -48,8 +57,13 @@ class ExportSettings:
     max_ppl_increase_pct: float | None = None
 
     def __post_init__(self) -> None:
-        check_choice(self.precision, EXPORT_PRECISIONS, "precision")
+        from ..onnx_model.graphs import DEFAULT_PRECISIONS, check_precision
+
         check_choice(self.device, DEVICES, "device")
+        if self.precision is None:
+            object.__setattr__(self, "precision", DEFAULT_PRECISIONS[self.device])
+        check_choice(self.precision, EXPORT_PRECISIONS, "precision")
+        check_precision(self.device, self.precision)
         tokens = self.max_eval_tokens
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < EVAL_SEQ_LEN:
             raise BadInputError(f"must be an integer >= {EVAL_SEQ_LEN}, got {tokens!r}", param="max_eval_tokens")
@@ -103,7 +117,7 @@ def export(
     space = load_space(space) if isinstance(space, (str, Path)) else space
     subnet = space.resolve(subnet) if isinstance(subnet, str) else space.validate(subnet)
     predictor, predictor_name = _load_predictor(predictor, space) if predictor is not None else (None, None)
-    quantized = settings.precision != "fp32"
+    quantized = settings.precision in QUANTIZED
     steps = ["load", "export", "verify", *(["quantize", "verify quantized"] if quantized else []), "artifact"]
     stage = _Stages(callback, steps + (["bench"] if bench is not None else []))
     with new_directory(out) as artifact_dir:
@@ -140,6 +154,7 @@ class _Built:
     artifact_dir: Path
     onnx_config: Any
     graph: str
+    dtype: str
     model_config: dict[str, Any]
     quant: QuantSettings
     verification: dict[str, Any]
@@ -154,44 +169,44 @@ def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, artifact_di
     from ..onnx_model.artifact import GENAI_CONFIG, copy_tokenizer, genai_config
     from ..onnx_model.config import onnx_config_for
     from ..onnx_model.exporter import ONNX_NAME
-    from ..onnx_model.graphs import export_graph, graph_for
+    from ..onnx_model.graphs import export_graph, graph_dtype, graph_for
     from ..onnx_model.quantize import quantize
-    from ..runtime import OrtDecoder
+    from ..runtime import PROVIDERS, OrtDecoder
     from .verify import verify_fp32, verify_quantized
 
     stage("export")
     model = supernet.extract(subnet)
     model_config = model.config.to_dict() | {"intermediate_sizes": list(subnet.intermediate_sizes)}
     onnx_config = onnx_config_for(model_config, f"sub-network {subnet.id}")
-    graph = graph_for(settings.device, onnx_config)
+    graph, dtype = graph_for(settings.device, onnx_config), graph_dtype(settings.device)
+    base = BASE_PRECISIONS[dtype]  # the unquantized graph: fp32, or fp16 on CUDA
     quant = _quant_settings(settings)
-    fp32_dir = artifact_dir.parent / "fp32"
-    fp32_dir.mkdir()
-    fp32_path = export_graph(model, onnx_config, fp32_dir, graph, settings.precision)
-    external = (fp32_dir / f"{ONNX_NAME}.data").exists()
+    base_dir = artifact_dir.parent / base
+    base_dir.mkdir()
+    base_path = export_graph(model, onnx_config, base_dir, graph, settings.precision, dtype)
+    external = (base_dir / f"{ONNX_NAME}.data").exists()
     tokens, data_source = eval_tokens(supernet.source, settings.data, settings.max_eval_tokens, onnx_config.vocab_size)
     stage("verify")
-    fp32 = OrtDecoder(fp32_path, settings.device)
-    verification = {"data": data_source, "fp32_vs_torch": verify_fp32(model, fp32, onnx_config, tokens)}
+    unquantized = OrtDecoder(base_path, settings.device)
+    verification = {"data": data_source, f"{base}_vs_torch": verify_fp32(model, unquantized, onnx_config, tokens)}
     del model  # the torch copy is not needed any more: free it before quantizing
     if quant is None:
-        quant = QuantSettings("fp32")
-        for path in fp32_dir.iterdir():
+        quant = QuantSettings(base)
+        for path in base_dir.iterdir():
             shutil.move(str(path), artifact_dir / path.name)
     else:
         stage("quantize")
-        quant = quantize(fp32_path, artifact_dir / ONNX_NAME, quant, external, graph)
+        quant = quantize(base_path, artifact_dir / ONNX_NAME, quant, external, graph)
         stage("verify quantized")
         quantized = OrtDecoder(artifact_dir / ONNX_NAME, settings.device)
-        verification["quantized_vs_fp32"] = verify_quantized(
-            fp32, quantized, tokens, EVAL_SEQ_LEN, settings.max_ppl_increase_pct
+        verification[f"quantized_vs_{base}"] = verify_quantized(
+            unquantized, quantized, tokens, EVAL_SEQ_LEN, settings.max_ppl_increase_pct, base
         )
     stage("artifact")
-    provider = fp32.session.get_providers()[0]
-    genai = genai_config(onnx_config, model_config, provider, ONNX_NAME, graph)
+    genai = genai_config(onnx_config, model_config, PROVIDERS[settings.device], ONNX_NAME, graph)
     write_json(artifact_dir / GENAI_CONFIG, genai, sort_keys=True)
     tokenizer_files = copy_tokenizer(supernet.source, artifact_dir)
-    return _Built(artifact_dir, onnx_config, graph, model_config, quant, verification, external, tokenizer_files)
+    return _Built(artifact_dir, onnx_config, graph, dtype, model_config, quant, verification, external, tokenizer_files)
 
 
 def _quant_settings(settings: ExportSettings) -> QuantSettings | None:
@@ -250,6 +265,7 @@ def _manifest(settings: ExportSettings, space, supernet, subnet: SubnetConfig, p
         "onnx": {
             "file": "model.onnx",
             "graph": built.graph,
+            "dtype": built.dtype,
             "external_data": built.external_data,
             "opset": config.opset,
             "inputs": {k: {str(a): n for a, n in v.items()} for k, v in config.inputs.items()},

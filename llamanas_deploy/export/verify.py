@@ -4,10 +4,13 @@ Every check is run and every failure collected; then one `VerificationError` nam
 (what diverged, by how much, against which limit).
 
 - `verify_fp32`: the ORT session's names and dynamic axes match the export config, and its
-  logits and present KV match PyTorch (max abs diff <= `FP32_TOLERANCE`) on a prefill
-  (batch 2, empty past) and on a decode step that feeds the ORT cache back in.
-- `verify_quantized`: perplexity change against the fp32 artifact on held-out tokens, and
-  greedy-generation agreement (share of generated tokens equal to fp32's, position by position).
+  logits and present KV match the float32 PyTorch model on a prefill (batch 2, empty past) and
+  on a decode step that feeds the ORT cache back in: max abs diff <= `FP32_TOLERANCE` for a
+  float32 graph; for a float16 graph (the CUDA artifact, checked on the GPU when the session
+  runs there) <= `FP16_RELATIVE_TOLERANCE` of the largest |value| of torch's logits (of its KV
+  for the cache), since float16 keeps ~3 significant digits and rounding adds up over layers.
+- `verify_quantized`: perplexity change against the unquantized artifact on held-out tokens, and
+  greedy-generation agreement (share of generated tokens equal to its, position by position).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from ..errors import VerificationError
 from ..model.compat import cache_tensors, forward_with_cache, returned_cache
 from ..onnx_model.config import DecoderOnnxConfig
+from ..onnx_model.fp16 import FP16_RELATIVE_TOLERANCE, fp16_tolerance
 
 FP32_TOLERANCE = 1e-4
 PREFILL_BATCH, PREFILL_LEN = 2, 12
@@ -49,15 +53,21 @@ class Checks:
 
 # ---- fp32 against PyTorch -----------------------------------------------------------------------
 def verify_fp32(model, decoder, config: DecoderOnnxConfig, tokens: Sequence[int]) -> dict[str, Any]:
-    """Compare the ORT session `decoder` with the torch `model`; returns the figures, raises on failure."""
-    checks = Checks("fp32 ONNX export")
+    """Compare the ORT session `decoder` (a float32 or float16 graph) with the float32 torch `model`;
+    returns the figures, raises on failure."""
+    fp16 = decoder.kv_dtype == np.float16
+    checks = Checks(f"{'fp16' if fp16 else 'fp32'} ONNX export")
     _check_io(decoder, config, checks)
     checks.raise_if_failed()  # values cannot be compared when names are wrong
     ids = _prefill_ids(tokens, config.vocab_size)
-    prefill = _compare_prefill(model, decoder, config, ids, checks)
-    decode = _compare_decode(model, decoder, config, ids, checks)
+    prefill = _compare_prefill(model, decoder, config, ids, checks, fp16)
+    decode = _compare_decode(model, decoder, config, ids, checks, fp16)
     checks.raise_if_failed()
-    return {"tolerance": FP32_TOLERANCE, "prefill": prefill, "decode": decode}
+    if not fp16:
+        return {"tolerance": FP32_TOLERANCE, "prefill": prefill, "decode": decode}
+    tolerance = max(prefill["logits_tolerance"], decode["logits_tolerance"])
+    return {"tolerance": tolerance, "relative_tolerance": FP16_RELATIVE_TOLERANCE, "graph_dtype": "float16",
+            "provider": decoder.session.get_providers()[0], "prefill": prefill, "decode": decode}  # fmt: skip
 
 
 def _check_io(decoder, config: DecoderOnnxConfig, checks: Checks) -> None:
@@ -92,46 +102,59 @@ def _compare(name: str, ort_out: np.ndarray, torch_out, checks: Checks, expected
     return float(np.abs(ort_out - torch_out.float().numpy()).max())
 
 
-def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref, past_len: int, checks: Checks) -> dict[str, float]:
+def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref, past_len: int, checks: Checks,
+                  fp16: bool) -> dict[str, float]:  # fmt: skip
+    """`fp16`: limits relative to torch's values (`fp16_tolerance`), else `FP32_TOLERANCE`."""
+    from ..runtime import host
+
     batch, seq = ort_logits.shape[:2]
     shapes = config.output_shapes(batch, seq, past_len)
     logits = _compare(f"{label} logits", ort_logits, ref.logits, checks, shapes["logits"])
     torch_kv = cache_tensors(returned_cache(ref))
     kv = max(
-        _compare(f"{label} {present}", ort_present[past], t, checks, shapes[present])
+        _compare(f"{label} {present}", host(ort_present[past]), t, checks, shapes[present])
         for present, past, t in zip(config.present_names, decoder.past_names, torch_kv)
     )
-    checks.within(f"{label} logits max abs diff", logits, FP32_TOLERANCE)
-    checks.within(f"{label} present KV max abs diff", kv, FP32_TOLERANCE)
-    return {"logits_max_abs_diff": logits, "kv_max_abs_diff": kv, "batch": batch, "tokens": seq, "past": past_len}
+    if fp16:
+        logits_limit = fp16_tolerance(ref.logits.float().numpy())
+        kv_limit = max(fp16_tolerance(t.float().numpy()) for t in torch_kv)
+    else:
+        logits_limit = kv_limit = FP32_TOLERANCE
+    checks.within(f"{label} logits max abs diff", logits, logits_limit)
+    checks.within(f"{label} present KV max abs diff", kv, kv_limit)
+    figures = {"logits_max_abs_diff": logits, "kv_max_abs_diff": kv, "batch": batch, "tokens": seq, "past": past_len}
+    if fp16:  # relative limits: recorded with the figures they bound
+        figures |= {"logits_tolerance": logits_limit, "kv_tolerance": kv_limit}
+    return figures
 
 
-def _compare_prefill(model, decoder, config, ids: np.ndarray, checks: Checks) -> dict[str, float]:
+def _compare_prefill(model, decoder, config, ids: np.ndarray, checks: Checks, fp16: bool) -> dict[str, float]:
     prompt = ids[:, :-1]
     logits, present = decoder.forward(prompt, decoder.empty_past(len(prompt)))
-    return _compare_step("prefill", decoder, config, logits, present, _torch_forward(model, prompt), 0, checks)
+    return _compare_step("prefill", decoder, config, logits, present, _torch_forward(model, prompt), 0, checks, fp16)
 
 
-def _compare_decode(model, decoder, config, ids: np.ndarray, checks: Checks) -> dict[str, float]:
-    """One new token per sequence: ORT on its own cache, torch on its own cache."""
+def _compare_decode(model, decoder, config, ids: np.ndarray, checks: Checks, fp16: bool) -> dict[str, float]:
+    """One new token per sequence: ORT on its own cache (left on the device with IO binding), torch on its own."""
     prompt, step = ids[:, :-1], ids[:, -1:]
     _, past = decoder.forward(prompt, decoder.empty_past(len(prompt)))
     logits, present = decoder.forward(step, past)
     ref = _torch_forward(model, step, returned_cache(_torch_forward(model, prompt)))
-    return _compare_step("decode", decoder, config, logits, present, ref, prompt.shape[1], checks)
+    return _compare_step("decode", decoder, config, logits, present, ref, prompt.shape[1], checks, fp16)
 
 
 # ---- quantized against fp32 -------------------------------------------------------------------
 def verify_quantized(
-    fp32, quantized, tokens: Sequence[int], seq_len: int, max_ppl_increase_pct: float | None
+    fp32, quantized, tokens: Sequence[int], seq_len: int, max_ppl_increase_pct: float | None, base_precision: str = "fp32"
 ) -> dict[str, Any]:
-    """Perplexity change and greedy agreement of `quantized` against `fp32` (both `OrtDecoder`s)."""
+    """Perplexity change and greedy agreement of `quantized` against the unquantized `fp32` (both
+    `OrtDecoder`s); `base_precision` names that one in the figures (fp16 for the CUDA graph)."""
     from ..runtime import generate, perplexity
 
     checks = Checks("quantized model")
     base, mine = perplexity(fp32, tokens, seq_len), perplexity(quantized, tokens, seq_len)
     change = (mine.perplexity / base.perplexity - 1) * 100
-    checks.expect(math.isfinite(mine.perplexity), f"perplexity is {mine.perplexity} (fp32: {base.perplexity:.4g})")
+    checks.expect(math.isfinite(mine.perplexity), f"perplexity is {mine.perplexity} ({base_precision}: {base.perplexity:.4g})")
     if max_ppl_increase_pct is not None:
         checks.within("perplexity increase %", change, max_ppl_increase_pct)
     agree, total = 0, 0
@@ -144,7 +167,7 @@ def verify_quantized(
     return {
         "num_tokens": base.num_tokens,
         "seq_len": seq_len,
-        "perplexity_fp32": base.perplexity,
+        f"perplexity_{base_precision}": base.perplexity,
         "perplexity": mine.perplexity,
         "perplexity_change_pct": change,
         "max_perplexity_increase_pct": max_ppl_increase_pct,
