@@ -245,3 +245,153 @@ def test_export_for_cuda_is_refused_in_one_line_without_a_gpu(capsys, tmp_path, 
                            "--out", str(tmp_path / "a"), "--device", "cuda")  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "CUDAExecutionProvider" in err, err
     assert not (tmp_path / "a").exists()
+
+
+# ---- the CUDA artifact: precisions, int4 over fp16, IO binding, the pipeline (on the CPU provider) ----
+SMALL_SUBNET = '{"num_layers": 2, "intermediate_sizes": [32, 32]}'
+
+
+@pytest.fixture(scope="module")
+def fp16_graphs(small_checkpoint, tmp_path_factory):
+    """The small model's float16 graph and its int4 (MatMulNBits, CUDA settings) version, and the torch model."""
+    from llamanas_deploy.model.build import load_model
+    from llamanas_deploy.onnx_model.config import onnx_config_for
+    from llamanas_deploy.onnx_model.graphs import export_graph, graph_dtype, graph_for
+    from llamanas_deploy.onnx_model.quantize import quantize, settings_for
+
+    model, config_dict, _ = load_model(small_checkpoint)
+    config = onnx_config_for(config_dict | {"intermediate_sizes": [128] * 4}, "small")
+    root = tmp_path_factory.mktemp("fp16")
+    graph = graph_for("cuda", config)
+    fp16 = export_graph(model, config, root, graph, "fp16", graph_dtype("cuda"))
+    assert next(model.parameters()).dtype == torch.float32  # exported from a copy: the reference stays fp32
+    quant = quantize(fp16, root / "int4.onnx", settings_for("int4", "cuda"), False, graph)
+    return {"model": model, "config": config, "fp16": fp16, "int4": root / "int4.onnx", "quant": quant}
+
+
+@pytest.mark.parametrize(
+    "device, precision, fragment",
+    [("cuda", "int8", "no CUDA kernels"), ("cuda", "fp32", "float16"), ("cpu", "fp16", "CUDA artifact")],
+)
+def test_each_device_deploys_its_own_precisions(device, precision, fragment):
+    from llamanas_deploy.errors import BadInputError
+    from llamanas_deploy.export import ExportSettings
+
+    assert ExportSettings().precision == "fp32" and ExportSettings(device="cuda").precision == "fp16"
+    assert ExportSettings(device="cuda", precision="int4").precision == "int4"
+    with pytest.raises(BadInputError) as err:
+        ExportSettings(device=device, precision=precision)
+    assert err.value.param == "precision" and fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_int8_on_cuda_is_refused_by_the_quantizer_settings_too():
+    from llamanas_deploy.errors import BadInputError
+    from llamanas_deploy.onnx_model.quantize import settings_for
+
+    with pytest.raises(BadInputError, match="no CUDA kernels"):
+        settings_for("int8", "cuda")
+    assert settings_for("int4", "cuda").block_size == 32 and settings_for("fp16", "cuda") is None
+
+
+def test_cli_refuses_int8_on_cuda_in_one_line(capsys, tmp_path, small_checkpoint, small_space_file):
+    from conftest import run_cli
+
+    code, _, err = run_cli(capsys, "export", "--model", str(small_checkpoint), "--space", str(small_space_file),
+                           "--subnet", SMALL_SUBNET, "--out", str(tmp_path / "a"), "--device", "cuda",
+                           "--precision", "int8")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "--precision" in err and "no CUDA kernels" in err, err
+    assert not (tmp_path / "a").exists()
+
+
+def test_int4_for_cuda_is_matmulnbits_over_the_fp16_graph(fp16_graphs):
+    import numpy as np
+    import onnx
+
+    from llamanas_deploy.runtime import OrtDecoder
+
+    graph = onnx.load(str(fp16_graphs["int4"]))
+    nbits = [n for n in graph.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 4 * 7  # q, k, v, o, gate, up, down of each layer; the LM head stays fp16
+    assert [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name in fp16_graphs["quant"].excluded_nodes]
+    scales = {t.name: t.data_type for t in graph.graph.initializer}
+    assert all(scales[n.input[2]] == onnx.TensorProto.FLOAT16 for n in nbits)
+    attrs = {a.name: a.i for a in nbits[0].attribute}
+    assert attrs["bits"] == 4 and attrs["block_size"] == 32
+    assert attrs.get("accuracy_level", 0) == 0  # 0 is the attribute's default: not written
+    ids = np.random.default_rng(0).integers(0, 100, (2, 7))
+    base, int4 = OrtDecoder(fp16_graphs["fp16"], "cpu"), OrtDecoder(fp16_graphs["int4"], "cpu")
+    a, _ = base.forward(ids, base.empty_past(2))
+    b, _ = int4.forward(ids, int4.empty_past(2))
+    assert b.dtype == np.float16 and np.isfinite(b).all() and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("graph", ["fp16", "int4"])
+def test_io_binding_keeps_the_cache_in_ortvalues_and_gives_the_plain_paths_logits(fp16_graphs, graph):
+    """The CUDA path's binding code on the CPU provider (where io_binding works the same way)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from llamanas_deploy.runtime import OrtDecoder, generate, host
+
+    plain = OrtDecoder(fp16_graphs[graph], "cpu")
+    bound = OrtDecoder(fp16_graphs[graph], "cpu", io_binding=True)
+    assert not plain.io_binding and bound.io_binding
+    ids = np.random.default_rng(1).integers(0, 100, (2, 9))
+    logits_a, past_a = plain.forward(ids[:, :6], plain.empty_past(2))
+    logits_b, past_b = bound.forward(ids[:, :6], bound.empty_past(2))
+    assert all(isinstance(v, ort.OrtValue) for v in past_b.values())
+    np.testing.assert_array_equal(logits_a, logits_b)
+    for name in plain.past_names:
+        np.testing.assert_array_equal(past_a[name], host(past_b[name]))
+    for t in (6, 7, 8):  # decode steps feed the bound cache straight back
+        logits_a, past_a = plain.forward(ids[:, t : t + 1], past_a)
+        logits_b, past_b = bound.forward(ids[:, t : t + 1], past_b)
+        np.testing.assert_array_equal(logits_a, logits_b)
+    assert host(past_b["past_key_values.0.key"]).shape == (2, 4, 9, 16)
+    prompt = ids[0, :5].tolist()
+    assert generate(plain, prompt, 6).tokens == generate(bound, prompt, 6).tokens
+
+
+def test_fp16_verification_uses_relative_tolerances_through_io_binding(fp16_graphs):
+    import numpy as np
+
+    from llamanas_deploy.export.verify import verify_fp32
+    from llamanas_deploy.onnx_model.fp16 import FP16_RELATIVE_TOLERANCE
+    from llamanas_deploy.runtime import OrtDecoder
+
+    decoder = OrtDecoder(fp16_graphs["fp16"], "cpu", io_binding=True)
+    tokens = np.random.default_rng(2).integers(0, 256, 64).tolist()
+    report = verify_fp32(fp16_graphs["model"], decoder, fp16_graphs["config"], tokens)
+    assert report["graph_dtype"] == "float16" and report["relative_tolerance"] == FP16_RELATIVE_TOLERANCE
+    for step in ("prefill", "decode"):
+        figures = report[step]
+        assert 0 < figures["logits_max_abs_diff"] <= figures["logits_tolerance"]
+        assert figures["kv_max_abs_diff"] <= figures["kv_tolerance"]
+
+
+def test_cuda_export_pipeline_end_to_end_on_the_cpu_provider(monkeypatch, tmp_path, small_checkpoint, small_space_file):
+    """`export --device cuda --precision int4` with ONNX Runtime's CPU provider standing in for CUDA:
+    the fp16 graph, int4 over it, the checks, genai_config naming CUDA, a bench through IO binding."""
+    from llamanas_deploy import runtime
+    from llamanas_deploy.export import BenchSettings, ExportSettings, bench, export
+    from llamanas_deploy.profile.base import Shapes
+    from llamanas_deploy.profile.stats import Protocol
+
+    real = runtime.check_device
+    monkeypatch.setattr(runtime, "check_device", lambda device: real("cpu"))
+    quick = BenchSettings(shapes=Shapes(1, 8, 8, 4), protocol=Protocol(warmup=1, repeats=3, max_attempts=1))
+    settings = ExportSettings(device="cuda", precision="int4", max_eval_tokens=512)
+    result = export(small_checkpoint, small_space_file, SMALL_SUBNET, tmp_path / "a", settings, bench=quick)
+    m = result.manifest
+    assert m["device"] == "cuda" and m["precision"] == "int4" and m["onnx"]["dtype"] == "float16"
+    assert m["quantization"]["method"] == "MatMulNBits" and m["quantization"]["block_size"] == 32
+    assert set(m["verification"]) == {"data", "fp16_vs_torch", "quantized_vs_fp16"}
+    assert m["verification"]["fp16_vs_torch"]["graph_dtype"] == "float16"
+    assert "perplexity_fp16" in m["verification"]["quantized_vs_fp16"]
+    assert m["measured"]["io_binding"] is True and m["measured"]["decode_ms"]["median"] > 0
+    genai = json.loads((tmp_path / "a" / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["session_options"]["provider_options"] == [{"cuda": {}}]
+    assert genai["search"]["past_present_share_buffer"] is False
+    assert runtime.open_artifact(tmp_path / "a").decoder().io_binding  # generate runs it bound
+    again = bench(tmp_path / "a", quick)
+    assert again["io_binding"] is True and again["device"] == "cuda"
