@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (one CUDA machine, < 8 minutes, nothing downloaded): with the stock packages of a
-# CUDA PyTorch image plus this project (pip install --no-deps -e . keeps the image's torch),
+# CUDA PyTorch image plus this project (pip install --no-deps -e . keeps the image's torch) and
+# onnxruntime-gpu for the artifact rows (the `cuda` extra; without it they print the export's refusal),
 #   bash benchmarks/gpu_check.sh [OUT_DIR]
 # prints one table (benchmarks/gpu_check.py: 7B-shaped bf16 decode, eager vs CUDA graphs, bandwidth
 # fraction; tiny default fp16/int4 ONNX on the CUDA provider vs torch), then profiles the tiny space
