@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ...concepts import EXPORT_PRECISIONS
 from ...errors import BadInputError
 from ...subnet_config import SubnetConfig
 from ..base import Backend, BackendUnavailable, Shapes, Workload
@@ -58,8 +59,16 @@ class ExportCache:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    precisions = ("fp32", "int8", "int4")
+    precisions = EXPORT_PRECISIONS
     devices = ("cpu", "cuda")
+
+    @classmethod
+    def check_supported(cls, device: str, precision: str) -> None:
+        """What `llamanas export` deploys on `device` (e.g. int8 on the CPU, fp16 / int4 on CUDA)."""
+        from ...onnx_model.graphs import check_precision
+
+        super().check_supported(device, precision)
+        check_precision(device, precision)
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
@@ -103,27 +112,27 @@ class OnnxRuntimeBackend(Backend):
         return sum(p.stat().st_size for p in path.parent.glob("model.onnx*"))
 
     def _export(self, subnet: SubnetConfig, here: Path) -> Path:
-        """The deployed graph of `subnet` at this precision, in `here/model.onnx` (fp32 scratch beside it)."""
+        """The deployed graph of `subnet` at this precision, in `here/model.onnx` (unquantized scratch beside it)."""
         import torch
 
         from ...onnx_model.config import onnx_config_for
         from ...onnx_model.exporter import ONNX_NAME
-        from ...onnx_model.graphs import export_graph, graph_for
+        from ...onnx_model.graphs import export_graph, graph_dtype, graph_for
         from ...onnx_model.quantize import quantize, settings_for
         from ..fingerprint import current_fingerprint
         from ..weights import subnet_model
 
         net = subnet_model(self.model, subnet, torch.float32, self.weights_source, self.seed)
         config = onnx_config_for(net.config.to_dict(), f"sub-network {subnet.id}")
-        graph = graph_for(self.device, config)
+        graph, dtype = graph_for(self.device, config), graph_dtype(self.device)  # the graph `export` deploys
         settings = settings_for(self.precision, self.device, current_fingerprint()["device"]["isa_flags"])
         if settings is None:
-            return export_graph(net, config, here, graph, self.precision)
-        (here / "fp32").mkdir()
-        fp32 = export_graph(net, config, here / "fp32", graph, self.precision)
+            return export_graph(net, config, here, graph, self.precision, dtype)
+        (here / "base").mkdir()
+        base = export_graph(net, config, here / "base", graph, self.precision, dtype)
         del net
-        quantize(fp32, here / ONNX_NAME, settings, (fp32.parent / f"{ONNX_NAME}.data").exists(), graph)
-        shutil.rmtree(here / "fp32")
+        quantize(base, here / ONNX_NAME, settings, (base.parent / f"{ONNX_NAME}.data").exists(), graph)
+        shutil.rmtree(here / "base")
         return here / ONNX_NAME
 
     def unload(self) -> None:
