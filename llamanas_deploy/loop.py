@@ -22,6 +22,7 @@ from typing import Any
 from .concepts import CLOCKS, DEVICES, EXPORT_PRECISIONS, check_choice
 from .errors import BadInputError
 from .jsonfiles import check_out_dir, read_json, write_json
+from .onnx_model.graphs import check_precision
 from .progress import Callback, report
 from .subnet_config import SubnetConfig
 
@@ -60,6 +61,10 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         check_choice(self.export_precision, EXPORT_PRECISIONS, "export_precision")
+        try:
+            check_precision(self.device, self.export_precision)  # before any stage runs, not at the export
+        except BadInputError as err:
+            raise BadInputError(err.detail, param="export_precision") from None
         check_choice(self.device, DEVICES, "device")
         check_choice(self.clock, CLOCKS, "clock")
         if self.max_latency_ms is not None and not (math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0):

@@ -149,6 +149,7 @@ def _kept(figure, statistic: str) -> str:
 
 
 def _artifact_ppl(art: dict) -> str:
-    quantized = (art.get("verification") or {}).get("quantized_vs_fp32") or {}
+    verification = art.get("verification") or {}
+    quantized = next((v for k, v in verification.items() if k.startswith("quantized_vs_")), {})  # fp32 or fp16 base
     value = quantized.get("perplexity")
     return f"{value:.4g}" if isinstance(value, (int, float)) else ""
