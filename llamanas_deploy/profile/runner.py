@@ -19,7 +19,8 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping, Protocol
+import typing
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping
 
 from ..concepts import DEVICES, PROFILE_PRECISIONS, TIMED_FIGURES, WEIGHT_SOURCES, check_choice, check_threads
 from ..errors import BadInputError
@@ -210,7 +211,7 @@ class _FleetProgress:
         return None if self.callback is None else forward
 
 
-class Node(Protocol):
+class Node(typing.Protocol):  # an interface (`stats.Protocol` is the measuring protocol)
     """Where a profile is measured when not here (`cluster.RayNode`): `open(source, settings)` gives a
     measurer like `Measurer`, living on that machine for the block."""
 
