@@ -141,7 +141,6 @@ def quantize(src: Path, dst: Path, settings: QuantSettings, external_data: bool,
 def _int8_fused(src: Path, dst: Path, settings: QuantSettings, external_data: bool) -> str:
     """quantize_dynamic on every MatMul of the fused graph; a tied embedding reads the LM head's int8 table."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .fused import LM_HEAD_NODE
 
@@ -149,17 +148,8 @@ def _int8_fused(src: Path, dst: Path, settings: QuantSettings, external_data: bo
     tied = _untie_lm_head(model)
     with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:  # its external data, if any, goes with it
         quantized = Path(scratch) / dst.name
-        quantize_dynamic(
-            model,
-            quantized,
-            op_types_to_quantize=["MatMul"],
-            per_channel=bool(settings.per_channel),
-            reduce_range=bool(settings.reduce_range),
-            weight_type=QuantType.QInt8,
-            use_external_data_format=external_data,
-            # the contrib ops stop ONNX shape inference: every MatMul here is fp32
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        # the contrib ops stop ONNX shape inference: every MatMul here is fp32
+        _int8(model, quantized, settings, (), external_data, {"DefaultTensorType": onnx.TensorProto.FLOAT})
         model = onnx.load(str(quantized))
     note = "LM head int8; embedding fp32 (not tied)"
     if tied:
@@ -306,7 +296,9 @@ def _save(model, dst: Path, external_data: bool) -> None:
                         location=f"{dst.name}.data", size_threshold=1024)  # fmt: skip
     else:
         onnx.save_model(model, str(dst))
-def _int8(src: Path, dst: Path, settings: QuantSettings, excluded: tuple[str, ...], external_data: bool) -> None:
+def _int8(src, dst: Path, settings: QuantSettings, excluded: tuple[str, ...], external_data: bool,
+          extra_options: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """`quantize_dynamic` of every MatMul but `excluded` (`src`: a path or a loaded ModelProto)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -318,6 +310,7 @@ def _int8(src: Path, dst: Path, settings: QuantSettings, excluded: tuple[str, ..
         weight_type=QuantType.QInt8,
         nodes_to_exclude=list(excluded),
         use_external_data_format=external_data,
+        extra_options=extra_options or {},
     )
 
 
