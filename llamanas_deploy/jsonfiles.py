@@ -71,14 +71,29 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise BadInputError(f"{path}: cannot read {what} ({err.strerror or err})") from None
 
 
-def parse_json(text: str, source: str) -> Any:
-    """`json.loads` with the project's error: `BadInputError` naming `source` and where the text broke."""
+def parse_json(text: str, source: str, unique_keys: bool = False) -> Any:
+    """`json.loads` with the project's error: `BadInputError` naming `source` and where the text broke.
+
+    `unique_keys`: an object naming a key twice is refused too (readers that keep the first value and
+    readers that keep the last would see different files).
+    """
+    hook = _unique_object if unique_keys else None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=hook)
+    except RecursionError:
+        raise BadInputError(f"{source}: not valid JSON here (nested too deeply)") from None
     except json.JSONDecodeError as err:
         raise BadInputError(f"{source}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     except ValueError as err:
         raise BadInputError(f"{source}: not valid JSON ({err})") from None
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"key(s) {repeated} given twice in one object")
+    return dict(pairs)
 
 
 def _reject_constant(name: str) -> Any:

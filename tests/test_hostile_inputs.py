@@ -106,6 +106,27 @@ ARTIFACTS: dict[str, tuple[Callable[[Path, dict], dict | None], str]] = {
                  "schema_version 1 predates it"),  # fmt: skip
     "manifest-a-directory": (lambda d, m: (d / MANIFEST).unlink() or (d / MANIFEST).mkdir(), "not a regular file"),
     "genai-decoder-outside": (lambda d, m: _genai_decoder(d, m, "../model.onnx"), "model.decoder.filename"),
+    "genai-custom-ops-library": (lambda d, m: _genai_option(d, m, "custom_ops_library", "libops.so"),
+                                 "model.decoder.session_options.custom_ops_library: not a key the toolkit writes"),
+    "genai-profiling": (lambda d, m: _genai_option(d, m, "enable_profiling", "trace"), "enable_profiling"),
+    "genai-provider-cache-path": (lambda d, m: _genai_option(d, m, "provider_options",
+                                                             [{"tensorrt": {"trt_engine_cache_path": "/tmp"}}]),
+                                  "is not a provider entry the toolkit writes"),  # fmt: skip
+    "genai-cuda-option": (lambda d, m: _genai_option(d, m, "provider_options", [{"cuda": {"gpu_external_alloc": "1"}}]),
+                          "model.decoder.session_options.provider_options"),  # fmt: skip
+    "genai-top-level-key": (lambda d, m: _genai_edit(d, m, lambda c: c | {"engine": {"dynamic_batching": {}}}),
+                            "genai_config.json: engine: not a key"),  # fmt: skip
+    "genai-duplicate-key": (lambda d, m: _genai_text(d, m, lambda t: t.replace('"filename":', '"filename": "x.onnx", "filename":', 1)),
+                            "given twice"),  # fmt: skip
+    "genai-log-id-path": (lambda d, m: _genai_option(d, m, "log_id", "../../log"), "log_id: expected a plain name"),
+    "genai-deeply-nested": (lambda d, m: _genai_text(d, m, lambda t: "[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    "graph-custom-domain": (lambda d, m: _graph_edit(d, m, _custom_op), "evil.ops::Backdoor, not an op the toolkit emits"),
+    "graph-contrib-op-not-emitted": (lambda d, m: _graph_edit(d, m, lambda g: _custom_op(g, "com.microsoft", "Attention")),
+                                     "com.microsoft::Attention"),  # fmt: skip
+    "graph-external-data-outside": (lambda d, m: _graph_edit(d, m, lambda g: _external(g, "../secret.bin")),
+                                    "keeps its data in '../secret.bin'"),  # fmt: skip
+    "graph-external-data-unlisted": (lambda d, m: _graph_edit(d, m, lambda g: _external(g, "weights.bin")),
+                                     "keeps its data in 'weights.bin'"),  # fmt: skip
 }
 
 
@@ -119,6 +140,55 @@ def _genai_decoder(d: Path, m: dict, filename: str) -> dict:
     config["model"]["decoder"]["filename"] = filename
     (d / "genai_config.json").write_text(json.dumps(config))
     return m | {"files": m["files"] | {"genai_config.json": sha256(d / "genai_config.json")}}
+
+
+def _genai_edit(d: Path, m: dict, change: Callable[[dict], dict]) -> dict:
+    config = change(json.loads((d / "genai_config.json").read_text()))
+    return _genai_text(d, m, lambda _: json.dumps(config))
+
+
+def _genai_text(d: Path, m: dict, change: Callable[[str], str]) -> dict:
+    (d / "genai_config.json").write_text(change((d / "genai_config.json").read_text()))
+    return m | {"files": m["files"] | {"genai_config.json": sha256(d / "genai_config.json")}}
+
+
+def _genai_option(d: Path, m: dict, key: str, value: object) -> dict:
+    """A re-sealed artifact whose genai_config sets `session_options[key]` (a library it ships is listed too)."""
+    if isinstance(value, str) and value.endswith(".so"):
+        (d / value).write_bytes(b"\x7fELF not really")
+        m = m | {"files": m["files"] | {value: sha256(d / value)}}
+    return _genai_edit(d, m, lambda c: _set_option(c, key, value))
+
+
+def _set_option(config: dict, key: str, value: object) -> dict:
+    config["model"]["decoder"]["session_options"][key] = value
+    return config
+
+
+def _graph_edit(d: Path, m: dict, change: Callable) -> dict:
+    import onnx
+
+    model = onnx.load(str(d / "model.onnx"))
+    change(model.graph)
+    onnx.save(model, str(d / "model.onnx"))
+    return m | {"files": m["files"] | {"model.onnx": sha256(d / "model.onnx")}}
+
+
+def _custom_op(graph, domain: str = "evil.ops", op: str = "Backdoor") -> None:
+    from onnx import helper
+
+    graph.node.append(helper.make_node(op, [graph.input[0].name], ["unused"], name="injected", domain=domain))
+
+
+def _external(graph, location: str) -> None:
+    from onnx import TensorProto
+
+    tensor = graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "4")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
 
 
 BAD_JSON = {
@@ -144,6 +214,7 @@ def build_world(root: Path) -> SimpleNamespace:
     (w.model / "heldout.txt").write_text("The quick brown fox jumps over the lazy dog. " * 40)
     w.space = write_space(root / "space.json")
     w.artifact = root / "artifact"
+    w.torch_threads = __import__("torch").get_num_threads()  # the figures in the manifest depend on it
     export(w.model, str(w.space), SUBNET, w.artifact, ExportSettings(precision="fp32", max_eval_tokens=128), bench=None)
     space = load_space(str(w.space))
     configs = space.sample_random(16, seed=0)
@@ -595,10 +666,17 @@ def test_a_link_inside_the_artifact_to_a_listed_file_is_fine(world, tmp_path):
 
 
 def test_exporting_twice_gives_byte_identical_artifacts(world, tmp_path):
+    import torch
+
     from llamanas_deploy.export import ExportSettings, export
 
+    threads = torch.get_num_threads()  # an earlier in-process command may have pinned another count
+    torch.set_num_threads(world.torch_threads)
     again = tmp_path / "again"
-    export(world.model, str(world.space), SUBNET, again, ExportSettings(precision="fp32", max_eval_tokens=128), bench=None)
+    try:
+        export(world.model, str(world.space), SUBNET, again, ExportSettings(precision="fp32", max_eval_tokens=128), bench=None)
+    finally:
+        torch.set_num_threads(threads)
     names = sorted(p.name for p in again.iterdir())
     assert names == sorted(p.name for p in world.artifact.iterdir()) and MANIFEST_HASH in names
     for name in names:  # the manifest and its hash too: nothing measured, nothing differs
@@ -682,3 +760,105 @@ def test_no_manifest_content_opens_a_file_outside_the_artifact(sandbox):
             assert Path(path).resolve().is_relative_to(art.resolve()), (path, manifest)
 
     check()
+
+
+# ---- issue 23.1: no artifact content makes a reader load native code ------------------------------------
+LIBRARY_SOURCE = """
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void loaded(void) {
+    const char *marker = getenv("LLAMANAS_TEST_MARKER");
+    FILE *f = marker ? fopen(marker, "w") : NULL;
+    if (f) { fputs("native code ran\\n", f); fclose(f); }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def native_library(tmp_path_factory) -> Path:
+    """A real shared library whose constructor writes the file $LLAMANAS_TEST_MARKER names."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("native")
+    (root / "ops.c").write_text(LIBRARY_SOURCE)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(root / "libops.so"), str(root / "ops.c")], check=True)
+    return root / "libops.so"
+
+
+def _artifact_loading(world, native_library: Path, path: Path) -> Path:
+    """A copy of the good artifact that ships the library, lists it and names it as custom_ops_library, re-sealed."""
+    def change(d: Path, m: dict) -> dict:
+        shutil.copyfile(native_library, d / "libops.so")
+        m = m | {"files": m["files"] | {"libops.so": sha256(d / "libops.so")}}
+        return _genai_edit(d, m, lambda c: _set_option(c, "custom_ops_library", str((d / "libops.so").resolve())))
+
+    return artifact_variant(world.artifact, path, change)
+
+
+def test_an_artifact_naming_a_custom_ops_library_is_refused_and_the_library_never_loads(world, native_library, tmp_path):
+    import subprocess
+
+    artifact = _artifact_loading(world, native_library, tmp_path / "a")
+    marker = tmp_path / "marker"
+    env = os.environ | {"LLAMANAS_TEST_MARKER": str(marker)}
+    # the control: onnxruntime-genai itself, handed this artifact, runs the library's code
+    subprocess.run([sys.executable, "-c", f"import onnxruntime_genai as og\ntry: og.Model({str(artifact)!r})\nexcept Exception: pass"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    assert marker.read_text() == "native code ran\n"
+    marker.unlink()
+    for command in (["generate", "--prompt", "x"], ["bench"]):
+        done = subprocess.run([sys.executable, "-m", "llamanas_deploy", command[0], "--artifact", str(artifact), *command[1:]],
+                              env=env, capture_output=True, text=True)  # fmt: skip
+        assert_refused((done.returncode, done.stdout, done.stderr), "custom_ops_library: not a key the toolkit writes")
+        assert not marker.exists()
+
+
+GENAI_PATHS = [(), ("model",), ("model", "decoder"), ("model", "decoder", "session_options"), ("search",)]
+GENAI_KEYS = ["custom_ops_library", "enable_profiling", "profile_file_prefix", "config_entries", "provider_options",
+              "log_id", "filename", "session_options", "graph_optimization_level", "use_env_allocators"]  # fmt: skip
+
+
+def test_no_genai_config_content_makes_a_reader_load_native_code(world, native_library, tmp_path):
+    """Property: whatever a re-sealed genai_config.json holds, either `read_manifest` refuses it or
+    onnxruntime-genai opening the artifact runs no code from the shipped library."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    import onnxruntime_genai as og
+
+    art = _artifact_loading(world, native_library, tmp_path / "art")
+    library = str((art / "libops.so").resolve())
+    pristine = json.loads((world.artifact / "genai_config.json").read_text())
+    manifest = json.loads((art / MANIFEST).read_text())
+    marker = tmp_path / "marker"
+    values = st.one_of(
+        st.sampled_from([library, "libops.so", "./libops.so", "../a/libops.so", "model.onnx", "trace", "", 0, 1, True]),
+        st.builds(lambda k, v: {k: v}, st.sampled_from(GENAI_KEYS), st.sampled_from([library, "libops.so", "1", {}])),
+        st.lists(st.dictionaries(st.sampled_from(["cuda", "cpu", "tensorrt", "openvino"]),
+                                 st.dictionaries(st.sampled_from(["cache_dir", "device_id", "so"]), st.just(library)),
+                                 max_size=1), max_size=2),
+    )  # fmt: skip
+    os.environ["LLAMANAS_TEST_MARKER"] = str(marker)
+    try:
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(where=st.sampled_from(GENAI_PATHS), key=st.one_of(st.sampled_from(GENAI_KEYS), st.text(max_size=8)), value=values)
+        def check(where, key, value):
+            config = json.loads(json.dumps(pristine))
+            node = config
+            for step in where:
+                node = node[step]
+            node[key] = value
+            (art / "genai_config.json").write_text(json.dumps(config))
+            seal(art, manifest | {"files": manifest["files"] | {"genai_config.json": sha256(art / "genai_config.json")}})
+            try:
+                read_manifest(art)
+            except BadInputError:
+                return
+            try:
+                og.Model(str(art))
+            except Exception:  # noqa: BLE001 - refusing to run is fine; running the library is not
+                pass
+            assert not marker.exists(), (where, key, value)
+
+        check()
+    finally:
+        del os.environ["LLAMANAS_TEST_MARKER"]

@@ -90,7 +90,7 @@ def test_manifest_problems_are_one_line_bad_input(tmp_path):
     seal(json.dumps({"kind": "other"}))
     with pytest.raises(BadInputError, match="not a llamanas artifact manifest"):
         read_manifest(tmp_path)
-    (tmp_path / "model.onnx").write_bytes(b"weights")
+    (tmp_path / "model.onnx").write_bytes(_empty_graph())
     write_manifest(tmp_path, {"precision": "fp32"})
     with pytest.raises(BadInputError, match="missing field"):
         read_manifest(tmp_path)
@@ -98,6 +98,12 @@ def test_manifest_problems_are_one_line_bad_input(tmp_path):
               "size": {}, "verification": {}}  # fmt: skip
     write_manifest(tmp_path, fields)
     assert read_manifest(tmp_path)["kind"] == KIND and read_manifest(tmp_path)["schema_version"] == SCHEMA_VERSION
+    (tmp_path / "model.onnx").write_bytes(b"weights")
+    write_manifest(tmp_path, fields)
+    with pytest.raises(BadInputError, match="model.onnx: not a readable ONNX model"):
+        read_manifest(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(_empty_graph())
+    write_manifest(tmp_path, fields)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     (tmp_path / "manifest.json").write_text(json.dumps(manifest | {"precision": "int4"}))
     with pytest.raises(BadInputError, match="does not match manifest.sha256"):
@@ -112,6 +118,12 @@ def test_manifest_problems_are_one_line_bad_input(tmp_path):
     seal(json.dumps(manifest | {"schema_version": 1}))
     with pytest.raises(BadInputError, match="schema_version 1, expected 2"):
         read_manifest(tmp_path)
+
+
+def _empty_graph() -> bytes:
+    from onnx import helper
+
+    return helper.make_model(helper.make_graph([], "empty", [], [])).SerializeToString()
 
 
 def test_onnxruntime_backend_measures_an_exported_subnet(small_checkpoint):

@@ -15,7 +15,9 @@ the manifest must match `manifest.sha256`; every path it names (`files`, `onnx.f
 `tokenizer_files`, the decoder of `genai_config.json`) must stay inside the directory after
 links are followed and be listed in `files`; the directory may hold no other file (ONNX
 Runtime opens external data next to the model) and no link leading out of it; and every
-listed file must match its sha256.
+listed file must match its sha256. Then the content itself (`allowlist`): `genai_config.json` holds only
+what the toolkit writes (no custom-op library, no provider option that loads code or writes files),
+and the graph only ops the toolkit emits, its external data only in listed files.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 from ..concepts import TOKENIZER_FILES
 from ..errors import BadInputError
 from ..jsonfiles import dumps, parse_json, write_text
+from .allowlist import check_genai_config, check_graph
 
 SCHEMA_VERSION = 2  # 2: manifest.sha256 covers the manifest; every named path is checked
 KIND = "llamanas-onnx-artifact"
@@ -153,6 +156,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise BadInputError(f"{path}: missing field(s) {missing}")
     check_named_paths(directory, manifest)
     check_files(directory, manifest["files"])
+    check_graph(directory, manifest["onnx"]["file"], manifest["files"])
     return manifest
 
 
@@ -263,9 +267,9 @@ def _check_no_strays(directory: Path, root: Path, files: dict[str, str]) -> None
 
 def _check_genai_config(directory: Path, root: Path, files: dict[str, str]) -> None:
     path = directory / GENAI_CONFIG
-    config = parse_json(_read_small(path, MAX_MANIFEST_BYTES), str(path))
-    decoder = config.get("model", {}).get("decoder", {}) if isinstance(config, dict) else {}
-    name = decoder.get("filename") if isinstance(decoder, dict) else None
+    config = parse_json(_read_small(path, MAX_MANIFEST_BYTES), str(path), unique_keys=True)
+    check_genai_config(config, str(path))
+    name = config.get("model", {}).get("decoder", {}).get("filename")
     if name is None or name not in files:
         raise BadInputError(f"{path}: model.decoder.filename {name!r} is not a file listed in {MANIFEST}")
     inside(directory, name, root)
