@@ -19,6 +19,7 @@ COMMANDS = {
     "profile": ("llamanas_deploy.cli.profile_cmd:profile", "Measure sampled sub-networks on this device."),
     "targets": ("llamanas_deploy.cli.profile_cmd:targets", "List the hardware profiles present."),
     "subnet": ("llamanas_deploy.cli.subnet_cmd:subnet", "Cost of a sub-network, or extract it as a model."),
+    "import-gguf": ("llamanas_deploy.cli.import_cmd:import_gguf", "Import a GGUF LLaMA checkpoint as a Hugging Face directory."),
     "fit": ("llamanas_deploy.cli.predict_cmd:fit", "Fit an XGBoost latency predictor on a hardware profile."),
     "predict": ("llamanas_deploy.cli.predict_cmd:predict", "Predict latency of sub-networks with a fitted predictor."),
     "search": ("llamanas_deploy.cli.search_cmd:search", "Search for a device-specific sub-network (NSGA-II, LINAS, random)."),
