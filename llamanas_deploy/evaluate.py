@@ -13,6 +13,11 @@ The search calls these hundreds of times: pass the held-out ids / the tokenized 
 `llamanas evaluate` runs it.
 
 Task files are JSON lines: `{"context": str, "choices": [str, ...], "answer": int}`.
+
+A model directory's own `heldout.txt` / `mc_task.jsonl` come first; a model without them (one
+imported from GGUF, say) is judged on the toolkit's shipped ones (`SHIPPED_DIR`: Python's
+reference text held out from every training split, and its multiple-choice task), re-tokenized
+with the model's own tokenizer: real text, never random token ids.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .subnet_config import SubnetConfig
 
 HELDOUT_FILE = "heldout.txt"
 TASK_FILE = "mc_task.jsonl"
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "tiny"  # text and task files, tokenizer-free
 LOWER_IS_BETTER = ("perplexity", "loss")
 MC_METRICS = ("acc_norm", "acc")  # length-normalized or raw log-likelihood accuracy
 
@@ -268,9 +274,7 @@ def _model_file(model: str | Path, name: str) -> Path:
 
     path = resolve_model_path(model)
     file = (path if path.is_dir() else path.parent) / name
-    if not file.is_file():
-        raise BadInputError(f"{model}: no {name} in the model directory; name the data or task to evaluate explicitly")
-    return file
+    return file if file.is_file() else SHIPPED_DIR / name
 
 
 # ---- one sub-network, as `llamanas evaluate` measures it ----------------------------------------

@@ -184,9 +184,11 @@ def training_rows(model: str | Path, data: Sequence[str], text_field: str, seq_l
     import torch
 
     from .data import load_tokenizer, read_texts, tokenize
+    from .model.families import read_config_dict
 
     tokenizer = load_tokenizer(model)
-    eos = tokenizer.token_to_id("</s>")
+    eos = read_config_dict(model)[0].get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos  # documents end with the model's own eos token
     ids: list[int] = []
     for source in data:
         ids += tokenize(read_texts(source, text_field), tokenizer, eos)
@@ -318,47 +320,6 @@ def _distill(student_logits, teacher_logprobs):
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
 
-# ---- neuron reordering ----------------------------------------------------------------------
-
-
-def reorder_neurons_(model, batches: Sequence) -> None:
-    """Permute each MLP's neurons by importance, most important first; the function is unchanged.
-
-    Importance of neuron j: mean |act(gate_j(x)) * up_j(x)| over the batches' tokens times the
-    norm of its output column `down_proj[:, j]`.
-    """
-    import torch
-
-    layers = model.model.layers
-    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers]
-    hooks = [
-        layer.mlp.down_proj.register_forward_pre_hook(_accumulate(sums[i])) for i, layer in enumerate(layers)
-    ]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(input_ids=batch[:, :-1], use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    with torch.no_grad():
-        for layer, total in zip(layers, sums):
-            mlp = layer.mlp
-            order = torch.argsort(total * mlp.down_proj.weight.norm(dim=0), descending=True)
-            for proj in (mlp.gate_proj, mlp.up_proj):
-                proj.weight.copy_(proj.weight[order])
-                if proj.bias is not None:
-                    proj.bias.copy_(proj.bias[order])
-            mlp.down_proj.weight.copy_(mlp.down_proj.weight[:, order])
-
-
-def _accumulate(total):
-    def hook(_module, args):
-        total.add_(args[0].detach().abs().reshape(-1, args[0].shape[-1]).sum(0))
-
-    return hook
-
-
 # ---- the run: start or resume, train, save ----------------------------------------------------
 
 
@@ -377,13 +338,14 @@ class _Trainer:
 
         from .distributed import load_state, prepare
         from .model.build import tied_weight_keys
+        from .model.importance import reorder_neurons_
 
         torch.manual_seed(self.settings.seed)
         self.ids = ids
         self.supernet = _load_supernet(model, self.space, self.settings)
         pointer = self._pointer()
         if pointer is None and self.settings.reorder_neurons:
-            reorder_neurons_(self.supernet.model, [_batch(ids, self.settings, s) for s in range(4)])
+            reorder_neurons_(self.supernet.model, [_batch(ids, self.settings, s)[:, :-1] for s in range(4)])
         self.supernet.model = prepare(self.supernet.model, self.world, self.settings.activation_checkpointing)
         self.optimizer = make_optimizer(self.supernet.model, self.settings)
         self.tied = list(tied_weight_keys(self.supernet.model))
@@ -489,7 +451,7 @@ def _finished_record(out: Path, run: dict, callback: Callback) -> FinetuneResult
 
 
 def _write_result(model, weights: dict, source, result: FinetuneResult) -> None:
-    from .concepts import TOKENIZER_FILES
+    from .concepts import SUPERNET_FILES
     from .jsonfiles import write_json
     from .model.build import save_model
     from .model.families import resolve_model_path
@@ -498,7 +460,7 @@ def _write_result(model, weights: dict, source, result: FinetuneResult) -> None:
     source_dir = resolve_model_path(source)
     source_dir = source_dir if source_dir.is_dir() else source_dir.parent
     save_model(model, out, dtype=result.run["save_dtype"], state_dict=weights)
-    for name in TOKENIZER_FILES:
+    for name in SUPERNET_FILES:
         if (source_dir / name).is_file() and source_dir.resolve() != out.resolve():
             shutil.copyfile(source_dir / name, out / f".{name}.tmp")
             os.replace(out / f".{name}.tmp", out / name)

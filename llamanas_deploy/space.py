@@ -12,6 +12,12 @@ checked against the space they describe)::
       "layer_dims": {"intermediate_sizes": {"choices": [192, 384, 576, 768], "policy": "first"}}
     }
 
+Depth policies say which layers a depth keeps: `first` (the first N, the paper's natural reading),
+`uniform` (evenly spaced, first and last kept), and `importance`, which drops layers in the order
+the depth block lists (`"drop_order"`: every layer index once, least important first; measured on
+the super-network by `model.importance`). At real scale `first` destroys a pretrained model (its
+last layer matters as much as its first); `importance` keeps what the model needs.
+
 `layer_dims` is keyed by the sub-network config's per-layer field, so a further elastic
 dimension (attention heads) is one more entry there; callers go through `validate`,
 `encode`, `decode` and the samplers, which iterate over `layer_dims`.
@@ -35,7 +41,7 @@ from .subnet_config import SubnetConfig
 
 SPACE_SCHEMA_VERSION = 1
 BUILTIN_DIR = Path(__file__).parent / "spaces"
-LAYER_POLICIES = ("first", "uniform")
+LAYER_POLICIES = ("first", "uniform", "importance")
 NEURON_POLICIES = ("first",)
 SUPPORTED_LAYER_DIMS = ("intermediate_sizes",)
 
@@ -61,6 +67,7 @@ class SearchSpace:
     layer_policy: str
     layer_dims: tuple[LayerDim, ...]
     description: str = ""
+    drop_order: tuple[int, ...] = ()  # the `importance` policy's: every layer once, least important first
 
     # ---- identity -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -69,7 +76,8 @@ class SearchSpace:
             "name": self.name,
             "description": self.description,
             "super_network": {"num_hidden_layers": self.max_layers, "intermediate_size": self.max_intermediate_size},
-            "depth": {"choices": list(self.depth_choices), "policy": self.layer_policy},
+            "depth": {"choices": list(self.depth_choices), "policy": self.layer_policy}
+            | ({"drop_order": list(self.drop_order)} if self.drop_order else {}),
             "layer_dims": {d.key: {"choices": list(d.choices), "policy": d.policy} for d in self.layer_dims},
         }
 
@@ -118,6 +126,9 @@ class SearchSpace:
         """Super-network layers kept at this depth under the space's layer-drop policy."""
         if self.layer_policy == "first" or depth == self.max_layers:
             return tuple(range(depth))
+        if self.layer_policy == "importance":
+            dropped = set(self.drop_order[: self.max_layers - depth])
+            return tuple(i for i in range(self.max_layers) if i not in dropped)
         if depth == 1:
             return (0,)
         # "uniform": evenly spaced, always keeping the first and the last layer
@@ -325,6 +336,7 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
         raise fail(f"depth.policy '{layer_policy}' is not one of {list(LAYER_POLICIES)}")
     if max(depth) > max_layers:
         raise fail(f"depth choice {max(depth)} exceeds the super-network's {max_layers} layers")
+    drop_order = _drop_order(data["depth"], layer_policy, max_layers, fail)
     if not isinstance(raw_dims, dict) or "intermediate_sizes" not in raw_dims:
         raise fail("layer_dims must be an object with at least 'intermediate_sizes'")
     dims = []
@@ -348,6 +360,7 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
         layer_policy=layer_policy,
         layer_dims=tuple(dims),
         description=str(data.get("description", "")),
+        drop_order=drop_order,
     )
     for key, value in space.derived().items():
         if key in data and data[key] != value:
@@ -356,6 +369,25 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
                 f"after `llamanas space show --json` wrote it; remove {list(DERIVED_KEYS)} or fix the space"
             )
     return space
+
+
+def _drop_order(depth: dict[str, Any], policy: str, max_layers: int, fail) -> tuple[int, ...]:
+    """The `importance` policy's drop order: every layer index exactly once; no other policy has one."""
+    unknown = set(depth) - {"choices", "policy", "drop_order"}
+    if unknown:
+        raise fail(f"depth: unknown key(s) {sorted(unknown)}; allowed: ['choices', 'drop_order', 'policy']")
+    if policy != "importance":
+        if "drop_order" in depth:
+            raise fail(f"depth.drop_order is for the 'importance' policy, not '{policy}'")
+        return ()
+    order = depth.get("drop_order")
+    if (
+        not isinstance(order, list)
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in order)
+        or sorted(order) != list(range(max_layers))
+    ):
+        raise fail(f"depth.drop_order must list every layer index 0..{max_layers - 1} once, got {order!r}")
+    return tuple(order)
 
 
 def _positive_int(value: Any, field: str, fail, maximum: int) -> int:

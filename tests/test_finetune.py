@@ -20,6 +20,7 @@ from llamanas_deploy import finetune as ft
 from llamanas_deploy.cli import main
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.evaluate import perplexity
+from llamanas_deploy.model.importance import reorder_neurons_
 from llamanas_deploy.model.supernet import SuperNetwork
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig
@@ -85,12 +86,12 @@ def test_reordering_neurons_keeps_the_function_and_puts_important_neurons_first(
     supernet = SuperNetwork.load(text_model)
     with torch.no_grad():
         before = supernet.model(input_ids=batches[0]).logits
-    ft.reorder_neurons_(supernet.model, batches)
+    reorder_neurons_(supernet.model, batches)
     with torch.no_grad():
         assert torch.allclose(supernet.model(input_ids=batches[0]).logits, before, atol=1e-5)
     # a second pass finds every layer already sorted: the identity permutation
     weights = [layer.mlp.down_proj.weight.clone() for layer in supernet.model.model.layers]
-    ft.reorder_neurons_(supernet.model, batches)
+    reorder_neurons_(supernet.model, batches)
     assert all(torch.equal(w, layer.mlp.down_proj.weight) for w, layer in zip(weights, supernet.model.model.layers))
 
 

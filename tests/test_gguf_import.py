@@ -267,9 +267,11 @@ def test_tokenizer_matches_transformers_and_keeps_the_chat_template(tmp_path, ki
     reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file=source.name)
     imported = AutoTokenizer.from_pretrained(out)
     strings = STRINGS + (["the world and hello", " hello  the\nworld"] if kind == "llama" else CORPUS)
-    for text in strings:
-        assert imported(text).input_ids == reference(text).input_ids, text
-        assert imported.decode(imported(text).input_ids) == reference.decode(reference(text).input_ids)
+    for text in strings:  # the content tokens; whether BOS leads follows the file (below)
+        ids = imported(text, add_special_tokens=False).input_ids
+        assert ids == reference(text, add_special_tokens=False).input_ids, text
+        assert imported.decode(ids) == reference.decode(ids)
+        assert imported(text).input_ids == [1] * (kind == "llama") + ids  # gpt2 file: add_bos false; llama: default
     messages = [{"role": "user", "content": "hi there"}]
     assert imported.chat_template == TEMPLATE
     rendered = [t.apply_chat_template(messages, tokenize=False) for t in (imported, reference)]

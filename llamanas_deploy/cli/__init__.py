@@ -16,6 +16,7 @@ from ..errors import BadInputError, LlamanasError
 
 COMMANDS = {
     "space": ("llamanas_deploy.cli.space_cmd:space", "Show a search space or sample sub-networks from it."),
+    "prepare": ("llamanas_deploy.cli.prepare_cmd:prepare", "Order neurons by importance and measure the layer drop order."),
     "profile": ("llamanas_deploy.cli.profile_cmd:profile", "Measure sampled sub-networks on this device."),
     "targets": ("llamanas_deploy.cli.profile_cmd:targets", "List the hardware profiles present."),
     "subnet": ("llamanas_deploy.cli.subnet_cmd:subnet", "Cost of a sub-network, or extract it as a model."),

@@ -54,7 +54,7 @@ space_option = click.option(
 )
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars (stage lines still go to stderr).")
 
-MODEL_HELP = "Super-network: checkpoint dir, its config.json, or a built-in name."
+MODEL_HELP = "Super-network: checkpoint dir, its config.json, a built-in name (tiny) or a packaged one (smollm2-135m)."
 
 
 class AliasedOption(click.Option):

@@ -122,8 +122,14 @@ class ModelShape:
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A built-in model name (`tiny`) or a path to a checkpoint directory or a `config.json`."""
-    return BUILTIN_MODELS.get(str(name_or_path), Path(name_or_path))
+    """A built-in model name (`tiny`), a packaged model's name (`smollm2-135m`: imported on first use,
+    see `packaged.py`), or a path to a checkpoint directory or a `config.json`."""
+    from .packaged import PACKAGED_MODELS, packaged_model_dir
+
+    name = str(name_or_path)
+    if name in PACKAGED_MODELS:
+        return packaged_model_dir(name)
+    return BUILTIN_MODELS.get(name, Path(name_or_path))
 
 
 def read_config_dict(name_or_path: str | Path) -> tuple[dict[str, Any], Path]:

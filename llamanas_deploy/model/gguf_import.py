@@ -66,7 +66,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, callback: Callback =
                                        f"hidden {config['hidden_size']}, tensors {types}")  # fmt: skip
     config["llamanas_import"] = {"source": path.name, "sha256": _sha256(path), "format": "gguf", "tensor_types": types}
     with new_directory(out_dir) as tmp:
-        _write_tokenizer(path, tokenizer_model, tmp, config)
+        _write_tokenizer(path, tokenizer_model, tmp, config, _adds_bos(reader, path, tokenizer_model))
         _write_weights(tensors, config, tmp / WEIGHTS_NAME, callback)
         write_json(tmp / "config.json", config, sort_keys=True)
     return Path(out_dir)
@@ -334,14 +334,28 @@ def _tokenizer_model(reader, path: Path) -> str:
     return model
 
 
-def _write_tokenizer(path: Path, model: str, out: Path, config: dict[str, Any]) -> None:
+def _adds_bos(reader, path: Path, model: str) -> bool:
+    """Whether the file's tokenizer starts every text with BOS: its own flag, else llama.cpp's default for
+    the vocabulary type (SentencePiece: yes; byte-level BPE: no). transformers' GGUF reader ignores the
+    flag in some 5.x releases, so the file decides."""
+    return bool(_field(reader, "tokenizer.ggml.add_bos_token", path, model == "llama"))
+
+
+def _write_tokenizer(path: Path, model: str, out: Path, config: dict[str, Any], add_bos: bool) -> None:
     """`tokenizer.json` + `tokenizer_config.json`: the tokenizer transformers builds from the GGUF's vocabulary."""
     tokenizer = _gguf_tokenizer(path, model, out.parent / "source")
-    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    backend = tokenizer.backend_tokenizer
+    if add_bos and tokenizer.bos_token is not None:  # in tokenizer.json itself, so every reader adds it
+        from tokenizers.processors import TemplateProcessing
+
+        bos = str(tokenizer.bos_token)
+        backend.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                    special_tokens=[(bos, tokenizer.bos_token_id)])  # fmt: skip
+    backend.save(str(out / "tokenizer.json"))
     settings = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": config["max_position_embeddings"],
-        "add_bos_token": bool(getattr(tokenizer, "add_bos_token", False)),
+        "add_bos_token": add_bos,
         "add_eos_token": bool(getattr(tokenizer, "add_eos_token", False)),
         "clean_up_tokenization_spaces": bool(tokenizer.clean_up_tokenization_spaces),
     }

@@ -69,7 +69,17 @@ class SuperNetwork:
         return ModelShape.from_config_dict(self.config, str(self.source))
 
     def check_space(self, space: SearchSpace) -> None:
+        """Refuse a space of another shape, or one whose layer drop order was not measured on this model."""
         space.check_super_network(self.model.config, str(self.source))
+        if space.layer_policy == "importance":
+            from .importance import read_drop_order
+
+            measured = read_drop_order(self.source)
+            if measured != space.drop_order:
+                raise BadInputError(
+                    f"{self.source}: its measured layer drop order {list(measured)} is not space {space.name}'s "
+                    f"{list(space.drop_order)}; use the super-network `llamanas prepare` measured for that space"
+                )
 
     def weights_sha256(self) -> str:
         """Hash of the weights as loaded (dtype included): identifies the super-network in manifests."""
