@@ -15,7 +15,7 @@ import torch
 from conftest import write_space
 
 from llamanas_deploy.export import ExportSettings, export
-from llamanas_deploy.export.verify import FP32_TOLERANCE, verify_fp32
+from llamanas_deploy.export.verify import verify_fp32
 from llamanas_deploy.model.supernet import SuperNetwork
 from llamanas_deploy.onnx_model.config import onnx_config_for
 from llamanas_deploy.onnx_model.fused import EMBEDDING, build_fused, export_fused
@@ -25,6 +25,7 @@ from llamanas_deploy.runtime import OrtDecoder, generate
 from llamanas_deploy.subnet_config import SubnetConfig
 
 HETERO = SubnetConfig(3, (128, 32, 96))
+TINY_MAX_ABS_DIFF = 1e-4  # what the fused float32 graph shows on these small models (the gate is relative)
 
 
 def fused_decoder(model, tmp_path: Path, fuse_gate_up: bool = True) -> tuple[OrtDecoder, object]:
@@ -53,6 +54,44 @@ def artifacts(small_checkpoint, space_file, tmp_path_factory) -> dict[str, Path]
     return out
 
 
+def _swap_first_layers(model) -> None:
+    layers = model.model.layers
+    layers[0], layers[1] = layers[1], layers[0]
+    for index, layer in enumerate(layers):
+        layer.self_attn.layer_idx = index
+
+
+def _rotary_base_times_ten(model) -> None:
+    params = getattr(model.config, "rope_parameters", None)  # transformers >= 5.x keeps the base there
+    if isinstance(params, dict):
+        params["rope_theta"] *= 10
+    else:
+        model.config.rope_theta *= 10
+    model.model.rotary_emb = type(model.model.rotary_emb)(config=model.config)
+
+
+def _one_layer_attends_everywhere(model) -> None:
+    """A mask bug: layer 1 lets every token see the future."""
+    model.model.layers[1].self_attn.is_causal = False  # sdpa: no mask and not causal sees everything
+    forward = model.model.layers[1].self_attn.forward
+    model.model.layers[1].self_attn.forward = lambda *a, **k: forward(*a, **(k | {"attention_mask": None}))
+
+
+@pytest.mark.parametrize("break_model", [_swap_first_layers, _rotary_base_times_ten, _one_layer_attends_everywhere])
+def test_the_fp32_gate_catches_a_graph_that_is_not_the_model(small_checkpoint, tmp_path, break_model):
+    """The gate's tolerance is relative to the logits' magnitude, yet a wrong graph still fails it: the ORT
+    graph of the sub-network against a torch model that differs as a wrong export would."""
+    from llamanas_deploy.errors import VerificationError
+
+    model = SuperNetwork.load(small_checkpoint).extract(HETERO)
+    decoder, config = fused_decoder(model, tmp_path)
+    tokens = np.random.default_rng(2).integers(0, config.vocab_size, 64).tolist()
+    verify_fp32(model, decoder, config, tokens)  # the real model passes
+    break_model(model)
+    with pytest.raises(VerificationError, match="logits max abs diff"):
+        verify_fp32(model, decoder, config, tokens)
+
+
 @pytest.mark.parametrize(
     ("overrides", "fuse_gate_up"), [({}, True), ({"num_key_value_heads": 2, "tie_word_embeddings": True}, False)]
 )
@@ -68,12 +107,12 @@ def test_fused_logits_equal_torch_on_prefill_and_a_cached_step(overrides, fuse_g
     logits, present = decoder.forward(ids, decoder.empty_past(2))
     with torch.no_grad():
         expected = model(input_ids=torch.from_numpy(ids)).logits.numpy()
-    assert np.abs(logits - expected).max() <= FP32_TOLERANCE
+    assert np.abs(logits - expected).max() <= TINY_MAX_ABS_DIFF
     assert present["past_key_values.2.key"].shape == (2, config.num_kv_heads, 9, config.head_dim)
     # the export's gate: prefill (batch 2) and one cached decode step, logits and present KV
     report = verify_fp32(model, decoder, config, np.random.default_rng(2).integers(0, config.vocab_size, 64).tolist())
     for step in ("prefill", "decode"):
-        assert report[step]["logits_max_abs_diff"] <= FP32_TOLERANCE and report[step]["kv_max_abs_diff"] <= FP32_TOLERANCE
+        assert report[step]["logits_max_abs_diff"] <= TINY_MAX_ABS_DIFF and report[step]["kv_max_abs_diff"] <= TINY_MAX_ABS_DIFF
 
 
 def test_head_sizes_the_cpu_kernel_refuses_fall_back_to_the_dynamo_graph(gqa_checkpoint):
@@ -103,7 +142,7 @@ def test_fused_graph_uses_fused_ops_with_each_layers_width(small_checkpoint):
 def test_heterogeneous_artifacts_run_in_onnxruntime(artifacts):
     manifest = json.loads((artifacts["fp32"] / "manifest.json").read_text())
     assert manifest["onnx"]["graph"] == "fused"
-    assert manifest["verification"]["fp32_vs_torch"]["decode"]["logits_max_abs_diff"] <= FP32_TOLERANCE
+    assert manifest["verification"]["fp32_vs_torch"]["decode"]["logits_max_abs_diff"] <= TINY_MAX_ABS_DIFF
     reference = generate(OrtDecoder(artifacts["fp32"] / "model.onnx"), [5, 6, 7], 6).tokens
     for precision, quantized_op in (("int8", "MatMulInteger"), ("int4", "MatMulNBits")):
         path = artifacts[precision] / "model.onnx"

@@ -217,7 +217,8 @@ def test_fp16_graph_keeps_the_kv_cache_in_fp16_and_matches_torch(small_checkpoin
 
     from llamanas_deploy.model.build import load_model
     from llamanas_deploy.onnx_model.config import onnx_config_for
-    from llamanas_deploy.onnx_model.fp16 import export_fp16, fp16_tolerance
+    from llamanas_deploy.export.verify import relative_tolerance
+    from llamanas_deploy.onnx_model.fp16 import FP16_RELATIVE_TOLERANCE, export_fp16
     from llamanas_deploy.runtime import OrtDecoder
 
     model, config_dict, _ = load_model(small_checkpoint)
@@ -231,7 +232,7 @@ def test_fp16_graph_keeps_the_kv_cache_in_fp16_and_matches_torch(small_checkpoin
     assert decoder.empty_past(2)["past_key_values.0.key"].dtype == np.float16
     logits, past = decoder.forward(ids[:, :6], decoder.empty_past(2))
     step, _ = decoder.forward(ids[:, 6:], past)
-    tolerance = fp16_tolerance(reference)
+    tolerance = relative_tolerance(reference, FP16_RELATIVE_TOLERANCE)
     assert np.abs(logits.astype(np.float32) - reference[:, :6]).max() <= tolerance
     assert np.abs(step[:, -1].astype(np.float32) - reference[:, 6]).max() <= tolerance
 

@@ -5,10 +5,13 @@ Every check is run and every failure collected; then one `VerificationError` nam
 
 - `verify_fp32`: the ORT session's names and dynamic axes match the export config, and its
   logits and present KV match the float32 PyTorch model on a prefill (batch 2, empty past) and
-  on a decode step that feeds the ORT cache back in: max abs diff <= `FP32_TOLERANCE` for a
-  float32 graph; for a float16 graph (the CUDA artifact, checked on the GPU when the session
-  runs there) <= `FP16_RELATIVE_TOLERANCE` of the largest |value| of torch's logits (of its KV
-  for the cache), since float16 keeps ~3 significant digits and rounding adds up over layers.
+  on a decode step that feeds the ORT cache back in: max abs diff <= a share of the largest |value|
+  of torch's logits (of its KV for the cache): `FP32_RELATIVE_TOLERANCE` for a float32 graph,
+  `FP16_RELATIVE_TOLERANCE` for a float16 one (the CUDA artifact, checked on the GPU when the
+  session runs there). Rounding adds up over layers, and a fused kernel sums in another order
+  than eager torch: on SmolLM2-135M (30 layers, logits up to ~34) the float32 graph differs by
+  1.7e-3, 5e-5 of that; a wrong graph (a swapped layer, another rotary base, a broken cache)
+  differs by a sizeable share of it.
 - `verify_quantized`: perplexity change against the unquantized artifact on held-out tokens, and
   greedy-generation agreement (share of generated tokens equal to its, position by position).
 """
@@ -24,9 +27,9 @@ import numpy as np
 from ..errors import VerificationError
 from ..model.compat import cache_tensors, forward_with_cache, returned_cache
 from ..onnx_model.config import DecoderOnnxConfig
-from ..onnx_model.fp16 import FP16_RELATIVE_TOLERANCE, fp16_tolerance
+from ..onnx_model.fp16 import FP16_RELATIVE_TOLERANCE
 
-FP32_TOLERANCE = 1e-4
+FP32_RELATIVE_TOLERANCE = 3e-4
 PREFILL_BATCH, PREFILL_LEN = 2, 12
 GREEDY_PROMPTS, GREEDY_PROMPT_LEN, GREEDY_NEW_TOKENS = 4, 16, 16
 
@@ -63,11 +66,18 @@ def verify_fp32(model, decoder, config: DecoderOnnxConfig, tokens: Sequence[int]
     prefill = _compare_prefill(model, decoder, config, ids, checks, fp16)
     decode = _compare_decode(model, decoder, config, ids, checks, fp16)
     checks.raise_if_failed()
-    if not fp16:
-        return {"tolerance": FP32_TOLERANCE, "prefill": prefill, "decode": decode}
     tolerance = max(prefill["logits_tolerance"], decode["logits_tolerance"])
-    return {"tolerance": tolerance, "relative_tolerance": FP16_RELATIVE_TOLERANCE, "graph_dtype": "float16",
+    return {"tolerance": tolerance, "relative_tolerance": _relative(fp16), "graph_dtype": "float16" if fp16 else "float32",
             "provider": decoder.session.get_providers()[0], "prefill": prefill, "decode": decode}  # fmt: skip
+
+
+def _relative(fp16: bool) -> float:
+    return FP16_RELATIVE_TOLERANCE if fp16 else FP32_RELATIVE_TOLERANCE
+
+
+def relative_tolerance(reference: np.ndarray, relative: float) -> float:
+    """The max abs difference allowed against `reference`: `relative` of its largest |value| (at least 1)."""
+    return relative * max(1.0, float(np.abs(reference).max()))
 
 
 def _check_io(decoder, config: DecoderOnnxConfig, checks: Checks) -> None:
@@ -104,7 +114,7 @@ def _compare(name: str, ort_out: np.ndarray, torch_out, checks: Checks, expected
 
 def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref, past_len: int, checks: Checks,
                   fp16: bool) -> dict[str, float]:  # fmt: skip
-    """`fp16`: limits relative to torch's values (`fp16_tolerance`), else `FP32_TOLERANCE`."""
+    """Limits relative to torch's values (`relative_tolerance`), at the graph dtype's share."""
     from ..runtime import host
 
     batch, seq = ort_logits.shape[:2]
@@ -115,17 +125,12 @@ def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref, pas
         _compare(f"{label} {present}", host(ort_present[past]), t, checks, shapes[present])
         for present, past, t in zip(config.present_names, decoder.past_names, torch_kv)
     )
-    if fp16:
-        logits_limit = fp16_tolerance(ref.logits.float().numpy())
-        kv_limit = max(fp16_tolerance(t.float().numpy()) for t in torch_kv)
-    else:
-        logits_limit = kv_limit = FP32_TOLERANCE
+    logits_limit = relative_tolerance(ref.logits.float().numpy(), _relative(fp16))
+    kv_limit = max(relative_tolerance(t.float().numpy(), _relative(fp16)) for t in torch_kv)
     checks.within(f"{label} logits max abs diff", logits, logits_limit)
     checks.within(f"{label} present KV max abs diff", kv, kv_limit)
-    figures = {"logits_max_abs_diff": logits, "kv_max_abs_diff": kv, "batch": batch, "tokens": seq, "past": past_len}
-    if fp16:  # relative limits: recorded with the figures they bound
-        figures |= {"logits_tolerance": logits_limit, "kv_tolerance": kv_limit}
-    return figures
+    return {"logits_max_abs_diff": logits, "kv_max_abs_diff": kv, "logits_tolerance": logits_limit,
+            "kv_tolerance": kv_limit, "batch": batch, "tokens": seq, "past": past_len}  # fmt: skip
 
 
 def _compare_prefill(model, decoder, config, ids: np.ndarray, checks: Checks, fp16: bool) -> dict[str, float]:

@@ -36,8 +36,3 @@ def kv_dtype(session) -> type:
     """numpy dtype of an ORT session's KV cache inputs (float16 graphs take float16 past)."""
     past = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
     return np.float16 if past and past[0].type == ONNX_FLOAT16 else np.float32
-
-
-def fp16_tolerance(reference_logits: np.ndarray) -> float:
-    """The max abs difference an fp16 graph may show against `reference_logits`."""
-    return FP16_RELATIVE_TOLERANCE * max(1.0, float(np.abs(reference_logits).max()))
