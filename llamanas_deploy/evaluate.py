@@ -254,7 +254,7 @@ def load_heldout(model: str | Path = "tiny", max_tokens: int | None = None) -> l
     """Token ids of a model directory's shipped held-out text (`heldout.txt`)."""
     from .data import load_tokenizer, tokenize
 
-    text = _model_file(model, HELDOUT_FILE).read_text(encoding="utf-8")
+    text = heldout_file(model).read_text(encoding="utf-8")
     tokenizer = load_tokenizer(model)
     ids = tokenize([text], tokenizer, eos_id=None)
     return ids if max_tokens is None else ids[:max_tokens]
@@ -267,6 +267,11 @@ def load_task(model: str | Path = "tiny", path: str | Path | None = None, max_ex
     file = Path(path) if path is not None else _model_file(model, TASK_FILE)
     examples = read_task(file)[:max_examples]
     return tokenize_task(examples, load_tokenizer(model), str(file))
+
+
+def heldout_file(model: str | Path) -> Path:
+    """The held-out text a model is judged on: its own `heldout.txt`, else the toolkit's shipped one."""
+    return _model_file(model, HELDOUT_FILE)
 
 
 def _model_file(model: str | Path, name: str) -> Path:

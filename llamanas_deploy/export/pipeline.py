@@ -223,12 +223,15 @@ def _quant_settings(settings: ExportSettings) -> QuantSettings | None:
 def eval_tokens(model_dir: Path, data: str | None, max_tokens: int, vocab_size: int) -> tuple[list[int], str]:
     """Held-out token ids for the accuracy checks, and where they came from.
 
-    `data` (any source `data.read_texts` reads) > the model directory's `heldout.txt` >
-    a deterministic sample of random token ids (enough to check agreement, not accuracy).
+    `data` (any source `data.read_texts` reads) > the model directory's `heldout.txt` > the toolkit's
+    shipped held-out text, tokenized with the model's tokenizer; a model without a tokenizer (random
+    weights, as the profiler's) gets a deterministic sample of random token ids (enough to check
+    agreement, not accuracy).
     """
     from ..data import load_tokenizer, read_texts, tokenize
+    from ..evaluate import heldout_file
 
-    heldout = model_dir / "heldout.txt"
+    heldout = heldout_file(model_dir)
     has_tokenizer = (model_dir / "tokenizer.json").is_file()
     if data is not None and not has_tokenizer:
         raise BadInputError(
@@ -243,7 +246,7 @@ def eval_tokens(model_dir: Path, data: str | None, max_tokens: int, vocab_size: 
     import numpy as np
 
     ids = np.random.default_rng(RANDOM_TOKENS_SEED).integers(0, vocab_size, max_tokens).tolist()
-    return ids, f"random token ids (seed {RANDOM_TOKENS_SEED}; no held-out text in {model_dir})"
+    return ids, f"random token ids (seed {RANDOM_TOKENS_SEED}; no tokenizer.json in {model_dir})"
 
 
 def _manifest(settings: ExportSettings, space, supernet, subnet: SubnetConfig, provider: str, built: _Built) -> dict[str, Any]:
