@@ -275,6 +275,30 @@ class Artifact:
     def decoder(self, device: str | None = None, threads: int | None = None) -> OrtDecoder:
         return OrtDecoder(self.onnx_path, device or self.manifest["device"], threads)
 
+    def chat_prompt(self, message: str) -> str:
+        """`message` as one user turn in the artifact's chat template, ready for the assistant's reply.
+
+        The template is artifact content: it is rendered in Jinja's sandbox, which gives it no access
+        to Python objects beyond the values passed in. `BadInputError` when the artifact has none.
+        """
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        from .jsonfiles import read_json
+
+        name = "tokenizer_config.json"
+        config = read_json(self._path(name), "tokenizer config") if name in self.manifest.get("files", {}) else {}
+        template = config.get("chat_template") if isinstance(config, dict) else None
+        if not isinstance(template, str):
+            raise BadInputError(f"{self.directory}: the artifact has no chat template (its model had none); use --prompt")
+        specials = {key: config.get(key) if isinstance(config.get(key), str) else "" for key in ("bos_token", "eos_token")}
+        try:
+            return ImmutableSandboxedEnvironment().from_string(template).render(
+                messages=[{"role": "user", "content": message}], add_generation_prompt=True, **specials
+            )
+        except TemplateError as err:
+            raise BadInputError(f"{self.directory / name}: its chat template cannot be rendered ({err})") from None
+
     def tokenizer(self):
         """The artifact's `tokenizers.Tokenizer`; `BadInputError` when it ships none."""
         from tokenizers import Tokenizer
@@ -319,13 +343,16 @@ def generate_text(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     sampling: Sampling = Sampling(),
     threads: int | None = None,
+    chat: bool = False,
 ) -> GeneratedText:
     """Generate from `prompt` (text) with the artifact's own tokenizer, through ONNX Runtime alone.
 
-    The timing covers the ORT calls only (prefill, then decode steps); `threads`: intra-op
-    threads (None: ORT's default).
+    `chat`: `prompt` is a user's message, put in the artifact's chat template first. The timing
+    covers the ORT calls only (prefill, then decode steps); `threads`: intra-op threads (None:
+    ORT's default).
     """
     opened = open_artifact(artifact_dir)
+    prompt = opened.chat_prompt(prompt) if chat else prompt
     tokenizer = opened.tokenizer()
     out = generate(opened.decoder(threads=threads), tokenizer.encode(prompt).ids, max_new_tokens, sampling, opened.eos_id)
     return GeneratedText(

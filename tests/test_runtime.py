@@ -146,3 +146,61 @@ def test_onnxruntime_backend_measures_an_exported_subnet(small_checkpoint):
     with pytest.raises(BadInputError, match="precision: 'bf16'") as err:
         backend_cls.validate("cpu", "bf16")
     assert err.value.param == "precision"
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _chat_artifact(root, template: str | None):
+    from conftest import make_checkpoint, write_byte_tokenizer
+
+    from llamanas_deploy.export import ExportSettings, export
+    from llamanas_deploy.subnet_config import SubnetConfig
+
+    model = make_checkpoint(root / "model", seed=2)
+    write_byte_tokenizer(model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps(config | {"eos_token": "</s>", "chat_template": template}))
+    space = root / "space.json"
+    space.write_text(json.dumps({"schema_version": 1, "name": "s", "super_network": {"num_hidden_layers": 4,
+                     "intermediate_size": 128}, "depth": {"choices": [2, 4]},
+                     "layer_dims": {"intermediate_sizes": {"choices": [64, 128]}}}))  # fmt: skip
+    export(model, str(space), SubnetConfig(2, (64, 128)), root / "artifact",
+           ExportSettings(precision="fp32", max_eval_tokens=128), bench=None)  # fmt: skip
+    return root / "artifact"
+
+
+def test_chat_puts_the_message_in_the_artifacts_template_and_answers_from_onnx_runtime(tmp_path, capsys):
+    from conftest import run_cli
+
+    from llamanas_deploy.runtime import generate_text, open_artifact
+
+    artifact = _chat_artifact(tmp_path, CHAT_TEMPLATE)
+    capsys.readouterr()
+    assert open_artifact(artifact).chat_prompt("hi") == "<|user|>hi</s><|assistant|>"
+    result = generate_text(artifact, "hi", max_new_tokens=3, chat=True)
+    assert result.prompt_tokens == len("<|user|>hi</s><|assistant|>".encode())  # one byte, one token
+    code, out, err = run_cli(capsys, "generate", "--artifact", str(artifact), "--chat", "hi", "--max-new-tokens", "2", "--json")
+    assert code == 0 and json.loads(out)["prompt_tokens"] == result.prompt_tokens, err
+    code, _, err = run_cli(capsys, "generate", "--artifact", str(artifact), "--chat", "hi", "--prompt", "x")
+    assert code == 2 and "--prompt" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        (None, "has no chat template"),
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "its chat template cannot be rendered"),
+        ("{% for m in messages %}", "its chat template cannot be rendered"),
+    ],
+)
+def test_a_missing_or_hostile_chat_template_is_refused_in_one_line(tmp_path, capsys, template, message):
+    from conftest import run_cli
+
+    artifact = _chat_artifact(tmp_path, template)
+    capsys.readouterr()  # what building the model printed
+    code, out, err = run_cli(capsys, "generate", "--artifact", str(artifact), "--chat", "hi")
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err and out == ""

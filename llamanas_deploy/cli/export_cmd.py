@@ -113,7 +113,8 @@ def _render_export(m: dict[str, Any]) -> str:
 # ---- generate ---------------------------------------------------------------------------------
 @click.command()
 @click.option("--artifact", required=True, type=click.Path(path_type=Path), help=ARTIFACT_HELP)
-@click.option("--prompt", required=True, help="Prompt text.")
+@click.option("--prompt", help="Prompt text (continued as it is).")
+@click.option("--chat", help="A user's message, put in the artifact's chat template (an instruct model's reply).")
 @click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=Sampling().temperature, show_default=True, type=FiniteFloat(min=0),
               help="0 = greedy.")
@@ -122,13 +123,15 @@ def _render_export(m: dict[str, Any]) -> str:
 @click.option("--seed", default=Sampling().seed, show_default=True, help="Sampling seed.")
 @threads_option(None, "Intra-op threads [ORT's default].")
 @json_option
-def generate(artifact: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int,
-             threads: int | None, as_json: bool) -> None:  # fmt: skip
+def generate(artifact: Path, prompt: str | None, chat: str | None, max_new_tokens: int, temperature: float, top_k: int,
+             seed: int, threads: int | None, as_json: bool) -> None:  # fmt: skip
     """Generate text from an artifact through ONNX Runtime alone (no torch)."""
     from ..runtime import generate_text
 
-    r = generate_text(artifact, prompt, max_new_tokens, Sampling(temperature, top_k, seed), threads)
-    emit(r.to_dict(), as_json, lambda _: prompt + r.text)
+    if (prompt is None) == (chat is None):
+        raise click.UsageError("give --prompt (text to continue) or --chat (a message to answer), one of them")
+    r = generate_text(artifact, prompt or chat, max_new_tokens, Sampling(temperature, top_k, seed), threads, chat is not None)
+    emit(r.to_dict(), as_json, lambda _: r.text if chat is not None else prompt + r.text)
     if not as_json:
         log(f"{r.new_tokens} new tokens, {r.tok_s:.1f} tokens/s "
             f"(prefill {r.prefill_ms:.1f} ms for {r.prompt_tokens} tokens, decode {r.decode_tok_s:.1f} tokens/s)")  # fmt: skip
