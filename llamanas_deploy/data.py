@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import BadInputError
-from .jsonfiles import parse_json
+from .jsonfiles import check_regular_file, parse_json
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{with_input}. "
@@ -54,6 +54,7 @@ def _builtin_texts(name: str) -> list[str]:
 
 
 def _read_file(path: Path) -> str:
+    check_regular_file(path, "data file")
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -63,12 +63,50 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 def read_text(path: str | Path, what: str = "file") -> str:
     """The UTF-8 text of `path`; `BadInputError` naming the file when it is missing or unreadable."""
     path = Path(path)
+    check_regular_file(path, what)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise BadInputError(f"{path}: cannot read {what} (not a UTF-8 text file)") from None
     except OSError as err:
         raise BadInputError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+
+
+def check_regular_file(path: Path, what: str = "file") -> None:
+    """`BadInputError` for a path that exists but is not a regular file (a FIFO or a device would block
+    or never end a read); a missing path is left to the reader's own message."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise BadInputError(f"{path}: cannot read {what} ({kind})")
+
+
+def finite(data: Any) -> Any:
+    """`data` with every NaN or infinity replaced by None, and `null_because` naming where and why: what
+    `--json` prints is strict JSON."""
+    found: list[str] = []
+    cleaned = _finite(data, "", found)
+    if found and isinstance(cleaned, dict):
+        cleaned["null_because"] = {where: "not a finite number" for where in found}
+    return cleaned
+
+
+def _finite(value: Any, where: str, found: list[str]) -> Any:
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        found.append(where or "value")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), found) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", found) for i, v in enumerate(value)]
+    return value
 
 
 def parse_json(text: str, source: str, unique_keys: bool = False) -> Any:

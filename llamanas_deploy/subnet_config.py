@@ -119,7 +119,7 @@ def read_subnet_arg(value: str) -> SubnetConfig:
     path, _, index = value.partition("#")
     if not index:
         return SubnetConfig.from_file(path)
-    if not index.isdigit():
+    if not (index.isascii() and index.isdigit()):
         raise BadInputError(f"{value}: the part after '#' must be an index into the front, got '{index}'")
     data = read_json(path, "front file")
     entries = data.get("front") if isinstance(data, dict) else data

@@ -230,6 +230,7 @@ def build_world(root: Path) -> SimpleNamespace:
     for name, text in BAD_JSON.items():
         (bad / name).write_bytes(text.encode("utf-8", "surrogateescape") if "\xff" not in text else b"\x00\x01\xff\xfe")
     (bad / "loop.json").symlink_to(bad / "loop.json")  # a link to itself
+    os.mkfifo(bad / "fifo.json")  # reading it would block forever
     (bad / "a-directory.json").mkdir()
     spaces = {
         "negative": {"depth": {"choices": [-2, 2]}},
@@ -454,6 +455,15 @@ def file_cases() -> list[Case]:
     for name in ("precision-edited", "onnx-outside", "onnx-linked-out", "unlisted-file"):
         cases.append(Case(f"bench-artifact-{name}", cli("bench", "--artifact", ART(name)), ARTIFACTS[name][1]))
     cases += [
+        Case("subnet-a-fifo", cli("subnet", "stats", "--model", MODEL, "--space", SPACE, "--subnet", BAD("fifo.json")),
+             "fifo.json: cannot read sub-network configs (a FIFO)"),
+        Case("space-a-fifo", cli("space", "show", BAD("fifo.json")), "fifo.json"),
+        Case("evaluate-data-a-fifo", cli("evaluate", "--model", MODEL, "--space", SPACE, "--subnet", SUB, "--data",
+                                         BAD("fifo.json")), "fifo.json: cannot read data file (a FIFO)"),
+        Case("front-index-superscript-digit", cli("subnet", "stats", "--model", MODEL, "--space", SPACE, "--subnet",
+                                                  lambda w: f"{w.root / 'front.json'}#\u00b2"), "must be an index"),
+        Case("front-index-arabic-digit", cli("subnet", "stats", "--model", MODEL, "--space", SPACE, "--subnet",
+                                             lambda w: f"{w.root / 'front.json'}#\u0663"), "must be an index"),
         Case("generate-no-artifact", cli("generate", "--artifact", _w("root", "user-dir"), "--prompt", "x"), "user-dir"),
         Case("generate-artifact-a-file", cli("generate", "--artifact", _w("root", "a-file"), "--prompt", "x"), "a-file"),
         Case("generate-artifact-dotdot", cli("generate", "--artifact", lambda w: f"{w.root}/artifact/../nothing",
@@ -663,6 +673,15 @@ def test_a_link_inside_the_artifact_to_a_listed_file_is_fine(world, tmp_path):
     manifest = json.loads((copy / MANIFEST).read_text())
     seal(copy, manifest | {"files": manifest["files"] | {"weights.bin": manifest["files"]["model.onnx"]}})
     assert open_artifact(copy).onnx_path.resolve() == (copy / "weights.bin").resolve()
+
+
+def test_json_output_is_strict_json_when_a_figure_is_not_finite(world, capsys):
+    """One new token: no decode step, so no decode rate; `--json` prints null and says why, never NaN."""
+    code, out, err = run_cli(capsys, "generate", "--artifact", str(world.artifact), "--prompt", "x", "--max-new-tokens",
+                             "1", "--json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
+    assert result["decode_tok_s"] is None and result["null_because"] == {"decode_tok_s": "not a finite number"}
 
 
 def test_exporting_twice_gives_byte_identical_artifacts(world, tmp_path):

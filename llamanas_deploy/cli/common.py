@@ -161,7 +161,9 @@ def protocol_from(opts: dict[str, Any]):
 
 def emit(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
     """Print `result` as one JSON object, or as the human-readable text `render` makes of it."""
-    click.echo(json.dumps(result, default=str) if as_json else render(result))
+    from ..jsonfiles import finite
+
+    click.echo(json.dumps(finite(result), default=str, allow_nan=False) if as_json else render(result))
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
