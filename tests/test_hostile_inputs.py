@@ -455,6 +455,8 @@ def file_cases() -> list[Case]:
     for name in ("precision-edited", "onnx-outside", "onnx-linked-out", "unlisted-file"):
         cases.append(Case(f"bench-artifact-{name}", cli("bench", "--artifact", ART(name)), ARTIFACTS[name][1]))
     cases += [
+        Case("fit-out-over-a-search-front", cli("fit", "--profile", _w("root", "profile-foreign"), "--out",
+                                                _w("root", "front.json")), "front.json: exists and is not a predictor file"),
         Case("subnet-a-fifo", cli("subnet", "stats", "--model", MODEL, "--space", SPACE, "--subnet", BAD("fifo.json")),
              "fifo.json: cannot read sub-network configs (a FIFO)"),
         Case("space-a-fifo", cli("space", "show", BAD("fifo.json")), "fifo.json"),

@@ -40,6 +40,7 @@ def fit(**opts) -> None:
     from ..predict.train import fit as fit_predictor
 
     _check_out(opts["out_path"], ".json", "--out")
+    _check_replaces_a_predictor(Path(opts["out_path"]))
     if opts["plot_path"]:
         _check_out(opts["plot_path"], ".png", "--plot")
     settings = FitSettings(test_fraction=opts["test_fraction"], seed=opts["seed"], train_samples=opts["train_samples"])
@@ -63,6 +64,21 @@ def _check_out(path: str, suffix: str, option: str) -> None:
     if p.is_dir():
         raise BadInputError(f"{option} {path}: is a directory")
     _check_writable(p, option)
+
+
+def _check_replaces_a_predictor(path: Path) -> None:
+    """`--out` may replace a predictor file, never another file (a search's front, a profile's record)."""
+    from ..jsonfiles import read_json
+    from ..predict.estimator import FILE_FORMAT
+
+    if not path.exists():
+        return
+    try:
+        existing = read_json(path, "file")
+    except BadInputError:
+        existing = None
+    if not (isinstance(existing, dict) and existing.get("format") == FILE_FORMAT):
+        raise BadInputError(f"--out {path}: exists and is not a predictor file; refusing to overwrite it")
 
 
 def _check_writable(path: Path, option: str) -> None:
