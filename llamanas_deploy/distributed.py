@@ -154,9 +154,14 @@ def save_state(directory: Path, model, optimizer, skip: Sequence[str] = ()) -> N
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     writer = HuggingFaceStorageWriter(str(directory), save_distributed=True)
-    with _single_process_quiet():
-        dcp.save(_tensors(model, optimizer, skip), storage_writer=writer, no_dist=_single())
+    try:
+        with _single_process_quiet():
+            dcp.save(_tensors(model, optimizer, skip), storage_writer=writer, no_dist=_single())
+    except (Exception, CheckpointException) as err:  # DCP's own exception derives from BaseException
+        raise BadInputError(f"{directory}: cannot write checkpoint ({_first_line(err)})") from None
 
 
 def load_state(directory: Path, model, optimizer, skip: Sequence[str] = ()) -> None:
@@ -166,16 +171,23 @@ def load_state(directory: Path, model, optimizer, skip: Sequence[str] = ()) -> N
     from torch.distributed.checkpoint import HuggingFaceStorageReader
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+    from torch.distributed.checkpoint.api import CheckpointException
+
     state = _tensors(model, optimizer, skip)
     try:
         with _single_process_quiet():
             dcp.load(state, storage_reader=HuggingFaceStorageReader(str(directory)), no_dist=_single())
-    except Exception as err:  # DCP wraps every reader failure (missing file, bad header) in its own types
-        raise BadInputError(f"{directory}: cannot read checkpoint ({str(err).strip().splitlines()[0]})") from None
+    except (Exception, CheckpointException) as err:  # DCP wraps reader failures in its own types, one a BaseException
+        raise BadInputError(f"{directory}: cannot read checkpoint ({_first_line(err)})") from None
     full = _state_dicts(model, optimizer)[1]
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=full | state["optim"],
                    options=StateDictOptions(strict=False, flatten_optimizer_state_dict=True))  # fmt: skip
     torch.set_rng_state(state["rng"]["torch"])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 @contextmanager

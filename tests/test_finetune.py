@@ -211,3 +211,17 @@ def test_activation_checkpointing_and_micro_batches_change_nothing_but_memory(te
         ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / name, variant)
     plain, other = (SuperNetwork.load(tmp_path / name).model.state_dict() for name in variants)
     assert all(torch.allclose(plain[k], other[k], atol=1e-5) for k in plain)
+
+
+def test_a_corrupted_checkpoint_shard_is_bad_input_naming_its_directory(text_model, small_space_file, space, tmp_path, capsys):
+    """torch's CheckpointException derives from BaseException: it must still become one line and exit 2."""
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    ft.finetune(text_model, space, ["pydoc-heldout"], out, replace(SETTINGS, save_every=2), stop_after=2)
+    shards = sorted((out / ft.CHECKPOINT_DIR).rglob("*.safetensors"))
+    assert shards
+    shards[0].write_bytes(b"\x00" * 64)
+    code, stdout, err = run_cli(capsys, *_cli_args(text_model, small_space_file, out, SETTINGS.steps))
+    assert code == 2 and err.count("\n") == 1 and "cannot read checkpoint" in err and "Traceback" not in err, err
+    assert str(shards[0].parent) in err and stdout == ""
