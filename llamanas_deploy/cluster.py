@@ -48,6 +48,9 @@ def import_ray():
     return ray
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
 @contextmanager
 def connected(address: str = "auto") -> Iterator[Any]:
     """`ray`, connected to the cluster at `address` ("auto" or HOST:PORT / ray://...) for the block."""
@@ -57,6 +60,8 @@ def connected(address: str = "auto") -> Iterator[Any]:
         return
     if not isinstance(address, str) or not address:
         raise BadInputError(f"expected 'auto' or a Ray cluster address, got {address!r}", param="address")
+    if address != "auto":
+        _check_listening(address)
     try:
         if address != "auto":
             ray.init(address=address, log_to_driver=False)
@@ -75,6 +80,24 @@ def connected(address: str = "auto") -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_listening(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """`BadInputError` within `timeout_s` when nothing accepts a connection at HOST:PORT (Ray itself
+    retries a dead address for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadInputError(f"{address!r} is not 'auto', HOST:PORT or ray://HOST:PORT", param="address")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise BadInputError(
+            f"nothing answers at {address} within {timeout_s:g} s ({err.strerror or err}): is a Ray head running there "
+            "(`ray start --head`)?",
+            param="address",
+        ) from None
 
 
 def _check_fits(ray, need: dict[str, float], what: str, param: str) -> None:

@@ -883,3 +883,21 @@ def test_no_genai_config_content_makes_a_reader_load_native_code(world, native_l
         check()
     finally:
         del os.environ["LLAMANAS_TEST_MARKER"]
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_quickly_and_leaves_nothing(world, tmp_path):
+    """Ray itself retries a dead address until killed; the toolkit gives up after a short connect timeout."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:  # a port nobody listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "search"
+    done = subprocess.run(
+        [sys.executable, "-m", "llamanas_deploy", "search", "--model", str(world.model), "--space", str(world.space),
+         "--objective", "accuracy", "--objective", "size", "--ray", f"127.0.0.1:{port}", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert_refused((done.returncode, done.stdout, done.stderr), "--ray", f"127.0.0.1:{port}")
+    assert not out.exists()

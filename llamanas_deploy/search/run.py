@@ -77,8 +77,10 @@ def minimize(
     out = Path(out)
     settings = _settings(problem, algorithm, evaluations, seed)
     identity = _identity(problem, settings)
-    _prepare_out_dir(out, identity)
+    new = _check_out_dir(out, identity)
     with workers.open(problem) if workers is not None else nullcontext(evaluate_here) as evaluate:
+        if new:  # only once the workers are there: a refused connection leaves no directory behind
+            write_json(out / SETTINGS_FILE, identity, indent=1)
         ledger = Ledger(out / LEDGER_FILE, problem.space, problem.measures(), evaluate)
         already = len(ledger)
         session = SearchSession(problem.space, problem.objectives, problem.constraints, ledger, evaluations, callback)
@@ -129,7 +131,8 @@ def _identity(problem: SearchProblem, settings: dict[str, Any]) -> dict[str, Any
     }
 
 
-def _prepare_out_dir(out: Path, identity: dict[str, Any]) -> None:
+def _check_out_dir(out: Path, identity: dict[str, Any]) -> bool:
+    """True for a new search; False for one to resume (same settings); `BadInputError` otherwise."""
     settings_file = out / SETTINGS_FILE
     if settings_file.is_file():
         saved = read_json(settings_file, "search settings file")
@@ -141,8 +144,8 @@ def _prepare_out_dir(out: Path, identity: dict[str, Any]) -> None:
                 "use another output directory, or the same settings to resume it",
                 param="out",
             )
-        return
+        return False
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadInputError(f"{out}: exists and is not a search directory; refusing to write into it", param="out")
-    write_json(settings_file, identity, indent=1)
+    return True
 
