@@ -152,6 +152,7 @@ def _stage_profile(settings: RunSettings, out: Path, space, stage: _Stages) -> d
 def _measure_profile(settings: RunSettings, out: Path, space, backend: str, precision: str, samples: int, profile_dir: Path,
                      stage: _Stages) -> None:  # fmt: skip
     from .profile import ProfileSettings, Protocol, profile
+    from .profile.runner import target_name_from
 
     profile_settings = ProfileSettings(
         backend=backend,
@@ -163,7 +164,8 @@ def _measure_profile(settings: RunSettings, out: Path, space, backend: str, prec
         clock=settings.clock,
         protocol=Protocol(visits=settings.visits),
     )
-    profile(settings.model, space, profile_settings, target=f"run-{out.name}", out=profile_dir, callback=stage.callback)
+    target = target_name_from(f"run-{out.resolve().name}")  # "runs/my run" profiles target run-my-run
+    profile(settings.model, space, profile_settings, target=target, out=profile_dir, callback=stage.callback)
 
 
 def find_matching_profile(settings: RunSettings, space, backend: str | None = None, precision: str | None = None,

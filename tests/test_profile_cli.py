@@ -298,3 +298,12 @@ def test_profile_api_takes_a_loaded_super_network_and_reports_progress(tmp_path,
     assert (again.measured_now, again.records, events) == (0, 2, [])
     (listed,) = list_targets(tmp_path / "profiles")
     assert (listed["target"], listed["records"], listed["setups"]) == ("api", 2, {"torch/fp32/cpu": 2})
+
+
+@pytest.mark.parametrize("text, name", [("run-my run", "run-my-run"), ("run-a/b", "run-a-b"), ("..hidden", "hidden"),
+                                        ("", "unnamed"), ("run-ok_1.2", "run-ok_1.2")])  # fmt: skip
+def test_a_target_name_made_from_a_directory_name_is_always_valid(text, name):
+    """`llamanas run --out "runs/my run"` profiles target run-my-run (the space once broke the run)."""
+    from llamanas_deploy.profile.runner import check_target_name, target_name_from
+
+    assert target_name_from(text) == name == check_target_name(name)

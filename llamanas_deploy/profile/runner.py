@@ -259,6 +259,12 @@ def check_target_name(name: str) -> str:
     return name
 
 
+def target_name_from(text: str) -> str:
+    """A valid target name made of `text` (a directory's name, say): other characters become '-'."""
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in text).lstrip(".")
+    return check_target_name(name or "unnamed")
+
+
 def _model_source(model: "SuperNetwork | str | Path") -> tuple[str | Path, ModelShape]:
     """Where the backends build sub-networks from, and the model's shape."""
     if isinstance(model, (str, Path)):
