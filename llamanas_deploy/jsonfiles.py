@@ -138,6 +138,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def lock_directory(path: Path, what: str) -> int:
+    """An exclusive flock on the directory itself (no lock file); returns the descriptor, whose closing
+    releases it. `BadInputError` when another process holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BadInputError(f"{path}: another process is writing this {what} right now") from None
+    return fd
+
+
 def check_out_dir(out: Path) -> None:
     """A directory to create must not exist, or be empty: nothing already saved is overwritten."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -196,6 +197,32 @@ def test_corrupt_ledger_line_is_bad_input(tmp_path, search):
     ledger.write_text(lines[0] + "{not json}\n" + "".join(lines[1:]))
     with pytest.raises(BadInputError, match=r"evaluations.jsonl:2: not valid JSON"):
         search("random", evaluations=10)
+
+
+def test_a_refused_ledger_is_left_exactly_as_it_was(tmp_path, search):
+    """A line of another space and a torn last line: refused, and the torn tail is not cut meanwhile."""
+    search("random", evaluations=10)
+    ledger = tmp_path / "out" / "evaluations.jsonl"
+    lines = ledger.read_text().splitlines(keepends=True)
+    foreign = json.loads(lines[0]) | {"space_id": "other-00000000"}
+    ledger.write_text(json.dumps(foreign) + "\n" + "".join(lines[1:]) + lines[0][:25])
+    before = ledger.read_bytes()
+    with pytest.raises(BadInputError, match=r"evaluations.jsonl:1: expected an evaluation record of space"):
+        search("random", evaluations=10)
+    assert ledger.read_bytes() == before
+
+
+def test_a_search_directory_another_process_is_writing_is_refused(tmp_path, search):
+    from llamanas_deploy.jsonfiles import lock_directory
+
+    search("random", evaluations=10)
+    fd = lock_directory(tmp_path / "out", "search")  # as a concurrent search holds it
+    try:
+        with pytest.raises(BadInputError, match="another process is writing this search right now"):
+            search("random", evaluations=10)
+    finally:
+        os.close(fd)
+    assert search("random", evaluations=10).evaluations == 10
 
 
 def test_other_settings_in_the_same_out_dir_are_refused(tmp_path, search):

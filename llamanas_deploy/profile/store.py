@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from ..concepts import TIMED_FIGURES, metric
 from ..errors import BadInputError
-from ..jsonfiles import dumps, parse_json, read_json, write_json
+from ..jsonfiles import dumps, lock_directory, parse_json, read_json, write_json
 from ..subnet_config import SubnetConfig
 from .fingerprint import current_fingerprint, describe
 
@@ -271,15 +271,7 @@ class ProfileWriter:
             self._lock_fd = None
 
     def _lock(self) -> None:
-        import fcntl
-
-        # the lock is held on the directory itself: no lock file, and nothing is created before the checks
-        self._lock_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.close()
-            raise BadInputError(f"{self.path}: another process is writing this profile right now") from None
+        self._lock_fd = lock_directory(self.path, "profile")  # on the directory: nothing is created before the checks
 
 
 def check_profile_out(path: Path) -> None:

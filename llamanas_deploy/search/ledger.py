@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import BadInputError, LlamanasError
-from ..jsonfiles import dumps, parse_json, write_text
+from ..jsonfiles import dumps, parse_json, read_text, write_text
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
 from .objectives import Objective
@@ -94,15 +94,14 @@ class Ledger:
         self.records[cfg.id] = record
 
     def _load(self) -> None:
-        text = self.path.read_text()
+        text = read_text(self.path, "search ledger")
         lines = text.split("\n")
-        if lines and lines[-1]:
-            # the last write was cut short by a kill: that one evaluation is lost, the rest is kept
-            lines[-1] = ""
-            write_text(self.path, "\n".join(lines))
         names = {m.name for m in self.measures}
-        for number, line in enumerate(lines[:-1], 1):
+        for number, line in enumerate(lines[:-1], 1):  # every whole line checked before anything is changed
             self._load_line(line, f"{self.path}:{number}", names)
+        if lines[-1]:
+            # the last write was cut short by a kill: that one evaluation is lost, the rest is kept
+            write_text(self.path, "\n".join(lines[:-1] + [""]))
 
     def _load_line(self, line: str, where: str, names: set[str]) -> None:
         record = parse_json(line, where)

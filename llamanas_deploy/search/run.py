@@ -10,13 +10,14 @@ front and the resume rule are those of a local search.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Protocol
+from typing import Any, ContextManager, Iterator, Protocol
 
 from ..errors import BadInputError
-from ..jsonfiles import dumps, parse_json, read_json, write_json
+from ..jsonfiles import dumps, lock_directory, parse_json, read_json, write_json
 from ..progress import Callback
 from .algorithms import Algorithm
 from .ledger import Evaluate, Ledger, evaluate_here
@@ -77,16 +78,16 @@ def minimize(
     out = Path(out)
     settings = _settings(problem, algorithm, evaluations, seed)
     identity = _identity(problem, settings)
-    new = _check_out_dir(out, identity)
-    with workers.open(problem) if workers is not None else nullcontext(evaluate_here) as evaluate:
-        if new:  # only once the workers are there: a refused connection leaves no directory behind
+    _check_out_dir(out, identity)  # before connecting to anything
+    with workers.open(problem) if workers is not None else nullcontext(evaluate_here) as evaluate, _locked(out):
+        if _check_out_dir(out, identity):  # again, now that no other search can write here
             write_json(out / SETTINGS_FILE, identity, indent=1)
         ledger = Ledger(out / LEDGER_FILE, problem.space, problem.measures(), evaluate)
         already = len(ledger)
         session = SearchSession(problem.space, problem.objectives, problem.constraints, ledger, evaluations, callback)
         algorithm.run(session, seed)
-    space = problem.space
-    report = write_outputs(out, session, identity, space.largest.id, problem.size.name, problem.latency, problem.accuracy)
+        space = problem.space
+        report = write_outputs(out, session, identity, space.largest.id, problem.size.name, problem.latency, problem.accuracy)
     return SearchResult(
         out_dir=out,
         space_id=space.id,
@@ -129,6 +130,17 @@ def _identity(problem: SearchProblem, settings: dict[str, Any]) -> dict[str, Any
         "constraints": [c.to_dict() for c in problem.constraints],
         "measures": [describe(m) for m in problem.measures()],
     }
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """The search directory (created empty if new), held by this process alone for the block."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = lock_directory(out, "search")
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def _check_out_dir(out: Path, identity: dict[str, Any]) -> bool:
