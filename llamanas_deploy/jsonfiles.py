@@ -138,6 +138,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def lock_directory(path: Path, what: str) -> int:
     """An exclusive flock on the directory itself (no lock file); returns the descriptor, whose closing
     releases it. `BadInputError` when another process holds it."""

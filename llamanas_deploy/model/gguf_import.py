@@ -15,7 +15,6 @@ tensor types).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections import Counter
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError
-from ..jsonfiles import check_out_dir, new_directory, read_json, write_json
+from ..jsonfiles import check_out_dir, new_directory, read_json, sha256_file, write_json
 from ..progress import Callback, report
 from .build import WEIGHTS_NAME, layer_widths
 from .families import ModelShape
@@ -64,7 +63,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, callback: Callback =
     types = dict(sorted(Counter(_type_name(t) for t in tensors).items()))
     report(callback, "import", message=f"importing {path.name}: {config['num_hidden_layers']} layers, "
                                        f"hidden {config['hidden_size']}, tensors {types}")  # fmt: skip
-    config["llamanas_import"] = {"source": path.name, "sha256": _sha256(path), "format": "gguf", "tensor_types": types}
+    config["llamanas_import"] = {"source": path.name, "sha256": sha256_file(path), "format": "gguf", "tensor_types": types}
     with new_directory(out_dir) as tmp:
         _write_tokenizer(path, tokenizer_model, tmp, config, _adds_bos(reader, path, tokenizer_model))
         _write_weights(tensors, config, tmp / WEIGHTS_NAME, callback)
@@ -313,14 +312,6 @@ def _write_weights(tensors: list, config: dict[str, Any], target: Path, callback
         for done, tensor in enumerate(tensors, 1):
             f.write(_float32(tensor, config).data)
             report(callback, "import", done, len(tensors), "tensor", status=tensor.name)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- tokenizer -----------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ Later calls hash the file and reuse that directory. Adding a model is one more `
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..jsonfiles import sha256_file
 from ..progress import Callback, report
 
 COMPLETE_FILES = ("config.json", "model.safetensors", "importance.json")
@@ -69,7 +69,7 @@ def packaged_model_dir(name: str, callback: Callback = None) -> Path:
     and the second to finish keeps the first one's directory.
     """
     gguf = packaged_file(name)
-    out = cache_root() / f"{name}-{_sha256(gguf)[:16]}"
+    out = cache_root() / f"{name}-{sha256_file(gguf)[:16]}"
     if _complete(out):
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -113,10 +113,3 @@ def _complete(directory: Path) -> bool:
     return directory.is_dir() and not _missing(directory)
 
 
-def _sha256(path: Path) -> str:
-    """Streamed in 1 MiB blocks (here, not `gguf_import`'s: a cache hit needs neither numpy nor torch)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

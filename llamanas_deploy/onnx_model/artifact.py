@@ -32,7 +32,7 @@ from typing import Any
 
 from ..concepts import TOKENIZER_FILES
 from ..errors import BadInputError
-from ..jsonfiles import dumps, parse_json, write_text
+from ..jsonfiles import dumps, parse_json, sha256_file, write_text
 from .allowlist import check_genai_config, check_graph
 
 SCHEMA_VERSION = 2  # 2: manifest.sha256 covers the manifest; every named path is checked
@@ -43,15 +43,6 @@ SEALED = (MANIFEST, MANIFEST_HASH)  # the files `files` does not list: they cove
 MAX_MANIFEST_BYTES = 16 << 20
 GENAI_CONFIG = "genai_config.json"
 REQUIRED_KEYS = ("subnet", "subnet_id", "precision", "device", "onnx", "size", "verification")
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
