@@ -130,6 +130,24 @@ ARTIFACTS: dict[str, tuple[Callable[[Path, dict], dict | None], str]] = {
 }
 
 
+PREDICTED = {  # an artifact whose `predicted` block was edited and re-sealed: bench must not trust it
+    "predicted-huge-shapes": ({"shapes": {"batch_size": 100000, "prompt_len": 100000, "context_len": 8, "gen_len": 4}},
+                              "predicted.shapes: expected at most"),
+    "predicted-threads-million": ({"threads": 10**6}, "predicted.threads: expected an integer from 1"),
+    "predicted-no-metric": ({"metric": None}, "predicted.metric: expected one of"),
+    "predicted-value-text": ({"value": "fast"}, "predicted.value: expected a positive number"),
+    "predicted-shape-text": ({"shapes": {"batch_size": "1", "prompt_len": 8, "context_len": 8, "gen_len": 4}},
+                             "predicted.shapes.batch_size"),
+    "predicted-a-list": (None, "predicted: expected an object or null"),
+}  # fmt: skip
+PREDICTION = {"metric": "decode_ms", "value": 1.0, "threads": 1, "clock": "wall", "statistic": "best",
+              "shapes": {"batch_size": 1, "prompt_len": 8, "context_len": 8, "gen_len": 4}}  # fmt: skip
+
+
+def _predicted(change: dict | None) -> Callable[[Path, dict], dict]:
+    return lambda d, m: m | {"predicted": [1, 2] if change is None else PREDICTION | change}
+
+
 def seal_text(directory: Path, text: str) -> None:
     (directory / MANIFEST).write_text(text)
     (directory / MANIFEST_HASH).write_text(f"{hashlib.sha256(text.encode()).hexdigest()}  {MANIFEST}\n")
@@ -258,6 +276,8 @@ def build_world(root: Path) -> SimpleNamespace:
     (root / "front.json").write_text(json.dumps({"schema_version": 1, "front": [{"subnet": SUBNET.to_dict()}]}))
     for name, (change, _) in ARTIFACTS.items():
         artifact_variant(w.artifact, root / "artifacts" / name / "a", change)
+    for name, (change, _) in PREDICTED.items():
+        artifact_variant(w.artifact, root / "artifacts" / name / "a", _predicted(change))
     return w
 
 
@@ -454,6 +474,8 @@ def file_cases() -> list[Case]:
                           fragment))  # fmt: skip
     for name in ("precision-edited", "onnx-outside", "onnx-linked-out", "unlisted-file"):
         cases.append(Case(f"bench-artifact-{name}", cli("bench", "--artifact", ART(name)), ARTIFACTS[name][1]))
+    for name, (_, fragment) in PREDICTED.items():
+        cases.append(Case(f"bench-artifact-{name}", cli("bench", "--artifact", ART(name)), fragment))
     cases += [
         Case("fit-out-over-a-search-front", cli("fit", "--profile", _w("root", "profile-foreign"), "--out",
                                                 _w("root", "front.json")), "front.json: exists and is not a predictor file"),

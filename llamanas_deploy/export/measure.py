@@ -83,7 +83,7 @@ def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSett
     from ..profile.fingerprint import current_fingerprint
     from ..runtime import IO_BINDING_DEVICES, Artifact
 
-    predicted = manifest.get("predicted") or {}
+    predicted = checked_prediction(manifest.get("predicted"), f"{directory}/manifest.json")
     shapes = settings.shapes_for(predicted)
     threads = settings.threads or predicted.get("threads") or 1
     clock = settings.clock or predicted.get("clock") or "wall"
@@ -107,6 +107,56 @@ def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSett
     if predicted:
         measured["vs_predicted"] = compare_with_prediction(measured, predicted)
     return measured
+
+
+MAX_BENCH_TOKENS = 1 << 16  # batch x (prompt + context + generated): far above any bench, far below a runaway allocation
+
+
+def checked_prediction(predicted: Any, source: str) -> dict[str, Any]:
+    """The manifest's `predicted` block (empty when null), every field `bench` uses checked like a CLI
+    option: an artifact is content anyone may have edited and re-sealed."""
+    import math
+    import os
+
+    from ..concepts import METRICS
+    from ..profile.store import STATISTICS
+
+    if predicted is None:
+        return {}
+
+    def fail(field: str, expected: str, got: Any) -> BadInputError:
+        where = f"predicted.{field}" if field else "predicted"
+        return BadInputError(f"{source}: {where}: expected {expected}, got {got!r}")
+
+    if not isinstance(predicted, dict):
+        raise fail("", "an object or null", predicted)
+    if predicted.get("metric") not in METRICS:
+        raise fail("metric", f"one of {sorted(METRICS)}", predicted.get("metric"))
+    value = predicted.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise fail("value", "a positive number", value)
+    threads = predicted.get("threads")
+    cores = os.cpu_count() or 1
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cores):
+        raise fail("threads", f"an integer from 1 to this machine's {cores} logical cores", threads)
+    for field, choices in (("clock", CLOCKS), ("statistic", STATISTICS)):
+        if predicted.get(field) not in (None, *choices):
+            raise fail(field, f"one of {list(choices)}", predicted.get(field))
+    _check_predicted_shapes(predicted.get("shapes"), fail)
+    return predicted
+
+
+def _check_predicted_shapes(shapes: Any, fail) -> None:
+    if shapes is None:
+        return
+    if not isinstance(shapes, dict) or sorted(shapes) != sorted(SHAPE_FIELDS):
+        raise fail("shapes", f"an object with {list(SHAPE_FIELDS)}", shapes)
+    for name in SHAPE_FIELDS:
+        if isinstance(shapes[name], bool) or not isinstance(shapes[name], int) or shapes[name] < 1:
+            raise fail(f"shapes.{name}", "a positive integer", shapes[name])
+    tokens = shapes["batch_size"] * (shapes["prompt_len"] + shapes["context_len"] + shapes["gen_len"])
+    if tokens > MAX_BENCH_TOKENS:
+        raise fail("shapes", f"at most {MAX_BENCH_TOKENS:,} tokens in all (batch x lengths)", shapes)
 
 
 def compare_with_prediction(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:
