@@ -39,10 +39,10 @@ def main() -> None:
 
     from llamanas_deploy.space import load_space
 
-    torch.set_num_threads(args.threads)
     space = load_space("smollm2-135m")
     subnets = {name: _subnet(space, depth, width) for name, (depth, width) in ROWS.items()}
     latency = _decode_latency(args, list(subnets.values()))
+    torch.set_num_threads(args.eval_threads)  # accuracy does not depend on threads; it is only faster
     free = _perplexities("smollm2-135m", space, subnets, args.eval_tokens)
     tuned = _perplexities(args.finetuned, space, subnets, args.eval_tokens) if args.finetuned else {}
     _print(args, space, subnets, latency, free, tuned)
@@ -103,6 +103,7 @@ def _print(args, space, subnets: dict, latency: dict, free: dict, tuned: dict) -
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval-threads", type=int, default=2, help="torch threads for the perplexity columns")
     parser.add_argument("--visits", type=int, default=3)
     parser.add_argument("--eval-tokens", type=int, default=2048)
     parser.add_argument("--finetuned", help="the one-shot fine-tuned super-network directory")
