@@ -26,7 +26,7 @@ from torch import nn
 
 from ..concepts import SUPERNET_FILES
 from ..errors import BadInputError
-from ..jsonfiles import check_out_dir, new_directory, write_json
+from ..jsonfiles import check_out_dir, new_directory, read_json, write_json
 from ..progress import Callback, report
 
 IMPORTANCE_FILE = "importance.json"
@@ -61,8 +61,6 @@ class Importance:
 
 def read_drop_order(model_dir: Path) -> tuple[int, ...]:
     """The drop order `importance.json` of a prepared super-network records; `BadInputError` without one."""
-    from ..jsonfiles import read_json
-
     path = Path(model_dir) / IMPORTANCE_FILE
     if not path.is_file():
         raise BadInputError(
@@ -76,28 +74,46 @@ def read_drop_order(model_dir: Path) -> tuple[int, ...]:
     return tuple(order)
 
 
-def block_influence(model: nn.Module, batches: Sequence[torch.Tensor]) -> tuple[float, ...]:
-    """1 - cos(h_in, h_out) of every decoder layer, averaged over all tokens of `batches`."""
+@dataclass
+class _Activations:
+    """What one pass over calibration batches collects: per-layer sums of 1 - cos(h_in, h_out) and of
+    each MLP neuron's |act(gate) * up|, and the number of tokens."""
+
+    influence: torch.Tensor
+    neurons: list[torch.Tensor]
+    tokens: int = 0
+
+
+def _collect(model: nn.Module, batches: Sequence[torch.Tensor]) -> _Activations:
     layers = model.model.layers
-    totals = torch.zeros(len(layers), dtype=torch.float64)
-    hooks = [layer.register_forward_hook(_add_influence(totals, i)) for i, layer in enumerate(layers)]
-    tokens = 0
+    seen = _Activations(torch.zeros(len(layers), dtype=torch.float64),
+                        [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers])  # fmt: skip
+    hooks = [layer.register_forward_hook(_add_influence(seen.influence, i)) for i, layer in enumerate(layers)]
+    hooks += [layer.mlp.down_proj.register_forward_pre_hook(_accumulate(seen.neurons[i])) for i, layer in enumerate(layers)]
     try:
         with torch.no_grad():
             for batch in batches:
                 model(input_ids=batch, use_cache=False)
-                tokens += batch.numel()
+                seen.tokens += batch.numel()
     finally:
         for hook in hooks:
             hook.remove()
-    return tuple((totals / tokens).tolist())
+    return seen
+
+
+def block_influence(model: nn.Module, batches: Sequence[torch.Tensor]) -> tuple[float, ...]:
+    """1 - cos(h_in, h_out) of every decoder layer, averaged over all tokens of `batches`."""
+    return _influence(_collect(model, batches))
+
+
+def _influence(seen: _Activations) -> tuple[float, ...]:
+    return tuple((seen.influence / seen.tokens).tolist())
 
 
 def _add_influence(totals: torch.Tensor, index: int):
     def hook(_module, args, output):
-        h_in = args[0] if args else None
         h_out = output[0] if isinstance(output, tuple) else output
-        cos = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)
+        cos = torch.nn.functional.cosine_similarity(args[0].float(), h_out.float(), dim=-1)
         totals[index] += (1 - cos).sum().item()
 
     return hook
@@ -109,18 +125,12 @@ def reorder_neurons_(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
     Importance of neuron j: mean |act(gate_j(x)) * up_j(x)| over the batches' tokens times the
     norm of its output column `down_proj[:, j]`.
     """
-    layers = model.model.layers
-    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers]
-    hooks = [layer.mlp.down_proj.register_forward_pre_hook(_accumulate(sums[i])) for i, layer in enumerate(layers)]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(input_ids=batch, use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    _permute_neurons_(model, _collect(model, batches).neurons)
+
+
+def _permute_neurons_(model: nn.Module, sums: list[torch.Tensor]) -> None:
     with torch.no_grad():
-        for layer, total in zip(layers, sums):
+        for layer, total in zip(model.model.layers, sums):
             mlp = layer.mlp
             order = torch.argsort(total * mlp.down_proj.weight.norm(dim=0), descending=True)
             for proj in (mlp.gate_proj, mlp.up_proj):
@@ -163,11 +173,11 @@ def prepare_supernet(
     check_out_dir(out)  # before the slow load
     supernet = SuperNetwork.load(model)
     batches = calibration_batches(supernet.source, data, max_tokens, seq_len)
-    tokens = sum(b.numel() for b in batches)
-    report(callback, "importance", message=f"ordering neurons on {tokens:,} tokens of {data}")
-    reorder_neurons_(supernet.model, batches)
-    report(callback, "importance", message="measuring block influence")
-    importance = Importance(block_influence(supernet.model, batches), str(data), tokens, seq_len)
+    report(callback, "importance", message=f"measuring neurons and layers on {sum(b.numel() for b in batches):,} "
+                                           f"tokens of {data}")  # fmt: skip
+    seen = _collect(supernet.model, batches)  # one pass: block influence does not change with the neuron order
+    _permute_neurons_(supernet.model, seen.neurons)
+    importance = Importance(_influence(seen), str(data), seen.tokens, seq_len)
     source_dir = Path(resolve_model_path(model))
     with new_directory(out) as tmp:
         save_model(supernet.model, tmp)

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import BadInputError
@@ -69,7 +70,8 @@ def packaged_model_dir(name: str, callback: Callback = None) -> Path:
     and the second to finish keeps the first one's directory.
     """
     gguf = packaged_file(name)
-    out = cache_root() / f"{name}-{sha256_file(gguf)[:16]}"
+    stat = gguf.stat()
+    out = cache_root() / f"{name}-{_digest(str(gguf), stat.st_size, stat.st_mtime_ns)[:16]}"
     if _complete(out):
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -78,6 +80,13 @@ def packaged_model_dir(name: str, callback: Callback = None) -> Path:
     report(callback, "import", message=f"{name}: first use, importing {gguf} into {out}")
     _build(gguf, out, callback)
     return out
+
+
+@lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """The file's sha256, hashed once per process while its size and mtime stay the same (a command
+    resolves the model's name several times: config, weights, tokenizer, held-out text)."""
+    return sha256_file(path)
 
 
 def _record(name: str) -> PackagedModel:
