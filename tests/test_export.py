@@ -242,9 +242,12 @@ def test_quantized_artifacts_run_and_report(artifacts, precision):
     assert check["num_tokens"] > 1000 and 0 <= check["greedy_agreement"] <= 1
     # random weights: near-uniform predictions, so quantization barely moves perplexity
     assert abs(check["perplexity_change_pct"]) < 5
+    # no limit given: the precision's default gate, stated in the manifest
+    assert check["max_perplexity_increase_pct"] == {"int8": 2.0, "int4": 60.0}[precision]
     # the fused CPU graph quantizes every MatMul, the LM head included
-    method = {"int8": "quantize_dynamic", "int4": "MatMulNBits"}[precision]
-    assert manifest["quantization"]["method"] == method and manifest["quantization"]["excluded_nodes"] == []
+    quantization = manifest["quantization"]
+    assert quantization["method"] == "MatMulNBits" and quantization["bits"] == {"int8": 8, "int4": 4}[precision]
+    assert quantization["excluded_nodes"] == []
     assert manifest["size"]["onnx_bytes"] < open_artifact(artifacts["fp32"]).manifest["size"]["onnx_bytes"]
     out = generate(artifact.decoder(), [5, 6, 7], 6)
     assert len(out.tokens) == 6 and all(0 <= t < 256 for t in out.tokens)

@@ -13,29 +13,24 @@ import pytest
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.onnx_model.artifact import KIND, SCHEMA_VERSION, read_manifest, write_manifest
 from llamanas_deploy.export.measure import compare_with_prediction
-from llamanas_deploy.onnx_model.quantize import int4_settings, int8_settings
+from llamanas_deploy.onnx_model.quantize import settings_for
 from llamanas_deploy.runtime import Sampling, _nll, pick_token
 
 
-def test_int8_settings_follow_the_cpu():
-    plain = int8_settings(["sse4_2", "avx2", "fma"])
-    assert plain.per_channel and plain.reduce_range and "lacks VNNI" in plain.reason
-    for flag in ("avx512_vnni", "avx_vnni", "amx_int8"):
-        vnni = int8_settings(["avx2", flag])
-        assert not vnni.per_channel and not vnni.reduce_range and flag in vnni.reason
-
-
-def test_int4_settings_defaults_and_bad_values():
-    cpu = int4_settings("cpu")
-    assert (cpu.block_size, cpu.accuracy_level) == (128, 4) and "defaults for cpu" in cpu.reason
-    given = int4_settings("cpu", block_size=128, accuracy_level=0)
+@pytest.mark.parametrize("precision, bits", [("int8", 8), ("int4", 4)])
+def test_quantization_settings_defaults_and_bad_values(precision, bits):
+    cpu = settings_for(precision, "cpu")
+    assert (cpu.method, cpu.bits, cpu.block_size, cpu.accuracy_level) == ("MatMulNBits", bits, 32, 4)
+    assert f"defaults for {precision} on cpu" in cpu.reason
+    given = settings_for(precision, "cpu", block_size=128, accuracy_level=0)
     assert (given.block_size, given.accuracy_level) == (128, 0) and "given" in given.reason
     with pytest.raises(BadInputError, match="block_size: 48: expected one of") as err:
-        int4_settings("cpu", block_size=48)
+        settings_for(precision, "cpu", block_size=48)
     assert err.value.param == "block_size"
     with pytest.raises(BadInputError, match="accuracy_level: 9: expected one of") as err:
-        int4_settings("cpu", accuracy_level=9)
+        settings_for(precision, "cpu", accuracy_level=9)
     assert err.value.param == "accuracy_level"
+    assert settings_for("fp32", "cpu") is None
 
 
 def test_nll_matches_log_softmax():

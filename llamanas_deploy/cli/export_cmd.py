@@ -14,7 +14,8 @@ from ..concepts import EXPORT_PRECISIONS
 from ..export.measure import SHAPE_FIELDS, BenchSettings
 from ..export.pipeline import EVAL_SEQ_LEN, ExportSettings
 from ..onnx_model.graphs import DEFAULT_PRECISIONS
-from ..onnx_model.quantize import INT4_DEFAULTS
+from ..export.verify import DEFAULT_MAX_PPL_INCREASE_PCT
+from ..onnx_model.quantize import DEFAULTS as QUANT_DEFAULTS
 from ..runtime import DEFAULT_MAX_NEW_TOKENS, Sampling
 from .common import (
     FiniteFloat, clock_option, device_option, emit, json_option, log, model_option, progress_printer, protocol_from,
@@ -24,6 +25,10 @@ from .subnet_cmd import SUBNET_HELP, resolve_subnet
 
 ARTIFACT_HELP = "Artifact directory from `llamanas export`."
 DEFAULTS_BY_DEVICE = ", ".join(f"{device}: {precision}" for device, precision in DEFAULT_PRECISIONS.items())
+
+
+def _quant_defaults(index: int) -> str:
+    return ", ".join(f"{precision} {device}: {values[index]}" for (precision, device), values in QUANT_DEFAULTS.items())
 
 
 def _bench_options(func):
@@ -57,13 +62,13 @@ def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
 @click.option("--data", help="Held-out text for the accuracy checks [the model's heldout.txt].")
 @click.option("--max-eval-tokens", default=ExportSettings().max_eval_tokens, show_default=True,
               type=click.IntRange(min=EVAL_SEQ_LEN))
-@click.option("--block-size", type=int,
-              help=f"int4: MatMulNBits block size [cpu: {INT4_DEFAULTS['cpu'][0]}, cuda: {INT4_DEFAULTS['cuda'][0]}].")
+@click.option("--block-size", type=int, help=f"int8 / int4: MatMulNBits block size [{_quant_defaults(0)}].")
 @click.option("--accuracy-level", type=int,
-              help=f"int4: 4 = int8 compute (fast on CPU), 0 = unset (fp32 on CPU; CUDA computes in fp16) "
-                   f"[cpu: {INT4_DEFAULTS['cpu'][1]}, cuda: {INT4_DEFAULTS['cuda'][1]}].")
+              help="int8 / int4: 4 = int8 compute (fast on CPU), 0 = unset (float compute: slow on CPU; "
+                   f"CUDA computes in fp16) [{_quant_defaults(1)}].")
 @click.option("--max-ppl-increase", "max_ppl_increase_pct", type=FiniteFloat(),
-              help="Fail a quantized export whose perplexity rises by more (%).")
+              help="Fail a quantized export whose held-out perplexity rises by more (%) "
+                   f"[{', '.join(f'{p}: {v:g}' for p, v in DEFAULT_MAX_PPL_INCREASE_PCT.items())}].")
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the artifact on this device.")
 @_bench_options
 @quiet_option

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..concepts import DEVICES, EXPORT_PRECISIONS, check_choice
 from ..errors import BadInputError
-from ..onnx_model.quantize import QuantSettings, check_int4
+from ..onnx_model.quantize import QuantSettings, check_blocks
 from ..progress import Callback, report
 from ..subnet_config import SubnetConfig
 from .measure import BenchSettings
+from .verify import DEFAULT_MAX_PPL_INCREASE_PCT
 
 if TYPE_CHECKING:
     from ..model.supernet import SuperNetwork
@@ -42,8 +43,9 @@ class ExportSettings:
 
     `data`: held-out text for the accuracy checks (any source `data.read_texts` reads; default:
     the model directory's `heldout.txt`, else random token ids). `block_size` and
-    `accuracy_level` tune int4 (default: the device's). `max_ppl_increase_pct`: a quantized
-    export whose perplexity rises by more than this (in %) fails verification. `precision`:
+    `accuracy_level` tune the quantization (default: the precision's on the device). `max_ppl_increase_pct`:
+    a quantized export whose perplexity rises by more than this (in %) fails verification (None: the
+    precision's default, `verify.DEFAULT_MAX_PPL_INCREASE_PCT`). `precision`:
     one the device deploys (`onnx_model.graphs.DEPLOYED_PRECISIONS`); None: the device's
     default (fp32 on the CPU, fp16 on CUDA).
     """
@@ -67,9 +69,11 @@ class ExportSettings:
         tokens = self.max_eval_tokens
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < EVAL_SEQ_LEN:
             raise BadInputError(f"must be an integer >= {EVAL_SEQ_LEN}, got {tokens!r}", param="max_eval_tokens")
-        check_int4(self.block_size, self.accuracy_level)
+        check_blocks(self.block_size, self.accuracy_level)
         limit = self.max_ppl_increase_pct
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit)):
+        if limit is None and self.precision in DEFAULT_MAX_PPL_INCREASE_PCT:
+            object.__setattr__(self, "max_ppl_increase_pct", DEFAULT_MAX_PPL_INCREASE_PCT[self.precision])
+        elif limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit)):
             raise BadInputError(f"must be a finite number (percent), got {limit!r}", param="max_ppl_increase_pct")
 
 
@@ -212,12 +216,7 @@ def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, artifact_di
 def _quant_settings(settings: ExportSettings) -> QuantSettings | None:
     from ..onnx_model.quantize import settings_for
 
-    isa_flags: list[str] = []
-    if settings.precision == "int8":
-        from ..profile.fingerprint import current_fingerprint
-
-        isa_flags = current_fingerprint()["device"]["isa_flags"]
-    return settings_for(settings.precision, settings.device, isa_flags, settings.block_size, settings.accuracy_level)
+    return settings_for(settings.precision, settings.device, settings.block_size, settings.accuracy_level)
 
 
 def eval_tokens(model_dir: Path, data: str | None, max_tokens: int, vocab_size: int) -> tuple[list[int], str]:

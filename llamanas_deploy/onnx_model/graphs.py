@@ -32,8 +32,8 @@ DEPLOYED_PRECISIONS = {"cpu": ("fp32", "int8", "int4"), "cuda": ("fp16", "int4")
 DEFAULT_PRECISIONS = {"cpu": "fp32", "cuda": "fp16"}
 _WHY_NOT = {
     ("cuda", "fp32"): "the CUDA artifact is float16 (fp16, or int4 MatMulNBits over it)",
-    ("cuda", "int8"): "int8 dynamic quantization (DynamicQuantizeLinear + MatMulInteger) has no CUDA kernels; "
-                      "use int4 (MatMulNBits) or fp16",
+    ("cuda", "int8"): "int8 (8-bit MatMulNBits) is built and verified for the CPU graph only; "
+                      "use int4 (MatMulNBits over fp16) or fp16",
     ("cpu", "fp16"): "fp16 is the CUDA artifact; the CPU graph is float32 (fp32, int8 or int4)",
 }  # fmt: skip
 

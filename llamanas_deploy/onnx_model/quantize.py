@@ -1,46 +1,45 @@
-"""Weight quantization of an exported fp32 decoder with ONNX Runtime's own tools.
+"""Weight quantization of an exported decoder with ONNX Runtime's own quantizer.
 
-- int8: `quantize_dynamic` (MatMulInteger; activations quantized at run time). Without VNNI
-  (AVX2 only) the u8 x s8 multiply-add can saturate, so weights are quantized per channel
-  with `reduce_range` (7-bit); with VNNI / AMX-INT8 per-tensor weights are exact enough and
-  faster. The choice is made from the device's ISA flags and recorded with its reason.
-- int4: `MatMulNBitsQuantizer` (weight-only, blockwise); `accuracy_level` 4 computes in int8
-  on the CPU (fast), 0 keeps fp32 compute.
+Both precisions are weight-only, blockwise, symmetric `MatMulNBits` (`MatMulNBitsQuantizer`,
+round to nearest): int8 stores 8-bit blocks, int4 4-bit ones; `accuracy_level` 4 computes in
+int8 on the CPU (activations quantized per block at run time, fast), 0 keeps float compute.
+Chosen by measurement on SmolLM2-135M (30 layers, full network, 4,096 held-out tokens; fp32
+perplexity 24.30; `benchmarks/export_real_model.py` keeps the comparison): dynamic int8
+(`quantize_dynamic`: activations quantized per tensor) gave 48.7 (+100 %) per channel with
+7-bit range, 70.9 per tensor, and overflowed without the reduced range on AVX2 (the outliers
+of `down_proj`'s input); 8-bit blocks of 32 give 24.35 (+0.2 %), blocks of 128 24.65 (+1.4 %).
+int4 blocks of 32 give 34.2 (+41 %), of 128 46.9 (+93 %). HQQ (29.6) needs float zero points,
+which ORT 1.32 runs ~25x slower on the CPU; GPTQ needs Intel Neural Compressor.
 
 On the fused CPU graph (`fused.py`) every MatMul is quantized, the LM head included, and the
-embedding reads the LM head's quantized table when the two are tied (one copy in the file):
-int8 through `quantize_dynamic` (ORT fuses each into one DynamicQuantizeMatMul; with VNNI /
-AMX its prefill is 2x the speed of weight-only 8-bit MatMulNBits at the same decode speed),
-the embedding a Gather of the transposed int8 table (ORT folds the Transpose when the session
-opens) and its dequantization; int4 through MatMulNBits, the embedding a GatherBlockQuantized
-over the LM head's blocks (an untied embedding: ORT's own int4 Gather quantization). On the
-dynamo graph (CUDA, small heads) the paper's recipe ("INT8 on all decoder linear layers"):
-the decoder layers' MatMuls are quantized, the LM head (the MatMul producing `logits`) stays unquantized
-(fp32; fp16 in the CUDA graph, whose int4 MatMulNBits take float16 activations and scales).
+embedding reads the LM head's blocks through `GatherBlockQuantized` when the two are tied (one
+copy in the file; an untied embedding: ORT's own Gather quantization). On the dynamo graph
+(CUDA, small heads) the paper's recipe ("INT8 on all decoder linear layers"): the decoder
+layers' MatMuls are quantized, the LM head (the MatMul producing `logits`) stays unquantized
+(fp16 in the CUDA graph, whose int4 MatMulNBits take float16 activations and scales).
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..concepts import check_choice
 from ..errors import BadInputError
 
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
-INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-# per device: (block size, accuracy level). CPU: int8 compute, and blocks of 128, chosen by measurement
-# (benchmarks/export_vs_builder.py, tiny 6 x 576): against blocks of 32, decode 0.91x, prefill 0.87x,
-# file 0.87x, held-out perplexity +0.56 % instead of +0.28 % over fp32. CUDA: blocks of 32 (onnxruntime-genai's
-# builder default for CUDA) over the float16 graph; level 0 = unset, the CUDA kernel computes in fp16 whatever it is.
-INT4_DEFAULTS = {"cpu": (128, 4), "cuda": (32, 0)}
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+BITS = {"int8": 8, "int4": 4}
+GATHER_BITS = (4,)  # what ORT's quantizer turns a Gather (an untied embedding) into
+# (precision, device): (block size, accuracy level), measured (see the module docstring). CUDA int4:
+# blocks of 32 over the float16 graph (the GenAI builder's CUDA default); level 0 = unset, the CUDA
+# kernel computes in fp16 whatever it is. int8 has no CUDA artifact (`graphs.refusal`).
+DEFAULTS = {("int8", "cpu"): (32, 4), ("int4", "cpu"): (32, 4), ("int4", "cuda"): (32, 0)}
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,7 @@ class QuantSettings:
 
     precision: str
     method: str = "none"
-    per_channel: bool | None = None
-    reduce_range: bool | None = None
+    bits: int | None = None
     block_size: int | None = None
     accuracy_level: int | None = None
     reason: str = ""
@@ -60,48 +58,29 @@ class QuantSettings:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
 
 
-def int8_settings(isa_flags: Sequence[str]) -> QuantSettings:
-    """Per-channel + reduced range without VNNI, per-tensor with it (see the module docstring)."""
-    vnni = [f for f in VNNI_FLAGS if f in isa_flags]
-    if vnni:
-        reason = f"CPU has {', '.join(vnni)}: int8 dot products do not saturate, per-tensor weights"
-        return QuantSettings("int8", "quantize_dynamic", per_channel=False, reduce_range=False, reason=reason)
-    reason = "CPU lacks VNNI (AVX2 u8 x s8 can saturate): per-channel weights with 7-bit reduced range"
-    return QuantSettings("int8", "quantize_dynamic", per_channel=True, reduce_range=True, reason=reason)
+def settings_for(
+    precision: str, device: str, block_size: int | None = None, accuracy_level: int | None = None
+) -> QuantSettings | None:
+    """How `precision` is quantized on `device` (None for fp32 / fp16): what export and the profiler
+    both use. The given block size and accuracy level, or the measured defaults."""
+    if precision not in BITS:
+        return None
+    from .graphs import check_precision
 
-
-def int4_settings(device: str, block_size: int | None = None, accuracy_level: int | None = None) -> QuantSettings:
-    """MatMulNBits settings: the given ones, or the device's defaults."""
-    default_block, default_level = INT4_DEFAULTS[device]
+    check_precision(device, precision)
+    default_block, default_level = DEFAULTS[(precision, device)]
     block = default_block if block_size is None else block_size
     level = default_level if accuracy_level is None else accuracy_level
-    check_int4(block, level)
-    given = "given" if block_size is not None or accuracy_level is not None else f"defaults for {device}"
-    reason = f"block size {block}, accuracy level {level} ({given})"
-    return QuantSettings("int4", "MatMulNBits", block_size=block, accuracy_level=level, reason=reason)
+    check_blocks(block, level)
+    given = "given" if block_size is not None or accuracy_level is not None else f"defaults for {precision} on {device}"
+    reason = f"{BITS[precision]}-bit blocks of {block}, accuracy level {level} ({given})"
+    return QuantSettings(precision, "MatMulNBits", BITS[precision], block, level, reason)
 
 
-def settings_for(
-    precision: str, device: str, isa_flags: Sequence[str] = (), block_size: int | None = None,
-    accuracy_level: int | None = None,
-) -> QuantSettings | None:
-    """How `precision` is quantized on `device` (None for fp32 / fp16): what export and the profiler both use.
-    int8 on CUDA is `BadInputError` (no CUDA kernels for dynamic quantization)."""
-    if precision == "int8":
-        if device != "cpu":
-            from .graphs import check_precision
-
-            check_precision(device, precision)
-        return int8_settings(isa_flags)
-    if precision == "int4":
-        return int4_settings(device, block_size, accuracy_level)
-    return None
-
-
-def check_int4(block_size: int | None, accuracy_level: int | None) -> None:
-    """`BadInputError` naming the parameter when a given int4 setting is not one MatMulNBits takes."""
+def check_blocks(block_size: int | None, accuracy_level: int | None) -> None:
+    """`BadInputError` naming the parameter when a given setting is not one MatMulNBits takes."""
     for param, value, choices in (
-        ("block_size", block_size, INT4_BLOCK_SIZES), ("accuracy_level", accuracy_level, INT4_ACCURACY_LEVELS)
+        ("block_size", block_size, BLOCK_SIZES), ("accuracy_level", accuracy_level, ACCURACY_LEVELS)
     ):  # fmt: skip
         if value is not None:
             check_choice(value, choices, param)
@@ -119,78 +98,60 @@ def lm_head_node(model) -> str:
 
 
 def quantize(src: Path, dst: Path, settings: QuantSettings, external_data: bool, graph: str = "fused") -> QuantSettings:
-    """Write the quantized model `dst` from the fp32 model `src`; returns the settings with exclusions.
+    """Write the quantized model `dst` from the unquantized model `src`; returns the settings with
+    what was left out or shared.
 
     `graph`: "fused" (`fused.py`: every MatMul and the embedding quantized) or "dynamo" (the LM
-    head stays fp32).
+    head stays unquantized).
     """
     import onnx
 
-    if settings.precision not in ("int8", "int4"):
+    if settings.precision not in BITS:
         raise BadInputError(f"{settings.precision!r}: expected int8 or int4 to quantize", param="precision")
+    model = onnx.load(str(src))
     if graph == "fused":
         with _quiet_quantizer():
-            note = (_int8_fused if settings.precision == "int8" else _int4_fused)(src, dst, settings, external_data)
+            model, note = _quantize_fused(model, settings)
+        _save(model, dst, external_data)
         return QuantSettings(**{**asdict(settings), "reason": f"{settings.reason}; {note}"})
-    excluded = (lm_head_node(onnx.load(str(src), load_external_data=False)),)
+    excluded = (lm_head_node(model),)
     with _quiet_quantizer():
-        (_int8 if settings.precision == "int8" else _int4)(src, dst, settings, excluded, external_data)
+        model = _matmul_nbits(model, settings, excluded=excluded)
+    _save(model, dst, external_data)
     return QuantSettings(**{**asdict(settings), "excluded_nodes": excluded})
 
 
-def _int8_fused(src: Path, dst: Path, settings: QuantSettings, external_data: bool) -> str:
-    """quantize_dynamic on every MatMul of the fused graph; a tied embedding reads the LM head's int8 table."""
-    import onnx
-
-    from .fused import LM_HEAD_NODE
-
-    model = onnx.load(str(src))
-    tied = _untie_lm_head(model)
-    with tempfile.TemporaryDirectory(dir=dst.parent) as scratch:  # its external data, if any, goes with it
-        quantized = Path(scratch) / dst.name
-        # the contrib ops stop ONNX shape inference: every MatMul here is fp32
-        _int8(model, quantized, settings, (), external_data, {"DefaultTensorType": onnx.TensorProto.FLOAT})
-        model = onnx.load(str(quantized))
-    note = "LM head int8; embedding fp32 (not tied)"
-    if tied:
-        _share_int8_embedding(model, f"{LM_HEAD_NODE}_quant")
-        note = "LM head int8; embedding reads the LM head's int8 table (tied, stored once)"
-    _save(model, dst, external_data)
-    return note
-
-
-def _int4_fused(src: Path, dst: Path, settings: QuantSettings, external_data: bool) -> str:
+def _quantize_fused(model, settings: QuantSettings) -> tuple[Any, str]:
     """MatMulNBits on every MatMul of the fused graph; the embedding shares the LM head's blocks when tied."""
-    import onnx
+    from .fused import EMBEDDING, LM_HEAD_NODE
+
+    tied = _untie_lm_head(model)
+    hidden = next(t for t in model.graph.initializer if t.name == EMBEDDING).dims[1]
+    gather = not tied and settings.bits in GATHER_BITS
+    model = _matmul_nbits(model, settings, op_types=("MatMul", "Gather") if gather else ("MatMul",))
+    what = settings.precision
+    if not tied:
+        return model, f"LM head {what}; embedding {what if gather else 'fp32 (not tied; ORT quantizes a Gather to 4 bits only)'}"
+    if hidden % settings.block_size:
+        return model, f"LM head {what}; embedding fp32 (hidden size {hidden} is not a multiple of the block size)"
+    _share_embedding(model, f"{LM_HEAD_NODE}_Q{settings.bits}", settings)
+    return model, f"LM head {what}; embedding reads the LM head's {what} blocks (tied, stored once)"
+
+
+def _matmul_nbits(model, settings: QuantSettings, op_types: tuple[str, ...] = ("MatMul",),
+                  excluded: tuple[str, ...] = ()):  # fmt: skip
+    """ORT's blockwise round-to-nearest quantizer over `model` (a ModelProto); returns the quantized one."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
-    from .fused import EMBEDDING, LM_HEAD_NODE
-
-    model = onnx.load(str(src))
-    tied = _untie_lm_head(model)
-    hidden = next(t for t in model.graph.initializer if t.name == EMBEDDING).dims[1]
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=settings.block_size,
-        is_symmetric=True,
-        accuracy_level=settings.accuracy_level,
-        op_types_to_quantize=("MatMul",) if tied else ("MatMul", "Gather"),
-    )
-    quantizer = MatMulNBitsQuantizer(model, block_size=settings.block_size, is_symmetric=True,
-                                     accuracy_level=settings.accuracy_level, algo_config=config)  # fmt: skip
+    options = dict(block_size=settings.block_size, is_symmetric=True, accuracy_level=settings.accuracy_level)
+    config = DefaultWeightOnlyQuantConfig(**options, op_types_to_quantize=op_types, bits=settings.bits)
+    quantizer = MatMulNBitsQuantizer(model, bits=settings.bits, **options, nodes_to_exclude=list(excluded),
+                                     algo_config=config)  # fmt: skip
     quantizer.process()
-    model = quantizer.model.model
-    if not tied:
-        note = "LM head int4; embedding int4"
-    elif hidden % settings.block_size:
-        note = f"LM head int4; embedding fp32 (hidden size {hidden} is not a multiple of the block size)"
-    else:
-        _share_int4_embedding(model, f"{LM_HEAD_NODE}_Q4", settings.block_size)
-        note = "LM head int4; embedding reads the LM head's int4 blocks (tied, stored once)"
-    _save(model, dst, external_data)
-    return note
+    return quantizer.model.model
 
 
 def _untie_lm_head(model) -> bool:
@@ -211,80 +172,32 @@ def _untie_lm_head(model) -> bool:
     return True
 
 
-def _share_int4_embedding(model, head_name: str, block_size: int) -> None:
+def _share_embedding(model, head_name: str, settings: QuantSettings) -> None:
     """Replace the embedding's Gather by a GatherBlockQuantized over the LM head's MatMulNBits blocks.
 
     MatMulNBits stores B as [vocab, blocks, block bytes], one row per token: reshaped to
-    [vocab, hidden / 2] it is the embedding table quantized along the hidden axis.
+    [vocab, hidden * bits / 8] it is the embedding table quantized along the hidden axis
+    (symmetric: no zero points, the op's default middle value).
     """
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
-    from .fused import MS_DOMAIN
-
-    head = next(n for n in model.graph.node if n.name == head_name)
-    weights, scales = head.input[1], head.input[2]
-    shape = _constant(model, "embed_tokens/shape", np.array([0, -1], dtype=np.int64))
-
-    def nodes(ids: str, output: str) -> list:
-        return [
-            helper.make_node("Reshape", [weights, shape], ["embed_tokens/blocks"], name="embed_tokens/Reshape"),
-            helper.make_node("GatherBlockQuantized", ["embed_tokens/blocks", ids, scales], [output],
-                             name="embed_tokens/GatherBlockQuantized", domain=MS_DOMAIN, bits=4,
-                             block_size=block_size, gather_axis=0, quantize_axis=1),
-        ]  # fmt: skip
-
-    _replace_embedding(model, nodes)
-
-
-def _share_int8_embedding(model, head_name: str) -> None:
-    """Replace the embedding's Gather by a Gather of the LM head's int8 table, transposed, dequantized.
-
-    Per-tensor: one scale and zero point; per-channel: each token's own (its column of the head).
-    """
-    from onnx import TensorProto, helper
-
-    head = next(n for n in model.graph.node if n.name == head_name)
-    weights = head.input[1]
-    base = weights.removesuffix("_quantized")  # quantize_dynamic's names: W_quantized, W_scale, W_zero_point
-    scale, zero_point = f"{base}_scale", f"{base}_zero_point"
-    per_channel = len(next(t for t in model.graph.initializer if t.name == scale).dims) == 1
-
-    def nodes(ids: str, output: str) -> list:
-        make = helper.make_node
-        table = [make("Transpose", [weights], ["embed_tokens/table"], name="embed_tokens/Transpose", perm=[1, 0]),
-                 make("Gather", ["embed_tokens/table", ids], ["embed_tokens/rows"], name="embed_tokens/Gather")]  # fmt: skip
-        if not per_channel:
-            return table + [make("DequantizeLinear", ["embed_tokens/rows", scale, zero_point], [output],
-                                 name="embed_tokens/DequantizeLinear")]  # fmt: skip
-        # symmetric int8 weights: zero points are 0, so each row is its scale times its values
-        axis = _constant(model, "embed_tokens/last_axis", np.array([-1], dtype=np.int64))
-        return table + [
-            make("Cast", ["embed_tokens/rows"], ["embed_tokens/rows_f"], name="embed_tokens/Cast", to=TensorProto.FLOAT),
-            make("Gather", [scale, ids], ["embed_tokens/row_scales"], name="embed_tokens/GatherScales"),
-            make("Unsqueeze", ["embed_tokens/row_scales", axis], ["embed_tokens/row_scales_3d"], name="embed_tokens/Unsqueeze"),
-            make("Mul", ["embed_tokens/rows_f", "embed_tokens/row_scales_3d"], [output], name="embed_tokens/Mul"),
-        ]  # fmt: skip
-
-    _replace_embedding(model, nodes)
-
-
-def _constant(model, name: str, value: np.ndarray) -> str:
-    from onnx import numpy_helper
-
-    model.graph.initializer.append(numpy_helper.from_array(value, name))
-    return name
-
-
-def _replace_embedding(model, make_nodes) -> None:
-    """Swap the embedding's Gather for `make_nodes(ids, output)` in place, and drop the fp32 table."""
-    from .fused import EMBEDDING, EMBEDDING_NODE
+    from .fused import EMBEDDING, EMBEDDING_NODE, MS_DOMAIN
 
     graph = model.graph
+    head = next(n for n in graph.node if n.name == head_name)
+    weights, scales = head.input[1], head.input[2]
+    graph.initializer.append(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "embed_tokens/shape"))
     gather = next(n for n in graph.node if n.name == EMBEDDING_NODE)
     index = list(graph.node).index(gather)
     graph.node.remove(gather)
-    for offset, node in enumerate(make_nodes(gather.input[1], gather.output[0])):
-        graph.node.insert(index + offset, node)
+    graph.node.insert(index, helper.make_node(
+        "GatherBlockQuantized", ["embed_tokens/blocks", gather.input[1], scales], [gather.output[0]],
+        name="embed_tokens/GatherBlockQuantized", domain=MS_DOMAIN, bits=settings.bits,
+        block_size=settings.block_size, gather_axis=0, quantize_axis=1,
+    ))  # fmt: skip
+    graph.node.insert(index, helper.make_node(
+        "Reshape", [weights, "embed_tokens/shape"], ["embed_tokens/blocks"], name="embed_tokens/Reshape"
+    ))  # fmt: skip
     graph.initializer.remove(next(t for t in graph.initializer if t.name == EMBEDDING))
 
 
@@ -296,44 +209,6 @@ def _save(model, dst: Path, external_data: bool) -> None:
                         location=f"{dst.name}.data", size_threshold=1024)  # fmt: skip
     else:
         onnx.save_model(model, str(dst))
-def _int8(src, dst: Path, settings: QuantSettings, excluded: tuple[str, ...], external_data: bool,
-          extra_options: dict[str, Any] | None = None) -> None:  # fmt: skip
-    """`quantize_dynamic` of every MatMul but `excluded` (`src`: a path or a loaded ModelProto)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        src,
-        dst,
-        op_types_to_quantize=["MatMul"],
-        per_channel=bool(settings.per_channel),
-        reduce_range=bool(settings.reduce_range),
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(excluded),
-        use_external_data_format=external_data,
-        extra_options=extra_options or {},
-    )
-
-
-def _int4(src: Path, dst: Path, settings: QuantSettings, excluded: tuple[str, ...], external_data: bool) -> None:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
-
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=settings.block_size, is_symmetric=True, accuracy_level=settings.accuracy_level
-    )
-    quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(src)),
-        block_size=settings.block_size,
-        is_symmetric=True,
-        accuracy_level=settings.accuracy_level,
-        nodes_to_exclude=list(excluded),
-        algo_config=config,
-    )
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=external_data)
 
 
 @contextmanager

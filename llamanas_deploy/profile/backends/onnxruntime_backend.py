@@ -119,13 +119,12 @@ class OnnxRuntimeBackend(Backend):
         from ...onnx_model.exporter import ONNX_NAME
         from ...onnx_model.graphs import export_graph, graph_dtype, graph_for
         from ...onnx_model.quantize import quantize, settings_for
-        from ..fingerprint import current_fingerprint
         from ..weights import subnet_model
 
         net = subnet_model(self.model, subnet, torch.float32, self.weights_source, self.seed)
         config = onnx_config_for(net.config.to_dict(), f"sub-network {subnet.id}")
         graph, dtype = graph_for(self.device, config), graph_dtype(self.device)  # the graph `export` deploys
-        settings = settings_for(self.precision, self.device, current_fingerprint()["device"]["isa_flags"])
+        settings = settings_for(self.precision, self.device)
         if settings is None:
             return export_graph(net, config, here, graph, self.precision, dtype)
         (here / "base").mkdir()
