@@ -42,7 +42,7 @@ def test_nll_matches_log_softmax():
         for t in range(5):
             row = logits[b, t].astype(np.float64)
             expected -= row[targets[b, t]] - (row.max() + math.log(np.exp(row - row.max()).sum()))
-    assert _nll(logits, targets) == pytest.approx(expected, rel=1e-12)
+    assert _nll(logits, targets) == pytest.approx(expected, rel=1e-6)  # float32 logits: ~1e-7 each
 
 
 def test_sampling_stays_in_top_k_and_validates():
