@@ -3,8 +3,11 @@
 The builder (`python -m onnxruntime_genai.models.builder`, inside the `onnxruntime-genai`
 package) reads a transformers checkpoint, so it can only take a uniform sub-network; ours
 exports any. Rows: ours and the builder's at fp32 / int8 / int4 on the same uniform
-sub-network (the same weights), plus ours on a heterogeneous one. Each artifact is timed in
-two loops that treat both alike:
+sub-network (the same weights), plus ours on a heterogeneous one. Each artifact is made by its
+CLI in a process of its own (`llamanas export --no-bench`, the builder's module), timed with its
+peak RSS; its held-out perplexity is computed on the same `--ppl-tokens` tokens (windows of 128),
+and its change against our fp32 export of the same sub-network (itself verified against torch).
+Each artifact is timed in two loops that treat both alike:
 
 - `ort`: a Python greedy loop over a plain ONNX Runtime session (one intra-op thread), the
   cache fed back each step (what `llamanas generate` and the profiler do);
@@ -20,6 +23,9 @@ builder's at the same precision, and to our fp32 export of the same sub-network.
 
     python benchmarks/export_vs_builder.py               # the tiny default, 6 x 576 vs 6 layers of mixed widths
     python benchmarks/export_vs_builder.py --rounds 9 --json out.json
+    # a real model (`llamanas prepare --model smollm2-135m --out runs/smollm2`): full network vs a pruned one
+    python benchmarks/export_vs_builder.py --model runs/smollm2 --space smollm2-135m --uniform largest \
+        --heterogeneous runs/smollm2-hetero.json --new-tokens 32 --rounds 3
 """
 
 from __future__ import annotations
@@ -38,15 +44,14 @@ import numpy as np
 
 from llamanas_deploy.cli.common import table
 from llamanas_deploy.evaluate import load_heldout
-from llamanas_deploy.export import ExportSettings, export
 from llamanas_deploy.model.supernet import SuperNetwork
 from llamanas_deploy.onnx_model.artifact import copy_tokenizer
+from llamanas_deploy.runtime import perplexity
 from llamanas_deploy.space import load_space
-from llamanas_deploy.subnet_config import SubnetConfig
 
 PRECISIONS = ("fp32", "int8", "int4")
 AGREEMENT_PROMPT = 32  # tokens of held-out text per agreement prompt
-BUILDER_INT4_BLOCK = 32  # what the builder's int4 uses on the CPU (its MatMulNBits' block_size)
+PPL_WINDOW = 128
 UNIFORM = '{"num_layers": 6, "intermediate_sizes": [576, 576, 576, 576, 576, 576]}'
 HETEROGENEOUS = '{"num_layers": 6, "intermediate_sizes": [768, 576, 576, 384, 384, 576]}'
 
@@ -54,34 +59,42 @@ HETEROGENEOUS = '{"num_layers": 6, "intermediate_sizes": [768, 576, 576, 384, 38
 def main() -> None:
     args = parse_args()
     space = load_space(args.space)
-    uniform = space.validate(SubnetConfig.from_json(args.uniform, "--uniform"))
-    hetero = space.validate(SubnetConfig.from_json(args.heterogeneous, "--heterogeneous"))
+    uniform = space.resolve(args.uniform, "--uniform")
+    hetero = space.resolve(args.heterogeneous, "--heterogeneous")
     supernet = SuperNetwork.load(args.model)
-    heldout = load_heldout(args.model)
+    model_dir = supernet.source
+    heldout = load_heldout(model_dir)
     prompt = heldout[: args.prompt_len]
     prompts = [heldout[i : i + AGREEMENT_PROMPT] for i in range(0, len(heldout) - AGREEMENT_PROMPT, len(heldout) // args.prompts)]
     with tempfile.TemporaryDirectory(prefix="export-vs-builder-") as tmp:
         tmp = Path(args.keep) if args.keep else Path(tmp)
-        artifacts = {}
+        artifacts, costs = {}, {}
         for precision in PRECISIONS:
             log(f"ours {precision}: export")
-            artifacts[("ours", precision)] = ours(supernet, space, uniform, precision, tmp / f"ours-{precision}")
-        log(f"ours int4 with the builder's block size ({BUILDER_INT4_BLOCK}): export")
-        artifacts[(f"ours, block {BUILDER_INT4_BLOCK}", "int4")] = ours(
-            supernet, space, uniform, "int4", tmp / "ours-int4-b32", block_size=BUILDER_INT4_BLOCK
-        )
+            artifacts[("ours", precision)], costs[("ours", precision)] = ours(
+                model_dir, args.space, uniform, precision, tmp / f"ours-{precision}", args.max_ppl_increase
+            )
         checkpoint = supernet.save_subnet(uniform, tmp / "uniform-checkpoint", space)
         copy_tokenizer(supernet.source, checkpoint)  # the builder also writes the tokenizer files
+        del supernet
         for precision in PRECISIONS:
             log(f"builder {precision}: build")
-            artifacts[("builder", precision)] = builder(checkpoint, precision, tmp / f"builder-{precision}", tmp / "cache")
+            artifacts[("builder", precision)], costs[("builder", precision)] = builder(
+                checkpoint, precision, tmp / f"builder-{precision}", tmp / "cache"
+            )
         for precision in PRECISIONS:
             log(f"ours heterogeneous {precision}: export")
-            artifacts[("ours hetero", precision)] = ours(supernet, space, hetero, precision, tmp / f"hetero-{precision}")
+            artifacts[("ours hetero", precision)], costs[("ours hetero", precision)] = ours(
+                model_dir, args.space, hetero, precision, tmp / f"hetero-{precision}", args.max_ppl_increase
+            )
         sizes = {key: onnx_mib(directory) for key, directory in artifacts.items()}
+        log("held-out perplexity")
+        ppl_tokens = heldout[: args.ppl_tokens]
+        ppls = {key: perplexity(OrtLoop(directory, time.perf_counter), ppl_tokens, PPL_WINDOW).perplexity
+                for key, directory in artifacts.items()}  # fmt: skip
         tokens = {key: greedy_tokens(directory, prompts[: args.prompts], args.new_tokens) for key, directory in artifacts.items()}
         runs = measure(artifacts, prompt, args)
-    rows = summarize(sizes, runs, tokens)
+    rows = summarize(sizes, runs, tokens, costs, ppls)
     print(render(rows, args, uniform, hetero))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
@@ -91,8 +104,11 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="Super-network checkpoint (its weights are used).")
     parser.add_argument("--space", default="tiny")
-    parser.add_argument("--uniform", default=UNIFORM, help="Uniform sub-network (JSON) the builder can read.")
-    parser.add_argument("--heterogeneous", default=HETEROGENEOUS, help="Sub-network with per-layer widths (JSON).")
+    parser.add_argument("--uniform", default=UNIFORM, help="Uniform sub-network the builder can read (JSON, a file, 'largest').")
+    parser.add_argument("--heterogeneous", default=HETEROGENEOUS, help="Sub-network with per-layer widths (JSON, a file).")
+    parser.add_argument("--ppl-tokens", type=int, default=4096, help="Held-out tokens for perplexity.")
+    parser.add_argument("--max-ppl-increase", type=float,
+                        help="Our exports' quality gate (%%) [the toolkit's default]: raise it to measure what the default refuses.")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
@@ -109,19 +125,31 @@ def log(message: str) -> None:
 
 
 # ---- artifacts ----------------------------------------------------------------------------------
-def ours(supernet, space, subnet, precision: str, out: Path, block_size: int | None = None) -> Path:
-    export(supernet, space, subnet, out, ExportSettings(precision=precision, block_size=block_size), bench=None)
-    return out
+def ours(model_dir: Path, space: str, subnet, precision: str, out: Path, max_ppl_increase: float | None) -> tuple[Path, dict]:
+    """Our artifact, made as a user makes it: `llamanas export`, default settings, no measurement."""
+    command = [sys.executable, "-m", "llamanas_deploy", "export", "--model", str(model_dir), "--space", space,
+               "--subnet", subnet.to_json(), "--precision", precision, "--out", str(out), "--no-bench", "--quiet"]  # fmt: skip
+    if max_ppl_increase is not None and precision != "fp32":
+        command += ["--max-ppl-increase", str(max_ppl_increase)]
+    return out, run_measured(command, f"ours {precision}")
 
 
-def builder(checkpoint: Path, precision: str, out: Path, cache: Path) -> Path:
+def builder(checkpoint: Path, precision: str, out: Path, cache: Path) -> tuple[Path, dict]:
     """The builder's artifact of the checkpoint (its CLI, as a user runs it)."""
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint), "-o", str(out),
                "-p", precision, "-e", "cpu", "-c", str(cache)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"builder failed ({precision}):\n{done.stderr[-2000:]}")
-    return out
+    return out, run_measured(command, f"builder {precision}")
+
+
+def run_measured(command: list[str], what: str) -> dict:
+    """Run `command`; its wall time and peak RSS (the child's own, from wait4)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{what} failed:\n{stderr[-2000:]}")
+    return {"seconds": time.perf_counter() - start, "peak_rss_gib": usage.ru_maxrss / 2**20}
 
 
 def onnx_mib(directory: Path) -> float:
@@ -187,6 +215,18 @@ class OrtLoop:
         decoder = json.loads((directory / "genai_config.json").read_text())["model"]["decoder"]
         self.kv_heads, self.head_dim = decoder["num_key_value_heads"], decoder["head_size"]
 
+    def empty_past(self, batch: int) -> dict:
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        return {n: empty for n in self.past}
+
+    def forward(self, ids: np.ndarray, past: dict):
+        """What `runtime.perplexity` calls: a batch of windows from an empty cache."""
+        batch, seq = ids.shape
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, seq), dtype=np.int64)}
+        if "position_ids" in self.inputs:
+            feeds["position_ids"] = np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq))
+        return self.session.run(None, feeds | past)[0], None
+
     def step(self, ids: np.ndarray, past: dict, past_len: int):
         seq = ids.shape[1]
         feeds = {"input_ids": ids, "attention_mask": np.ones((1, past_len + seq), dtype=np.int64)}
@@ -196,9 +236,8 @@ class OrtLoop:
         return outputs[0], dict(zip(self.past, outputs[1:]))
 
     def run(self, prompt: list[int], new_tokens: int) -> dict:
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
         start = self.clock()
-        logits, past = self.step(np.array([prompt], dtype=np.int64), {n: empty for n in self.past}, 0)
+        logits, past = self.step(np.array([prompt], dtype=np.int64), self.empty_past(1), 0)
         tokens = [int(logits[0, -1].argmax())]
         prefill = self.clock() - start
         start = self.clock()
@@ -243,10 +282,10 @@ def greedy_tokens(directory: Path, prompts: list[list[int]], new_tokens: int) ->
     return [t for prompt in prompts for t in loop.run(prompt, new_tokens)["tokens"]]
 
 
-def summarize(sizes: dict, runs: dict, tokens: dict) -> list[dict]:
+def summarize(sizes: dict, runs: dict, tokens: dict, costs: dict, ppls: dict) -> list[dict]:
     """One row per artifact and loop; ratios against the builder's artifact of the same precision
     (uniform rows only); greedy agreement with the builder at that precision and with our own
-    fp32 export of the same sub-network."""
+    fp32 export of the same sub-network; perplexity change against that fp32 export."""
 
     def agreement(key, reference) -> float | None:
         if reference not in sizes or reference == key:
@@ -258,6 +297,7 @@ def summarize(sizes: dict, runs: dict, tokens: dict) -> list[dict]:
     for key, mib in sizes.items():
         who, precision = key
         uniform = who != "ours hetero"
+        fp32 = ("ours" if uniform else who, "fp32")
         for loop in ("ort", "genai"):
             samples = runs[(key, loop)]
             row = {
@@ -265,7 +305,9 @@ def summarize(sizes: dict, runs: dict, tokens: dict) -> list[dict]:
                 "prefill_ms": statistics.median(r["prefill_ms"] for r in samples),
                 "decode_ms": statistics.median(r["decode_ms"] for r in samples),
                 "agreement_vs_builder": agreement(key, ("builder", precision)) if uniform else None,
-                "agreement_vs_fp32": agreement(key, ("ours" if uniform else who, "fp32")) if who != "builder" else None,
+                "agreement_vs_fp32": agreement(key, fp32) if who != "builder" else None,
+                "export_s": costs[key]["seconds"], "peak_rss_gib": costs[key]["peak_rss_gib"],
+                "ppl": ppls[key], "ppl_change_pct": (ppls[key] / ppls[fp32] - 1) * 100,
             }  # fmt: skip
             row["tok_s"] = 1e3 / row["decode_ms"]
             rows.append(row)
@@ -281,11 +323,13 @@ def render(rows: list[dict], args, uniform, hetero) -> str:
     def fmt(value, spec, suffix=""):
         return "—" if value is None else format(value, spec) + suffix
 
-    head = ["artifact", "precision", "loop", "MiB", "prefill ms", "decode ms/token", "tokens/s", "decode vs builder",
+    head = ["artifact", "precision", "loop", "export s", "peak RSS GiB", "MiB", "held-out ppl", "ppl vs our fp32",
+            "prefill ms", "decode ms/token", "tokens/s", "decode vs builder",
             "prefill vs builder", "size vs builder", "agrees w/ builder", "agrees w/ our fp32"]  # fmt: skip
-    order = ["builder", "ours", f"ours, block {BUILDER_INT4_BLOCK}", "ours hetero"]
+    order = ["builder", "ours", "ours hetero"]
     body = [
-        [r["artifact"], r["precision"], r["loop"], fmt(r["mib"], ".2f"), fmt(r["prefill_ms"], ".2f"),
+        [r["artifact"], r["precision"], r["loop"], fmt(r["export_s"], ".1f"), fmt(r["peak_rss_gib"], ".2f"),
+         fmt(r["mib"], ".2f"), fmt(r["ppl"], ".2f"), fmt(r["ppl_change_pct"], "+.1f", " %"), fmt(r["prefill_ms"], ".2f"),
          fmt(r["decode_ms"], ".3f"), fmt(r["tok_s"], ".0f"), fmt(r["decode_ms_vs_builder"], ".2f", "×"),
          fmt(r["prefill_ms_vs_builder"], ".2f", "×"), fmt(r["mib_vs_builder"], ".2f", "×"),
          fmt(r["agreement_vs_builder"], ".0%"), fmt(r["agreement_vs_fp32"], ".0%")]
@@ -293,6 +337,7 @@ def render(rows: list[dict], args, uniform, hetero) -> str:
     ]  # fmt: skip
     note = (
         f"uniform {uniform.to_dict()['intermediate_sizes']}, heterogeneous {hetero.to_dict()['intermediate_sizes']}; "
+        f"perplexity on {args.ppl_tokens} held-out tokens (windows of {PPL_WINDOW}); "
         f"prompt {args.prompt_len}, {args.new_tokens} greedy tokens, 1 thread, {args.clock} clock, "
         f"median of {args.rounds} interleaved rounds; greedy agreement over {args.prompts} held-out prompts; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"

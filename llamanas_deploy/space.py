@@ -154,11 +154,17 @@ class SearchSpace:
         return [self.validate(c, source or value) for c in read_subnets(value)]
 
     def validate(self, cfg: SubnetConfig, source: str = "sub-network") -> SubnetConfig:
-        """Return `cfg` (canonical) if it belongs to this space, else raise `BadInputError`."""
+        """Return `cfg` (canonical) if it belongs to this space, else raise `BadInputError`.
+
+        A config that does not list its `layers` keeps the layers this space keeps at its depth
+        (`kept_layers`: the first L in a `first` space, not in an `importance` one).
+        """
         if cfg.num_layers not in self.depth_choices:
             raise BadInputError(
                 f"{source}: num_layers {cfg.num_layers} is not in {_set(self.depth_choices)} (space {self.name})"
             )
+        if cfg.layers is None:
+            cfg = SubnetConfig(cfg.num_layers, cfg.intermediate_sizes, self.kept_layers(cfg.num_layers))
         for dim in self.layer_dims:
             for i, value in enumerate(getattr(cfg, dim.key)):
                 if value not in dim.choices:

@@ -2,8 +2,13 @@
 
 JSON contract (see the design brief)::
 
-    {"num_layers": L, "intermediate_sizes": [s_1, ..., s_L]}           # the first L layers
-    {"num_layers": L, "intermediate_sizes": [...], "layers": [i_1, ...]}  # other layers
+    {"num_layers": L, "intermediate_sizes": [s_1, ..., s_L]}           # the layers the space keeps at depth L
+    {"num_layers": L, "intermediate_sizes": [...], "layers": [i_1, ...]}  # these layers
+
+Without `layers`, `SearchSpace.validate` fills in the space's layers for that depth: the first L
+in a `first` space, the L most important in an `importance` one. A config written out drops
+`layers` when they are the first L (`canonical`), so in a space that keeps other layers the
+first L are not a config of their own: only the space's layers are.
 
 Anything else is rejected with a message that says what was expected and what came.
 """

@@ -95,6 +95,18 @@ def test_validate_returns_the_canonical_form():
     assert SMALL.validate(SubnetConfig(2, (32, 64), (0, 1))) == SubnetConfig(2, (32, 64))
 
 
+def test_a_config_without_layers_keeps_the_spaces_layers():
+    """In a space that drops layers by importance, `{"num_layers": 26, ...}` is its 26 layers, not the first 26."""
+    smollm2 = load_space("smollm2-135m")
+    written = '{"num_layers": 26, "intermediate_sizes": [%s]}' % ", ".join(["1152"] * 26)
+    cfg = smollm2.resolve(written)
+    assert cfg.kept_layers == smollm2.kept_layers(26) != tuple(range(26))
+    assert not {25, 14, 26, 13} & set(cfg.kept_layers)  # the four least important go first
+    assert smollm2.resolve(cfg.to_json()) == cfg and smollm2.encode(cfg) is not None
+    assert smollm2.resolve("largest").layers is None  # all 30: the first 30
+    assert UNIFORM.validate(SubnetConfig(2, (32, 32))).kept_layers == (0, 3)
+
+
 # ---- encoding ----------------------------------------------------------------------------------
 
 

@@ -121,17 +121,16 @@ class SuperNetwork:
         dtype = next(self.model.parameters()).dtype
         model = build_skeleton(hf_config, dtype=dtype)
         source = self.model.state_dict()
-        state = {}
-        for name in model.state_dict():
-            if name.startswith("model.layers."):
-                new_index, rest = name[len("model.layers.") :].split(".", 1)
-                old_index = subnet.kept_layers[int(new_index)]
-                tensor = source[f"model.layers.{old_index}.{rest}"]
-                tensor = _slice_mlp(rest, tensor, subnet.intermediate_sizes[int(new_index)])
-            else:
-                tensor = source[name]
-            state[name] = tensor.clone()
-        model.load_state_dict(state)
+        with torch.no_grad():  # straight into the skeleton's tensors: no second copy of the weights
+            for name, target in model.state_dict().items():
+                if name.startswith("model.layers."):
+                    new_index, rest = name[len("model.layers.") :].split(".", 1)
+                    old_index = subnet.kept_layers[int(new_index)]
+                    tensor = source[f"model.layers.{old_index}.{rest}"]
+                    tensor = _slice_mlp(rest, tensor, subnet.intermediate_sizes[int(new_index)])
+                else:
+                    tensor = source[name]
+                target.copy_(tensor)
         model.tie_weights()
         return model.eval()
 
