@@ -170,7 +170,7 @@ def _mlp(g: _Graph, x: str, mlp, prefix: str, fuse_gate_up: bool) -> str:
     """down(SiLU(gate(x)) * up(x)); the width is this layer's own.
 
     `fuse_gate_up`: gate and up in one MatMul, then a Split. Measured (benchmarks/export_vs_builder.py,
-    ORT's profiler): quantized, one MatMulNBits / DynamicQuantizeMatMul instead of two saves more
+    ORT's profiler): quantized, one MatMulNBits instead of two saves more
     than the Split's copy costs; in fp32 the Split costs more than the saved MatMul (about 2 %).
     """
     if fuse_gate_up:

@@ -11,7 +11,7 @@ Each device deploys its graph in one dtype (`GRAPH_DTYPES`): float32 on the CPU,
 CUDA (`fp16.py`: the CUDA provider's fast kernels are fp16, and weights, activations and the KV
 cache take half the bytes). `DEPLOYED_PRECISIONS` is what `llamanas export` writes for each
 device: on CUDA `fp16` is that graph and `int4` adds MatMulNBits (fp16 scales) over it; int8
-dynamic quantization is refused there (`refusal`).
+(8-bit MatMulNBits, built and verified for the CPU graph) is refused there (`refusal`).
 
 The export pipeline and the profiler's `onnxruntime` backend both call `export_graph`, so a
 profile times the graph that `llamanas export` deploys.
