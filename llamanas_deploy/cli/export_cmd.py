@@ -13,8 +13,8 @@ import click
 from ..concepts import EXPORT_PRECISIONS
 from ..export.measure import SHAPE_FIELDS, BenchSettings
 from ..export.pipeline import EVAL_SEQ_LEN, ExportSettings
-from ..onnx_model.graphs import DEFAULT_PRECISIONS
 from ..export.verify import DEFAULT_MAX_PPL_INCREASE_PCT
+from ..onnx_model.graphs import DEFAULT_PRECISIONS
 from ..onnx_model.quantize import DEFAULTS as QUANT_DEFAULTS
 from ..runtime import DEFAULT_MAX_NEW_TOKENS, Sampling
 from .common import (
