@@ -111,6 +111,21 @@ def test_profile_of_another_device_is_never_appended_to(tmp_path, fingerprint):
     assert (tmp_path / MEASUREMENTS_FILE).read_bytes() == before
 
 
+def test_a_profile_refused_before_its_first_record_leaves_nothing(tmp_path, fingerprint):
+    """Say, the first sub-network does not fit in memory: no new `fingerprint.json`, no new directory."""
+    new = tmp_path / "a" / "new-target"
+    with pytest.raises(MemoryError):
+        with ProfileWriter.open(new, "t", fingerprint):
+            raise MemoryError("the sub-network does not fit")
+    assert not (tmp_path / "a").exists()
+    with ProfileWriter.open(tmp_path, "t", fingerprint) as writer:  # an existing profile keeps its fingerprint
+        writer.append(record(fingerprint, 1))
+    with pytest.raises(MemoryError):
+        with ProfileWriter.open(tmp_path, "t", fingerprint):
+            raise MemoryError("the next one does not fit")
+    assert (tmp_path / FINGERPRINT_FILE).is_file() and len(read_profile(tmp_path).records) == 1
+
+
 def test_one_writer_at_a_time(tmp_path, fingerprint):
     with ProfileWriter.open(tmp_path, "t", fingerprint):
         with pytest.raises(BadInputError, match="another process is writing"):

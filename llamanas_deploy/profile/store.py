@@ -209,6 +209,8 @@ class ProfileWriter:
         self.keys = keys
         self.dropped_bytes = dropped_bytes
         self._lock_fd: int | None = None
+        self._created: Path | None = None  # what `open` made: undone when the profile fails before its first record
+        self._wrote_fingerprint = False
 
     @classmethod
     def open(cls, path: str | Path, target: str, fingerprint: dict[str, Any]) -> "ProfileWriter":
@@ -227,6 +229,7 @@ class ProfileWriter:
             if stored is None:
                 write_json(path / FINGERPRINT_FILE, data)
             writer.fingerprint, writer.keys = data, keys
+            writer._created, writer._wrote_fingerprint = created, stored is None
             writer.dropped_bytes = _drop_torn_tail(path / MEASUREMENTS_FILE)
         except BaseException:
             writer.close()
@@ -237,8 +240,12 @@ class ProfileWriter:
     def __enter__(self) -> "ProfileWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
         self.close()
+        if exc_type is not None and self._wrote_fingerprint and not (self.path / MEASUREMENTS_FILE).exists():
+            # refused before measuring anything (say, a model too large for memory): leave no new profile behind
+            (self.path / FINGERPRINT_FILE).unlink(missing_ok=True)
+            _remove_empty(self._created, self.path)
 
     @property
     def target(self) -> str:
