@@ -7,8 +7,11 @@ written strictly (NaN and infinities are refused: they are not JSON).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,6 +172,30 @@ def check_out_dir(out: Path) -> None:
         raise BadInputError(f"{out}: exists and is not an empty directory; refusing to overwrite it", param="out")
 
 
+def _scratch_prefix(out: Path, pid: int) -> str:
+    return f".{out.name}.building-{socket.gethostname()}-{pid}-"
+
+
+def _remove_abandoned_scratch(out: Path) -> None:
+    """Remove the scratch directories of builds of `out` whose process died without cleaning up
+    (SIGKILL, power loss): those made on this host by a process that no longer exists."""
+    stem = _scratch_prefix(out, 0)[: -len("0-")]
+    for scratch in out.parent.glob(f"{glob.escape(stem)}*"):
+        pid = scratch.name[len(stem) :].split("-", 1)[0]
+        if scratch.is_dir() and pid.isascii() and pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
 @contextmanager
 def new_directory(out: str | Path) -> Iterator[Path]:
     """Build the directory `out` in a temporary directory beside it, renamed to `out` when the block ends well.
@@ -181,8 +208,9 @@ def new_directory(out: str | Path) -> Iterator[Path]:
     check_out_dir(out)
     made = [p for p in out.parents if not p.exists()]  # parents this call creates, innermost first
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_scratch(out)
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        with tempfile.TemporaryDirectory(prefix=_scratch_prefix(out, os.getpid()), dir=out.parent) as tmp:
             built = Path(tmp) / "result"
             built.mkdir()
             yield built

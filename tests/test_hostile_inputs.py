@@ -610,6 +610,33 @@ def test_6_a_refused_new_directory_is_removed_again(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["held"]
 
 
+def test_10_a_build_killed_by_sigkill_leaves_scratch_the_next_build_removes(tmp_path):
+    """SIGKILL runs no cleanup: the next build of the same `--out` removes the dead process's scratch,
+    and never a live one's."""
+    import subprocess
+
+    from llamanas_deploy.jsonfiles import new_directory
+
+    out = tmp_path / "artifact"
+    killed = (
+        "import os, signal, sys\n"
+        "from llamanas_deploy.jsonfiles import new_directory\n"
+        "with new_directory(sys.argv[1]) as d:\n"
+        "    (d / 'model.onnx').write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", killed, str(out)], capture_output=True)
+    assert done.returncode == -9
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".artifact.building-") and not out.exists()
+    live = tmp_path / f".artifact.building-{os.uname().nodename}-{os.getpid()}-x"
+    live.mkdir()  # a build of this (live) process: kept
+    with new_directory(out) as built:
+        (built / "model.onnx").write_bytes(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "artifact"])
+    assert (out / "model.onnx").read_bytes() == b"whole"
+
+
 @pytest.mark.parametrize("name", ["tiny", "llama2-7b-paper", "small"])
 def test_7_what_space_show_json_prints_loads_as_that_space(world, capsys, tmp_path, name):
     source = str(world.space) if name == "small" else name
