@@ -23,8 +23,8 @@ builder's at the same precision, and to our fp32 export of the same sub-network.
 
     python benchmarks/export_vs_builder.py               # the tiny default, 6 x 576 vs 6 layers of mixed widths
     python benchmarks/export_vs_builder.py --rounds 9 --json out.json
-    # a real model (`llamanas prepare --model smollm2-135m --out runs/smollm2`): full network vs a pruned one
-    python benchmarks/export_vs_builder.py --model runs/smollm2 --space smollm2-135m --uniform largest \
+    # a real model (`make smollm2`; or its fine-tuned super-network): full network vs a pruned one
+    python benchmarks/export_vs_builder.py --model smollm2-135m --space smollm2-135m --uniform largest \
         --heterogeneous runs/smollm2-hetero.json --new-tokens 32 --rounds 3
 """
 
