@@ -4,12 +4,14 @@ Both precisions are weight-only, blockwise, symmetric `MatMulNBits` (`MatMulNBit
 round to nearest): int8 stores 8-bit blocks, int4 4-bit ones; `accuracy_level` 4 computes in
 int8 on the CPU (activations quantized per block at run time, fast), 0 keeps float compute.
 Chosen by measurement on SmolLM2-135M (30 layers, full network, 4,096 held-out tokens; fp32
-perplexity 24.30; `benchmarks/export_real_model.py` keeps the comparison): dynamic int8
+perplexity 24.30; the README's "Quantization on a real model" keeps the table): dynamic int8
 (`quantize_dynamic`: activations quantized per tensor) gave 48.7 (+100 %) per channel with
 7-bit range, 70.9 per tensor, and overflowed without the reduced range on AVX2 (the outliers
 of `down_proj`'s input); 8-bit blocks of 32 give 24.35 (+0.2 %), blocks of 128 24.65 (+1.4 %).
 int4 blocks of 32 give 34.2 (+41 %), of 128 46.9 (+93 %). HQQ (29.6) needs float zero points,
-which ORT 1.32 runs ~25x slower on the CPU; GPTQ needs Intel Neural Compressor.
+which ORT 1.32 runs ~25x slower on the CPU; GPTQ needs Intel Neural Compressor. Known gap: on an
+AVX2 CPU 8-bit blocks at accuracy level 4 answer a chat prompt the fp32 graph answers right
+differently (the GenAI builder's int8 alike); float compute (level 0) is ~1 s/token there.
 
 On the fused CPU graph (`fused.py`) every MatMul is quantized, the LM head included, and the
 embedding reads the LM head's blocks through `GatherBlockQuantized` when the two are tied (one
