@@ -39,23 +39,27 @@ EMBEDDING_NODE = "embed_tokens/Gather"
 
 
 class _Graph:
-    """Nodes and initializers in the order they are added (so the file is the same every time)."""
+    """Nodes and initializers in the order they are added (so the file is the same every time),
+    written straight into the model's graph: the weights are held once, not once per helper that
+    would copy them (`make_graph`, `make_model`)."""
 
     def __init__(self) -> None:
-        self.nodes: list = []
-        self.initializers: list = []
+        from onnx import ModelProto
+
+        self.model = ModelProto()
+        self.graph = self.model.graph
 
     def weight(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
 
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
     def node(self, op: str, inputs: list[str], name: str, outputs: int | list[str] = 1, domain: str = "", **attrs) -> list[str]:
         from onnx import helper
 
         names = outputs if isinstance(outputs, list) else [f"{name}/output_{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op, inputs, names, name=name, domain=domain, **attrs))
+        self.graph.node.append(helper.make_node(op, inputs, names, name=name, domain=domain, **attrs))
         return names
 
 
@@ -208,10 +212,13 @@ def _model(g: _Graph, config: DecoderOnnxConfig):
             outputs.append(value(name, TensorProto.FLOAT, axes, 3, {2: config.vocab_size}))
         else:
             outputs.append(value(name, TensorProto.FLOAT, axes, 4, kv_fixed))
-    graph = helper.make_graph(g.nodes, "llamanas_decoder", inputs, outputs, g.initializers)
-    opsets = [helper.make_opsetid("", config.opset), helper.make_opsetid(MS_DOMAIN, 1)]
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="llamanas-deploy")
+    g.graph.name = "llamanas_decoder"
+    g.graph.input.extend(inputs)
+    g.graph.output.extend(outputs)
+    model = g.model
     model.ir_version = 10
+    model.opset_import.extend([helper.make_opsetid("", config.opset), helper.make_opsetid(MS_DOMAIN, 1)])
+    model.producer_name = "llamanas-deploy"
     return model
 
 
