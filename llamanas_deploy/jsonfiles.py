@@ -172,14 +172,15 @@ def check_out_dir(out: Path) -> None:
         raise BadInputError(f"{out}: exists and is not an empty directory; refusing to overwrite it", param="out")
 
 
-def _scratch_prefix(out: Path, pid: int) -> str:
-    return f".{out.name}.building-{socket.gethostname()}-{pid}-"
+def _scratch_stem(out: Path) -> str:
+    """What the scratch directories of builds of `out` on this host start with; the builder's pid follows."""
+    return f".{out.name}.building-{socket.gethostname()}-"
 
 
 def _remove_abandoned_scratch(out: Path) -> None:
     """Remove the scratch directories of builds of `out` whose process died without cleaning up
     (SIGKILL, power loss): those made on this host by a process that no longer exists."""
-    stem = _scratch_prefix(out, 0)[: -len("0-")]
+    stem = _scratch_stem(out)
     for scratch in out.parent.glob(f"{glob.escape(stem)}*"):
         pid = scratch.name[len(stem) :].split("-", 1)[0]
         if scratch.is_dir() and pid.isascii() and pid.isdigit() and not _process_exists(int(pid)):
@@ -210,7 +211,7 @@ def new_directory(out: str | Path) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_scratch(out)
     try:
-        with tempfile.TemporaryDirectory(prefix=_scratch_prefix(out, os.getpid()), dir=out.parent) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{_scratch_stem(out)}{os.getpid()}-", dir=out.parent) as tmp:
             built = Path(tmp) / "result"
             built.mkdir()
             yield built

@@ -111,16 +111,16 @@ def quantize(src: Path, dst: Path, settings: QuantSettings, external_data: bool,
     if settings.precision not in BITS:
         raise BadInputError(f"{settings.precision!r}: expected int8 or int4 to quantize", param="precision")
     model = onnx.load(str(src))
-    if graph == "fused":
-        with _quiet_quantizer():
-            model, note = _quantize_fused(model, settings)
-        _save(model, dst, external_data)
-        return QuantSettings(**{**asdict(settings), "reason": f"{settings.reason}; {note}"})
-    excluded = (lm_head_node(model),)
     with _quiet_quantizer():
-        model = _matmul_nbits(model, settings, excluded=excluded)
+        if graph == "fused":
+            model, note = _quantize_fused(model, settings)
+            done = {"reason": f"{settings.reason}; {note}"}
+        else:
+            excluded = (lm_head_node(model),)
+            model = _matmul_nbits(model, settings, excluded=excluded)
+            done = {"excluded_nodes": excluded}
     _save(model, dst, external_data)
-    return QuantSettings(**{**asdict(settings), "excluded_nodes": excluded})
+    return QuantSettings(**{**asdict(settings), **done})
 
 
 def _quantize_fused(model, settings: QuantSettings) -> tuple[Any, str]:
