@@ -222,11 +222,17 @@ class PerplexityResult:
     num_tokens: int
 
 
-def perplexity(decoder: OrtDecoder, token_ids: Sequence[int], seq_len: int = 128, batch_size: int = 8) -> PerplexityResult:
-    """Next-token perplexity over non-overlapping windows of `seq_len` tokens (the tail is dropped)."""
+PERPLEXITY_LOGITS = 1 << 24  # logits per batch of windows (64 MiB): a 49k vocabulary takes 2 windows of 128 at a time
+
+
+def perplexity(decoder: OrtDecoder, token_ids: Sequence[int], seq_len: int = 128, batch_size: int | None = None) -> PerplexityResult:
+    """Next-token perplexity over non-overlapping windows of `seq_len` tokens (the tail is dropped),
+    `batch_size` windows per call (default: up to 8, as many as `PERPLEXITY_LOGITS` logits hold)."""
     rows = len(token_ids) // seq_len
     if rows == 0:
         raise BadInputError(f"the data has {len(token_ids)} tokens, fewer than one window of {seq_len}")
+    if batch_size is None:
+        batch_size = max(1, min(8, PERPLEXITY_LOGITS // (seq_len * decoder.vocab_size)))
     windows = np.asarray(token_ids[: rows * seq_len], dtype=np.int64).reshape(rows, seq_len)
     nll, count = 0.0, 0
     for start in range(0, rows, batch_size):

@@ -15,7 +15,7 @@ import torch
 from conftest import write_space
 
 from llamanas_deploy.export import ExportSettings, export
-from llamanas_deploy.export.verify import verify_fp32
+from llamanas_deploy.export.verify import torch_reference, verify_fp32
 from llamanas_deploy.model.supernet import SuperNetwork
 from llamanas_deploy.onnx_model.config import onnx_config_for
 from llamanas_deploy.onnx_model.fused import EMBEDDING, build_fused, export_fused
@@ -86,10 +86,10 @@ def test_the_fp32_gate_catches_a_graph_that_is_not_the_model(small_checkpoint, t
     model = SuperNetwork.load(small_checkpoint).extract(HETERO)
     decoder, config = fused_decoder(model, tmp_path)
     tokens = np.random.default_rng(2).integers(0, config.vocab_size, 64).tolist()
-    verify_fp32(model, decoder, config, tokens)  # the real model passes
+    verify_fp32(torch_reference(model, config, tokens), decoder, config)  # the real model passes
     break_model(model)
     with pytest.raises(VerificationError, match="logits max abs diff"):
-        verify_fp32(model, decoder, config, tokens)
+        verify_fp32(torch_reference(model, config, tokens), decoder, config)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,8 @@ def test_fused_logits_equal_torch_on_prefill_and_a_cached_step(overrides, fuse_g
     assert np.abs(logits - expected).max() <= TINY_MAX_ABS_DIFF
     assert present["past_key_values.2.key"].shape == (2, config.num_kv_heads, 9, config.head_dim)
     # the export's gate: prefill (batch 2) and one cached decode step, logits and present KV
-    report = verify_fp32(model, decoder, config, np.random.default_rng(2).integers(0, config.vocab_size, 64).tolist())
+    tokens = np.random.default_rng(2).integers(0, config.vocab_size, 64).tolist()
+    report = verify_fp32(torch_reference(model, config, tokens), decoder, config)
     for step in ("prefill", "decode"):
         assert report[step]["logits_max_abs_diff"] <= TINY_MAX_ABS_DIFF and report[step]["kv_max_abs_diff"] <= TINY_MAX_ABS_DIFF
 
@@ -148,8 +149,7 @@ def test_heterogeneous_artifacts_run_in_onnxruntime(artifacts):
         path = artifacts[precision] / "model.onnx"
         counts = ops(path)
         assert counts["MatMulNBits"] == 3 * 4 + 1 and "MatMul" not in counts  # the LM head too
-        # the untied embedding: ORT's quantizer turns a Gather into 4-bit blocks only
-        assert counts["GatherBlockQuantized"] == (1 if precision == "int4" else 0)
+        assert counts["GatherBlockQuantized"] == 1  # the untied embedding reads blocks of its own
         quant = json.loads((artifacts[precision] / "manifest.json").read_text())["verification"]["quantized_vs_fp32"]
         assert 0 <= quant["greedy_agreement"] <= 1 and np.isfinite(quant["perplexity_change_pct"])
         assert len(generate(OrtDecoder(path), [5, 6, 7], 6).tokens) == len(reference)
@@ -173,42 +173,84 @@ def test_heterogeneous_artifact_runs_in_onnxruntime_genai(artifacts, precision):
     assert tokens == generate(OrtDecoder(artifacts[precision] / "model.onnx"), prompt, new).tokens
 
 
-def test_tied_embedding_is_stored_once_in_quantized_files(tmp_path):
-    """The embedding reads the LM head's quantized blocks: no fp32 table left in the file."""
+@pytest.mark.parametrize("tied", [True, False])
+def test_quantized_embedding_reads_blocks_not_an_fp32_table(tmp_path, tied):
+    """Tied: the embedding reads the LM head's quantized blocks (one copy in the file); untied: blocks of
+    its own. No fp32 table is left in the file, and the logits stay near fp32's."""
     from conftest import make_checkpoint
 
-    from llamanas_deploy.onnx_model.quantize import quantize, settings_for
+    from llamanas_deploy.onnx_model.quantize import settings_for
 
-    tied = SuperNetwork.load(make_checkpoint(tmp_path / "tied", seed=2, tie_word_embeddings=True))
-    model = tied.extract(SubnetConfig(2, (64, 32)))
-    fp32 = export_fused(model, onnx_config_for(model.config.to_dict(), "test"), tmp_path)
-    ids = np.random.default_rng(0).integers(0, 256, 300).tolist()
-    reference = OrtDecoder(fp32).forward(np.array([ids[:20]]), OrtDecoder(fp32).empty_past(1))[0]
-    for name, settings in (("q8", settings_for("int8", "cpu")), ("q4", settings_for("int4", "cpu"))):
-        out = tmp_path / f"{name}.onnx"
-        quantize(fp32, out, settings, external_data=False)
-        graph = onnx.load(str(out)).graph
-        assert EMBEDDING not in {t.name for t in graph.initializer}
+    checkpoint = SuperNetwork.load(make_checkpoint(tmp_path / "model", seed=2, tie_word_embeddings=tied))
+    model = checkpoint.extract(SubnetConfig(2, (64, 32)))
+    config = onnx_config_for(model.config.to_dict(), "test")
+    fp32 = OrtDecoder(export_fused(model, config, tmp_path))
+    ids = np.random.default_rng(0).integers(0, 256, 20)[None]
+    reference = fp32.forward(ids, fp32.empty_past(1))[0]
+    for precision in ("int8", "int4"):
+        out = tmp_path / precision
+        out.mkdir()
+        export_fused(model, config, out, quant=settings_for(precision, "cpu"))
+        graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+        names = {t.name for t in graph.initializer}
+        assert EMBEDDING not in names and "lm_head.weight_scales" in names
+        assert ("model.embed_tokens.weight_scales" in names) is not tied
         assert not any(n.op_type == "Gather" and n.input[0] == EMBEDDING for n in graph.node)
-        quantized = OrtDecoder(out)
-        logits, _ = quantized.forward(np.array([ids[:20]]), quantized.empty_past(1))
+        quantized = OrtDecoder(out / "model.onnx")
+        logits, _ = quantized.forward(ids, quantized.empty_past(1))
         assert logits.shape == (1, 20, 256) and np.isfinite(logits).all()
         # random weights: the logits stay close to fp32's (a wrong table or scale would not)
         assert np.abs(logits - reference).max() < 0.2 * np.abs(reference).max()
 
 
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_as_built_equals_ort_quantizer_over_the_fp32_graph(small_checkpoint, tmp_path, precision):
+    """The fused graph quantized weight by weight as it is built is what ORT's own `MatMulNBitsQuantizer`
+    makes of the saved float32 graph: the same MatMulNBits nodes, the same blocks and scales."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    from llamanas_deploy.onnx_model.quantize import settings_for
+
+    settings = settings_for(precision, "cpu")
+    model = SuperNetwork.load(small_checkpoint).extract(HETERO)
+    config = onnx_config_for(model.config.to_dict(), "test")
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "q").mkdir()
+    fp32 = onnx.load(str(export_fused(model, config, tmp_path / "fp32", fuse_gate_up=True)))
+    options = dict(block_size=settings.block_size, is_symmetric=True, accuracy_level=settings.accuracy_level)
+    theirs = MatMulNBitsQuantizer(fp32, bits=settings.bits, **options,
+                                  algo_config=DefaultWeightOnlyQuantConfig(**options, bits=settings.bits))  # fmt: skip
+    theirs.process()
+    ours = onnx.load(str(export_fused(model, config, tmp_path / "q", quant=settings)))
+
+    def matmuls(graph) -> dict:
+        return {n.name: (list(n.input), list(n.output), sorted((a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute))
+                for n in graph.node if n.op_type == "MatMulNBits"}  # fmt: skip
+
+    def blocks(graph) -> dict:
+        return {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith(("_scales", f"_Q{settings.bits}"))}
+
+    expected, got = matmuls(theirs.model.model.graph), matmuls(ours.graph)
+    assert len(got) == 4 * len(HETERO.intermediate_sizes) + 1  # qkv, o, gate|up, down per layer; the LM head
+    assert {k: v for k, v in got.items() if k in expected} == expected  # ORT leaves the tied head's Transpose alone
+    mine = blocks(ours.graph)
+    for name, array in blocks(theirs.model.model.graph).items():
+        np.testing.assert_array_equal(mine[name], array)
+
+
 def test_fused_export_is_deterministic(small_checkpoint, tmp_path):
-    from llamanas_deploy.onnx_model.quantize import quantize, settings_for
+    from llamanas_deploy.onnx_model.quantize import settings_for
 
     model = SuperNetwork.load(small_checkpoint).extract(HETERO)
     config = onnx_config_for(model.config.to_dict(), "test")
     files = []
     for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        fp32 = export_fused(model, config, tmp_path / name)
-        quantize(fp32, tmp_path / name / "int4.onnx", settings_for("int4", "cpu"), external_data=False)
-        files.append([(tmp_path / name / f).read_bytes() for f in ("model.onnx", "int4.onnx")])
-    assert files[0] == files[1]
+        for kind, quant in (("fp32", None), ("int4", settings_for("int4", "cpu"))):
+            (tmp_path / name / kind).mkdir(parents=True)
+            export_fused(model, config, tmp_path / name / kind, quant=quant)
+        files.append(sorted((p.relative_to(tmp_path / name), p.read_bytes()) for p in (tmp_path / name).rglob("*.onnx*")))
+    assert len(files[0]) == 4 and files[0] == files[1]
 
 
 def test_profiler_exports_each_subnet_once_across_visits(small_checkpoint):
@@ -222,20 +264,24 @@ def test_profiler_exports_each_subnet_once_across_visits(small_checkpoint):
     assert [m.decode_ms.visits for m in measured] == [2, 2]
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_quantized_weights_can_live_in_external_data(small_checkpoint, tmp_path, precision):
-    """What a model above protobuf's 2 GiB gets: `model.onnx` + `model.onnx.data`, nothing else left behind."""
-    from llamanas_deploy.onnx_model.quantize import quantize, settings_for
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_weights_stream_to_external_data_as_they_are_made(small_checkpoint, tmp_path, precision):
+    """`model.onnx` holds the graph, `model.onnx.data` every weight of a KiB or more (offsets on a page),
+    nothing else is left behind, and the file runs."""
+    from llamanas_deploy.onnx_model.fused import ALIGNMENT, EXTERNAL_MIN_BYTES
+    from llamanas_deploy.onnx_model.quantize import settings_for
 
     model = SuperNetwork.load(small_checkpoint).extract(HETERO)
-    fp32 = export_fused(model, onnx_config_for(model.config.to_dict(), "test"), tmp_path)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    settings = settings_for(precision, "cpu")
-    quantize(fp32, out_dir / "model.onnx", settings, external_data=True)
-    assert sorted(p.name for p in out_dir.iterdir()) == ["model.onnx", "model.onnx.data"]
-    decoder = OrtDecoder(out_dir / "model.onnx")
-    assert len(generate(decoder, [1, 2, 3], 4).tokens) == 4
+    export_fused(model, onnx_config_for(model.config.to_dict(), "test"), tmp_path, quant=settings_for(precision, "cpu"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    graph = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False).graph
+    for tensor in graph.initializer:
+        external = {e.key: e.value for e in tensor.external_data}
+        if external:
+            assert external["location"] == "model.onnx.data" and int(external["offset"]) % ALIGNMENT == 0
+        else:
+            assert len(tensor.raw_data) < EXTERNAL_MIN_BYTES
+    assert len(generate(OrtDecoder(tmp_path / "model.onnx"), [1, 2, 3], 4).tokens) == 4
 
 
 def test_export_cache_keeps_exports_until_the_disk_needs_room():

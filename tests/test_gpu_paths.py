@@ -266,7 +266,7 @@ def fp16_graphs(small_checkpoint, tmp_path_factory):
     graph = graph_for("cuda", config)
     fp16 = export_graph(model, config, root, graph, "fp16", graph_dtype("cuda"))
     assert next(model.parameters()).dtype == torch.float32  # exported from a copy: the reference stays fp32
-    quant = quantize(fp16, root / "int4.onnx", settings_for("int4", "cuda"), False, graph)
+    quant = quantize(fp16, root / "int4.onnx", settings_for("int4", "cuda"), False)
     return {"model": model, "config": config, "fp16": fp16, "int4": root / "int4.onnx", "quant": quant}
 
 
@@ -356,13 +356,13 @@ def test_io_binding_keeps_the_cache_in_ortvalues_and_gives_the_plain_paths_logit
 def test_fp16_verification_uses_relative_tolerances_through_io_binding(fp16_graphs):
     import numpy as np
 
-    from llamanas_deploy.export.verify import verify_fp32
+    from llamanas_deploy.export.verify import torch_reference, verify_fp32
     from llamanas_deploy.onnx_model.fp16 import FP16_RELATIVE_TOLERANCE
     from llamanas_deploy.runtime import OrtDecoder
 
     decoder = OrtDecoder(fp16_graphs["fp16"], "cpu", io_binding=True)
     tokens = np.random.default_rng(2).integers(0, 256, 64).tolist()
-    report = verify_fp32(fp16_graphs["model"], decoder, fp16_graphs["config"], tokens)
+    report = verify_fp32(torch_reference(fp16_graphs["model"], fp16_graphs["config"], tokens), decoder, fp16_graphs["config"])
     assert report["graph_dtype"] == "float16" and report["relative_tolerance"] == FP16_RELATIVE_TOLERANCE
     for step in ("prefill", "decode"):
         figures = report[step]

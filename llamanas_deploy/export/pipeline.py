@@ -1,4 +1,10 @@
-"""Export end to end: extract -> export fp32 / fp16 -> verify -> quantize -> verify -> artifact (-> bench).
+"""Export end to end: extract -> export fp32 / fp16 -> quantize -> verify -> verify quantized -> artifact (-> bench).
+
+Memory stays near one copy of the weights: the sub-network is a view of the super-network's
+tensors (`SuperNetwork.extract(copy=False)`), every graph streams its weights to disk as they are
+made (the fused graph quantized as it is built), the torch outputs the checks need are taken
+before the super-network is freed (when `export` loaded it), and one ONNX Runtime session is open
+at a time (the unquantized graph's figures are taken before the quantized session opens).
 
 The device picks the graph and its dtype (`onnx_model.graphs`): on the CPU a float32 graph
 (fp32, int8, int4); on CUDA a float16 graph (fp16, or int4 MatMulNBits over it), verified on
@@ -13,7 +19,6 @@ behind and never touches an existing one (a non-empty `out` is refused up front)
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -108,10 +113,12 @@ def export(
     for `subnet` is recorded. `bench`: how to measure the artifact on this device, `None` for no
     measurement. Every input is checked before anything slow starts.
     """
-    from ..jsonfiles import check_out_dir, new_directory
+    from ..analytics import subnet_stats
+    from ..jsonfiles import check_out_dir, new_directory, write_json
     from ..model.supernet import SuperNetwork
-    from ..onnx_model.artifact import write_manifest
-    from ..runtime import check_device
+    from ..onnx_model.artifact import GENAI_CONFIG, copy_tokenizer, genai_config, write_manifest
+    from ..onnx_model.exporter import ONNX_NAME
+    from ..runtime import PROVIDERS, check_device
     from ..space import load_space
     from .measure import bench_decoder
 
@@ -122,14 +129,22 @@ def export(
     subnet = space.resolve(subnet) if isinstance(subnet, str) else space.validate(subnet)
     predictor, predictor_name = _load_predictor(predictor, space) if predictor is not None else (None, None)
     quantized = settings.precision in QUANTIZED
-    steps = ["load", "export", "verify", *(["quantize", "verify quantized"] if quantized else []), "artifact"]
+    steps = ["load", "export", *(["quantize"] if quantized else []), "verify", *(["verify quantized"] if quantized else []),
+             "artifact"]  # fmt: skip
     stage = _Stages(callback, steps + (["bench"] if bench is not None else []))
     with new_directory(out) as artifact_dir:
         stage("load")
         supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
         supernet.check_space(space)
-        built = _build(supernet, subnet, settings, artifact_dir, stage)
-        manifest = _manifest(settings, space, supernet, subnet, provider, built)
+        origin = _Origin(supernet.source, supernet.weights_sha256(), subnet_stats(supernet.shape, subnet))
+        graphs = _write_graphs(supernet, subnet, settings, artifact_dir, stage)
+        del supernet  # every weight is in the graphs now: freed here, unless the caller holds it
+        verification = _verify(graphs, settings, artifact_dir, stage)
+        stage("artifact")
+        genai = genai_config(graphs.onnx_config, graphs.model_config, PROVIDERS[settings.device], ONNX_NAME, graphs.graph)
+        write_json(artifact_dir / GENAI_CONFIG, genai, sort_keys=True)
+        tokenizer_files = copy_tokenizer(origin.source, artifact_dir)
+        manifest = _manifest(settings, space, origin, subnet, provider, graphs, verification, tokenizer_files, artifact_dir)
         if predictor is not None:
             manifest["predicted"] = _predicted(predictor, predictor_name, subnet)
         if bench is not None:
@@ -153,64 +168,79 @@ class _Stages:
         report(self.callback, "export", len(self.steps), len(self.steps), "step", status="done")
 
 
-@dataclass
-class _Built:
-    artifact_dir: Path
+@dataclass(frozen=True)
+class _Origin:
+    """What the manifest says about the super-network, taken before its weights are freed."""
+
+    source: Path
+    weights_sha256: str
+    stats: Any  # analytics.SubnetStats
+
+
+@dataclass(frozen=True)
+class _Graphs:
+    """The unquantized graph (`base_path`: the artifact's own when nothing is quantized) and, when
+    quantized, the artifact's graph beside it; with what the checks need from the torch model."""
+
+    base_path: Path
+    quant: QuantSettings
     onnx_config: Any
+    model_config: dict[str, Any]
     graph: str
     dtype: str
-    model_config: dict[str, Any]
-    quant: QuantSettings
-    verification: dict[str, Any]
-    external_data: bool
-    tokenizer_files: list[str]
+    tokens: list[int]
+    data_source: str
+    torch_reference: Any  # verify.TorchReference
 
 
-def _build(supernet, subnet: SubnetConfig, settings: ExportSettings, artifact_dir: Path,
-           stage: Callable[[str], None]) -> _Built:  # fmt: skip
-    """Export, verify and quantize into `artifact_dir` (empty; its parent is scratch space)."""
-    from ..jsonfiles import write_json
-    from ..onnx_model.artifact import GENAI_CONFIG, copy_tokenizer, genai_config
+def _write_graphs(supernet, subnet: SubnetConfig, settings: ExportSettings, artifact_dir: Path,
+                  stage: Callable[[str], None]) -> _Graphs:  # fmt: skip
+    """Write the graphs from views of the super-network's weights (no copy of them is made), and
+    take the torch outputs the checks compare with; `artifact_dir`'s parent is scratch space."""
     from ..onnx_model.config import onnx_config_for
-    from ..onnx_model.exporter import ONNX_NAME
-    from ..onnx_model.graphs import export_graph, graph_dtype, graph_for
-    from ..onnx_model.quantize import quantize
-    from ..runtime import PROVIDERS, OrtDecoder
-    from .verify import verify_fp32, verify_quantized
+    from ..onnx_model.graphs import export_graph, export_quantized, graph_dtype, graph_for
+    from .verify import torch_reference
 
     stage("export")
-    model = supernet.extract(subnet)
+    model = supernet.extract(subnet, copy=False)
     model_config = model.config.to_dict() | {"intermediate_sizes": list(subnet.intermediate_sizes)}
     onnx_config = onnx_config_for(model_config, f"sub-network {subnet.id}")
     graph, dtype = graph_for(settings.device, onnx_config), graph_dtype(settings.device)
     base = BASE_PRECISIONS[dtype]  # the unquantized graph: fp32, or fp16 on CUDA
     quant = _quant_settings(settings)
-    base_dir = artifact_dir.parent / base
-    base_dir.mkdir()
+    base_dir = artifact_dir if quant is None else artifact_dir.parent / base
+    base_dir.mkdir(exist_ok=True)
     base_path = export_graph(model, onnx_config, base_dir, graph, settings.precision, dtype)
-    external = (base_dir / f"{ONNX_NAME}.data").exists()
-    tokens, data_source = eval_tokens(supernet.source, settings.data, settings.max_eval_tokens, onnx_config.vocab_size)
-    stage("verify")
-    unquantized = OrtDecoder(base_path, settings.device)
-    verification = {"data": data_source, f"{base}_vs_torch": verify_fp32(model, unquantized, onnx_config, tokens)}
-    del model  # the torch copy is not needed any more: free it before quantizing
     if quant is None:
         quant = QuantSettings(base)
-        for path in base_dir.iterdir():
-            shutil.move(str(path), artifact_dir / path.name)
     else:
         stage("quantize")
-        quant = quantize(base_path, artifact_dir / ONNX_NAME, quant, external, graph)
-        stage("verify quantized")
-        quantized = OrtDecoder(artifact_dir / ONNX_NAME, settings.device)
-        verification[f"quantized_vs_{base}"] = verify_quantized(
-            unquantized, quantized, tokens, EVAL_SEQ_LEN, settings.max_ppl_increase_pct, base
-        )
-    stage("artifact")
-    genai = genai_config(onnx_config, model_config, PROVIDERS[settings.device], ONNX_NAME, graph)
-    write_json(artifact_dir / GENAI_CONFIG, genai, sort_keys=True)
-    tokenizer_files = copy_tokenizer(supernet.source, artifact_dir)
-    return _Built(artifact_dir, onnx_config, graph, dtype, model_config, quant, verification, external, tokenizer_files)
+        quant = export_quantized(model, onnx_config, artifact_dir, graph, quant, dtype, base=base_path)
+    tokens, data_source = eval_tokens(supernet.source, settings.data, settings.max_eval_tokens, onnx_config.vocab_size)
+    reference = torch_reference(model, onnx_config, tokens)
+    return _Graphs(base_path, quant, onnx_config, model_config, graph, dtype, tokens, data_source, reference)
+
+
+def _verify(graphs: _Graphs, settings: ExportSettings, artifact_dir: Path, stage: Callable[[str], None]) -> dict[str, Any]:
+    """The unquantized graph against torch, then the quantized one against it; one session open at a time."""
+    from ..onnx_model.exporter import ONNX_NAME
+    from ..runtime import OrtDecoder
+    from .verify import quality_reference, verify_fp32, verify_quantized
+
+    stage("verify")
+    base = BASE_PRECISIONS[graphs.dtype]
+    unquantized = OrtDecoder(graphs.base_path, settings.device)
+    verification = {"data": graphs.data_source, f"{base}_vs_torch": verify_fp32(graphs.torch_reference, unquantized, graphs.onnx_config)}
+    if settings.precision not in QUANTIZED:
+        return verification
+    reference = quality_reference(unquantized, graphs.tokens, EVAL_SEQ_LEN)
+    del unquantized
+    stage("verify quantized")
+    quantized = OrtDecoder(artifact_dir / ONNX_NAME, settings.device)
+    verification[f"quantized_vs_{base}"] = verify_quantized(
+        reference, quantized, graphs.tokens, settings.max_ppl_increase_pct, base
+    )
+    return verification
 
 
 def _quant_settings(settings: ExportSettings) -> QuantSettings | None:
@@ -248,34 +278,33 @@ def eval_tokens(model_dir: Path, data: str | None, max_tokens: int, vocab_size: 
     return ids, f"random token ids (seed {RANDOM_TOKENS_SEED}; no tokenizer.json in {model_dir})"
 
 
-def _manifest(settings: ExportSettings, space, supernet, subnet: SubnetConfig, provider: str, built: _Built) -> dict[str, Any]:
-    from ..analytics import subnet_stats
-
-    stats = subnet_stats(supernet.shape, subnet)
-    config = built.onnx_config
-    onnx_bytes = sum(p.stat().st_size for p in built.artifact_dir.glob("model.onnx*"))
+def _manifest(settings: ExportSettings, space, origin: _Origin, subnet: SubnetConfig, provider: str, graphs: _Graphs,
+              verification: dict[str, Any], tokenizer_files: list[str], artifact_dir: Path) -> dict[str, Any]:  # fmt: skip
+    stats, config = origin.stats, graphs.onnx_config
+    onnx_files = sorted(artifact_dir.glob("model.onnx*"))
     return {
         "subnet": subnet.to_dict(),
         "subnet_id": subnet.id,
         "space_id": space.id,
-        "super_network": {"path": str(supernet.source), "weights_sha256": supernet.weights_sha256()},
+        "super_network": {"path": str(origin.source), "weights_sha256": origin.weights_sha256},
         "precision": settings.precision,
-        "quantization": built.quant.to_dict(),
+        "quantization": graphs.quant.to_dict(),
         "device": settings.device,
         "execution_provider": provider,
-        "size": {"params": stats.params, "fp16_bytes": stats.fp16_bytes, "fp16_gib": stats.fp16_gib, "onnx_bytes": onnx_bytes},
+        "size": {"params": stats.params, "fp16_bytes": stats.fp16_bytes, "fp16_gib": stats.fp16_gib,
+                 "onnx_bytes": sum(p.stat().st_size for p in onnx_files)},  # fmt: skip
         "onnx": {
             "file": "model.onnx",
-            "graph": built.graph,
-            "dtype": built.dtype,
-            "external_data": built.external_data,
+            "graph": graphs.graph,
+            "dtype": graphs.dtype,
+            "external_data": any(p.name.endswith(".data") for p in onnx_files),
             "opset": config.opset,
             "inputs": {k: {str(a): n for a, n in v.items()} for k, v in config.inputs.items()},
             "outputs": {k: {str(a): n for a, n in v.items()} for k, v in config.outputs.items()},
         },
-        "tokens": {k: built.model_config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
-        "tokenizer_files": built.tokenizer_files,
-        "verification": built.verification,
+        "tokens": {k: graphs.model_config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
+        "tokenizer_files": tokenizer_files,
+        "verification": verification,
         "predicted": None,
         "measured": None,
     }

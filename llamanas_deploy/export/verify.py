@@ -4,16 +4,18 @@ Every check is run and every failure collected; then one `VerificationError` nam
 (what diverged, by how much, against which limit).
 
 - `verify_fp32`: the ORT session's names and dynamic axes match the export config, and its
-  logits and present KV match the float32 PyTorch model on a prefill (batch 2, empty past) and
-  on a decode step that feeds the ORT cache back in: max abs diff <= a share of the largest |value|
+  logits and present KV match the float32 PyTorch model's (`torch_reference`, taken before the
+  session opens) on a prefill (batch 2, empty past) and on a decode step that feeds the ORT
+  cache back in: max abs diff <= a share of the largest |value|
   of torch's logits (of its KV for the cache): `FP32_RELATIVE_TOLERANCE` for a float32 graph,
   `FP16_RELATIVE_TOLERANCE` for a float16 one (the CUDA artifact, checked on the GPU when the
   session runs there). Rounding adds up over layers, and a fused kernel sums in another order
   than eager torch: on SmolLM2-135M (30 layers, logits up to ~34) the float32 graph differs by
   1.7e-3, 5e-5 of that; a wrong graph (a swapped layer, another rotary base, a broken cache)
   differs by a sizeable share of it.
-- `verify_quantized`: perplexity change against the unquantized artifact on held-out tokens, and
-  greedy-generation agreement (share of generated tokens equal to its, position by position).
+- `verify_quantized`: perplexity change against the unquantized graph on held-out tokens, and
+  greedy-generation agreement (share of generated tokens equal to its, position by position);
+  the unquantized graph's figures (`quality_reference`) are taken once, before its session closes.
 """
 
 from __future__ import annotations
@@ -59,16 +61,50 @@ class Checks:
 
 
 # ---- fp32 against PyTorch -----------------------------------------------------------------------
-def verify_fp32(model, decoder, config: DecoderOnnxConfig, tokens: Sequence[int]) -> dict[str, Any]:
-    """Compare the ORT session `decoder` (a float32 or float16 graph) with the float32 torch `model`;
-    returns the figures, raises on failure."""
+@dataclass(frozen=True)
+class TorchStep:
+    """The float32 torch model's logits and cache after one call."""
+
+    logits: np.ndarray
+    kv: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class TorchReference:
+    """What the torch model computes on the check's inputs: taken before the ONNX session opens,
+    so that the torch weights can be freed first."""
+
+    ids: np.ndarray
+    prefill: TorchStep
+    decode: TorchStep
+
+
+def torch_reference(model, config: DecoderOnnxConfig, tokens: Sequence[int]) -> TorchReference:
+    """The float32 torch `model` on a prefill (batch 2, empty past) and one decode step after it."""
+    ids = _prefill_ids(tokens, config.vocab_size)
+    prompt, step = ids[:, :-1], ids[:, -1:]
+    prefill = _torch_forward(model, prompt)
+    prefill_step = _step(prefill)  # before the decode step grows the same cache
+    return TorchReference(ids, prefill_step, _step(_torch_forward(model, step, returned_cache(prefill))))
+
+
+def _step(output) -> TorchStep:
+    return TorchStep(output.logits.float().numpy(), tuple(t.float().numpy() for t in cache_tensors(returned_cache(output))))
+
+
+def verify_fp32(reference: TorchReference, decoder, config: DecoderOnnxConfig) -> dict[str, Any]:
+    """Compare the ORT session `decoder` (a float32 or float16 graph) with the float32 torch model's
+    `reference`; returns the figures, raises on failure."""
     fp16 = decoder.kv_dtype == np.float16
     checks = Checks(f"{'fp16' if fp16 else 'fp32'} ONNX export")
     _check_io(decoder, config, checks)
     checks.raise_if_failed()  # values cannot be compared when names are wrong
-    ids = _prefill_ids(tokens, config.vocab_size)
-    prefill = _compare_prefill(model, decoder, config, ids, checks, fp16)
-    decode = _compare_decode(model, decoder, config, ids, checks, fp16)
+    prompt, step = reference.ids[:, :-1], reference.ids[:, -1:]
+    logits, present = decoder.forward(prompt, decoder.empty_past(len(prompt)))
+    prefill = _compare_step("prefill", decoder, config, logits, present, reference.prefill, 0, checks, fp16)
+    _, past = decoder.forward(prompt, decoder.empty_past(len(prompt)))  # ORT on its own cache (left on the device)
+    logits, present = decoder.forward(step, past)
+    decode = _compare_step("decode", decoder, config, logits, present, reference.decode, prompt.shape[1], checks, fp16)
     checks.raise_if_failed()
     tolerance = max(prefill["logits_tolerance"], decode["logits_tolerance"])
     return {"tolerance": tolerance, "relative_tolerance": _relative(fp16), "graph_dtype": "float16" if fp16 else "float32",
@@ -110,13 +146,13 @@ def _torch_forward(model, ids: np.ndarray, cache=None):
         return forward_with_cache(model, cache, input_ids=torch.from_numpy(ids), use_cache=True)
 
 
-def _compare(name: str, ort_out: np.ndarray, torch_out, checks: Checks, expected_shape: tuple[int, ...]) -> float:
+def _compare(name: str, ort_out: np.ndarray, reference: np.ndarray, checks: Checks, expected_shape: tuple[int, ...]) -> float:
     if not checks.expect(tuple(ort_out.shape) == expected_shape, f"{name} has shape {tuple(ort_out.shape)}, expected {expected_shape}"):
         return float("inf")
-    return float(np.abs(ort_out - torch_out.float().numpy()).max())
+    return float(np.abs(ort_out - reference).max())
 
 
-def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref, past_len: int, checks: Checks,
+def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref: TorchStep, past_len: int, checks: Checks,
                   fp16: bool) -> dict[str, float]:  # fmt: skip
     """Limits relative to torch's values (`relative_tolerance`), at the graph dtype's share."""
     from ..runtime import host
@@ -124,58 +160,60 @@ def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref, pas
     batch, seq = ort_logits.shape[:2]
     shapes = config.output_shapes(batch, seq, past_len)
     logits = _compare(f"{label} logits", ort_logits, ref.logits, checks, shapes["logits"])
-    torch_kv = cache_tensors(returned_cache(ref))
     kv = max(
         _compare(f"{label} {present}", host(ort_present[past]), t, checks, shapes[present])
-        for present, past, t in zip(config.present_names, decoder.past_names, torch_kv)
+        for present, past, t in zip(config.present_names, decoder.past_names, ref.kv)
     )
-    logits_limit = relative_tolerance(ref.logits.float().numpy(), _relative(fp16))
-    kv_limit = max(relative_tolerance(t.float().numpy(), _relative(fp16)) for t in torch_kv)
+    logits_limit = relative_tolerance(ref.logits, _relative(fp16))
+    kv_limit = max(relative_tolerance(t, _relative(fp16)) for t in ref.kv)
     checks.within(f"{label} logits max abs diff", logits, logits_limit)
     checks.within(f"{label} present KV max abs diff", kv, kv_limit)
     return {"logits_max_abs_diff": logits, "kv_max_abs_diff": kv, "logits_tolerance": logits_limit,
             "kv_tolerance": kv_limit, "batch": batch, "tokens": seq, "past": past_len}  # fmt: skip
 
 
-def _compare_prefill(model, decoder, config, ids: np.ndarray, checks: Checks, fp16: bool) -> dict[str, float]:
-    prompt = ids[:, :-1]
-    logits, present = decoder.forward(prompt, decoder.empty_past(len(prompt)))
-    return _compare_step("prefill", decoder, config, logits, present, _torch_forward(model, prompt), 0, checks, fp16)
-
-
-def _compare_decode(model, decoder, config, ids: np.ndarray, checks: Checks, fp16: bool) -> dict[str, float]:
-    """One new token per sequence: ORT on its own cache (left on the device with IO binding), torch on its own."""
-    prompt, step = ids[:, :-1], ids[:, -1:]
-    _, past = decoder.forward(prompt, decoder.empty_past(len(prompt)))
-    logits, present = decoder.forward(step, past)
-    ref = _torch_forward(model, step, returned_cache(_torch_forward(model, prompt)))
-    return _compare_step("decode", decoder, config, logits, present, ref, prompt.shape[1], checks, fp16)
-
-
 # ---- quantized against fp32 -------------------------------------------------------------------
+@dataclass(frozen=True)
+class QualityReference:
+    """The unquantized graph's perplexity and greedy tokens on the held-out tokens: taken once, then
+    its session can close before the quantized one opens."""
+
+    perplexity: Any  # runtime.PerplexityResult
+    greedy: tuple[tuple[int, ...], ...]
+    seq_len: int
+
+
+def quality_reference(unquantized, tokens: Sequence[int], seq_len: int) -> QualityReference:
+    """Perplexity (windows of `seq_len`) and greedy generations of the `OrtDecoder` `unquantized`."""
+    from ..runtime import generate, perplexity
+
+    greedy = tuple(tuple(generate(unquantized, prompt, GREEDY_NEW_TOKENS).tokens) for prompt in _greedy_prompts(tokens))
+    return QualityReference(perplexity(unquantized, tokens, seq_len), greedy, seq_len)
+
+
 def verify_quantized(
-    fp32, quantized, tokens: Sequence[int], seq_len: int, max_ppl_increase_pct: float | None, base_precision: str = "fp32"
-) -> dict[str, Any]:
-    """Perplexity change and greedy agreement of `quantized` against the unquantized `fp32` (both
-    `OrtDecoder`s); `base_precision` names that one in the figures (fp16 for the CUDA graph)."""
+    reference: QualityReference, quantized, tokens: Sequence[int], max_ppl_increase_pct: float | None,
+    base_precision: str = "fp32",
+) -> dict[str, Any]:  # fmt: skip
+    """Perplexity change and greedy agreement of the `OrtDecoder` `quantized` against the unquantized
+    graph's `reference`; `base_precision` names that one in the figures (fp16 for the CUDA graph)."""
     from ..runtime import generate, perplexity
 
     checks = Checks("quantized model")
-    base, mine = perplexity(fp32, tokens, seq_len), perplexity(quantized, tokens, seq_len)
+    base, mine = reference.perplexity, perplexity(quantized, tokens, reference.seq_len)
     change = (mine.perplexity / base.perplexity - 1) * 100
     checks.expect(math.isfinite(mine.perplexity), f"perplexity is {mine.perplexity} ({base_precision}: {base.perplexity:.4g})")
     if max_ppl_increase_pct is not None:
         checks.within("perplexity increase %", change, max_ppl_increase_pct)
     agree, total = 0, 0
-    for prompt in _greedy_prompts(tokens):
-        a = generate(fp32, prompt, GREEDY_NEW_TOKENS).tokens
-        b = generate(quantized, prompt, GREEDY_NEW_TOKENS).tokens
-        agree += sum(x == y for x, y in zip(a, b))
-        total += len(a)
+    for prompt, theirs in zip(_greedy_prompts(tokens), reference.greedy):
+        mine_tokens = generate(quantized, prompt, GREEDY_NEW_TOKENS).tokens
+        agree += sum(x == y for x, y in zip(theirs, mine_tokens))
+        total += len(theirs)
     checks.raise_if_failed()
     return {
         "num_tokens": base.num_tokens,
-        "seq_len": seq_len,
+        "seq_len": reference.seq_len,
         f"perplexity_{base_precision}": base.perplexity,
         "perplexity": mine.perplexity,
         "perplexity_change_pct": change,

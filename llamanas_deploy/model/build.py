@@ -173,10 +173,10 @@ def load_model(
     model_dir = config_path.parent
     source = str(config_path)
     hf_config = hf_config_for(config_dict, layer_widths(config_dict, source), source)
-    model = build_skeleton(hf_config, dtype=dtype)
+    skeleton = build_skeleton(hf_config, dtype=dtype, device="meta")
     state = read_state_dict(model_dir)
-    expected = model.state_dict()
-    tied = tied_weight_keys(model)
+    expected = skeleton.state_dict()
+    tied = tied_weight_keys(skeleton)
     for key, shared in tied.items():  # a tied checkpoint may store the shared tensor under either name
         if shared not in state and key in state:
             state[shared] = state.pop(key)
@@ -192,9 +192,17 @@ def load_model(
         raise BadInputError(
             f"{model_dir}: tensor {k} has shape {tuple(state[k].shape)}, config.json implies {tuple(expected[k].shape)}"
         )
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
-    model.tie_weights()
-    return model, config_dict, model_dir
+    return assemble(skeleton, {k: v.to(dtype) for k, v in state.items()}), config_dict, model_dir
+
+
+def assemble(skeleton: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """`skeleton` (a `build_skeleton` on the meta device) whose parameters are `state`'s tensors
+    themselves, not copies (views stay views); a tied LM head is tied to the embedding."""
+    skeleton.load_state_dict(state, strict=False, assign=True)
+    with torch.device(next(iter(state.values())).device):
+        skeleton.model.rotary_emb = type(skeleton.model.rotary_emb)(config=skeleton.config)
+    skeleton.tie_weights()
+    return skeleton.eval()
 
 
 def save_model(

@@ -22,7 +22,7 @@ from ..jsonfiles import check_out_dir, new_directory
 from ..progress import Callback, report
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
-from .build import build_skeleton, hf_config_for, init_for_timing_, init_random_, layer_widths, load_model, save_model
+from .build import assemble, build_skeleton, hf_config_for, init_for_timing_, init_random_, layer_widths, load_model, save_model
 from .families import ModelShape, read_config_dict
 
 
@@ -114,25 +114,34 @@ class SuperNetwork:
             inner.layers = all_layers
             self.model.config.num_hidden_layers = depth
 
-    def extract(self, subnet: SubnetConfig) -> nn.Module:
-        """A standalone model holding copies of exactly the kept weights, layers renumbered."""
+    def extract(self, subnet: SubnetConfig, *, copy: bool = True) -> nn.Module:
+        """A standalone model of exactly the kept weights, layers renumbered.
+
+        `copy=False`: its tensors are views of the super-network's (no memory; what an export that
+        only reads them uses), so a change to either shows in both.
+        """
         self._check_fits(subnet)
         hf_config = hf_config_for(self.config, list(subnet.intermediate_sizes), str(self.source))
         dtype = next(self.model.parameters()).dtype
-        model = build_skeleton(hf_config, dtype=dtype)
         source = self.model.state_dict()
+        if not copy:
+            skeleton = build_skeleton(hf_config, dtype=dtype, device="meta")
+            return assemble(skeleton, {name: self._kept(source, subnet, name) for name in skeleton.state_dict()})
+        model = build_skeleton(hf_config, dtype=dtype)
         with torch.no_grad():  # straight into the skeleton's tensors: no second copy of the weights
             for name, target in model.state_dict().items():
-                if name.startswith("model.layers."):
-                    new_index, rest = name[len("model.layers.") :].split(".", 1)
-                    old_index = subnet.kept_layers[int(new_index)]
-                    tensor = source[f"model.layers.{old_index}.{rest}"]
-                    tensor = _slice_mlp(rest, tensor, subnet.intermediate_sizes[int(new_index)])
-                else:
-                    tensor = source[name]
-                target.copy_(tensor)
+                target.copy_(self._kept(source, subnet, name))
         model.tie_weights()
         return model.eval()
+
+    @staticmethod
+    def _kept(source: dict[str, torch.Tensor], subnet: SubnetConfig, name: str) -> torch.Tensor:
+        """The super-network's tensor (a view of it) that holds the sub-network's tensor `name`."""
+        if not name.startswith("model.layers."):
+            return source[name]
+        new_index, rest = name[len("model.layers.") :].split(".", 1)
+        tensor = source[f"model.layers.{subnet.kept_layers[int(new_index)]}.{rest}"]
+        return _slice_mlp(rest, tensor, subnet.intermediate_sizes[int(new_index)])
 
     def _check_fits(self, subnet: SubnetConfig) -> None:
         """Refuse a sub-network this super-network does not contain (a missing layer, a wider MLP)."""

@@ -25,35 +25,63 @@ randomness, weights in the order of the layers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from .config import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, DecoderOnnxConfig
+from .quantize import QuantSettings, quantize_blocks
 
 MS_DOMAIN = "com.microsoft"
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 LM_HEAD_NODE = "lm_head/MatMul"
 EMBEDDING_NODE = "embed_tokens/Gather"
+EXTERNAL_MIN_BYTES = 1024  # smaller initializers (constants, shapes) stay inside model.onnx
+ALIGNMENT = 4096  # external weights start on a page, so that a reader may map them
 
 
 class _Graph:
     """Nodes and initializers in the order they are added (so the file is the same every time),
     written straight into the model's graph: the weights are held once, not once per helper that
-    would copy them (`make_graph`, `make_model`)."""
+    would copy them (`make_graph`, `make_model`).
 
-    def __init__(self) -> None:
+    `data`: a binary file every weight of `EXTERNAL_MIN_BYTES` or more is written to as it is made
+    (the ONNX external-data layout, offsets aligned to `ALIGNMENT`), so that the graph never holds
+    the weights at all. `quant`: MatMul weights become `MatMulNBits` blocks as they are made.
+    """
+
+    def __init__(self, quant: QuantSettings | None = None, data: BinaryIO | None = None, data_name: str = "") -> None:
         from onnx import ModelProto
 
         self.model = ModelProto()
         self.graph = self.model.graph
+        self.quant, self.data, self.data_name = quant, data, data_name
 
     def weight(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
 
-        self.graph.initializer.add().CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        if self.data is None or array.nbytes < EXTERNAL_MIN_BYTES:
+            self.graph.initializer.add().CopyFrom(numpy_helper.from_array(array, name))
+        else:
+            self._write_external(name, array)
         return name
+
+    def _write_external(self, name: str, array: np.ndarray) -> None:
+        from onnx import TensorProto, helper
+
+        offset = self.data.tell()
+        self.data.write(bytes(-offset % ALIGNMENT))
+        offset += -offset % ALIGNMENT
+        self.data.write(memoryview(array).cast("B"))
+        tensor = self.graph.initializer.add()
+        tensor.name, tensor.data_type = name, helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor.dims.extend(array.shape)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.data_name), ("offset", offset), ("length", array.nbytes)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
 
     def node(self, op: str, inputs: list[str], name: str, outputs: int | list[str] = 1, domain: str = "", **attrs) -> list[str]:
         from onnx import helper
@@ -61,6 +89,22 @@ class _Graph:
         names = outputs if isinstance(outputs, list) else [f"{name}/output_{i}" for i in range(outputs)]
         self.graph.node.append(helper.make_node(op, inputs, names, name=name, domain=domain, **attrs))
         return names
+
+    def blocks(self, name: str, weight_t: np.ndarray) -> tuple[str, str]:
+        """The quantized blocks and scales of the [in, out] weight `name`, as `MatMulNBitsQuantizer` names them."""
+        blocks, scales = quantize_blocks(weight_t, self.quant)
+        return self.weight(f"{name}_Q{self.quant.bits}", blocks), self.weight(f"{name}_scales", scales)
+
+    def matmul(self, x: str, weight: str | tuple[str, str], shape: tuple[int, int], name: str,
+               outputs: int | list[str] = 1) -> str:  # fmt: skip
+        """x @ W: a MatMul over the [in, out] initializer `weight`, or a MatMulNBits over its
+        (blocks, scales) when `weight` is a pair."""
+        if isinstance(weight, str):
+            return self.node("MatMul", [x, weight], name, outputs)[0]
+        q = self.quant
+        level = {"accuracy_level": q.accuracy_level} if q.accuracy_level else {}  # as ORT's quantizer: 0 is left unset
+        return self.node("MatMulNBits", [x, *weight], f"{name}_Q{q.bits}", outputs if outputs != 1 else [f"{name}/output_0"],
+                         MS_DOMAIN, K=shape[0], N=shape[1], bits=q.bits, block_size=q.block_size, **level)[0]  # fmt: skip
 
 
 def _np(tensor) -> np.ndarray:
@@ -79,13 +123,19 @@ def rotary_caches(model, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
     return (freqs.cos() * scaling).numpy(), (freqs.sin() * scaling).numpy()
 
 
-def build_fused(model, config: DecoderOnnxConfig, fuse_gate_up: bool = True):
-    """The fused `onnx.ModelProto` of the torch sub-network `model` (a `LlamaForCausalLM`);
-    `fuse_gate_up`: one MatMul for gate and up (for a graph to be quantized; see `_mlp`)."""
+def build_fused(model, config: DecoderOnnxConfig, fuse_gate_up: bool = True, quant: QuantSettings | None = None,
+                data: BinaryIO | None = None, data_name: str = ""):  # fmt: skip
+    """The fused `onnx.ModelProto` of the torch sub-network `model` (a `LlamaForCausalLM`).
+
+    `fuse_gate_up`: one MatMul for gate and up (for a graph to be quantized; see `_mlp`). `quant`:
+    every MatMul a `MatMulNBits`, quantized from the torch weights as the graph is built, and the
+    embedding read from blocks (`embedding_plan`). `data`, `data_name`: the weights go to this open
+    file as they are made, and the graph refers to it by that name (`_Graph`).
+    """
     from onnx import TensorProto
 
     hf = model.config
-    g = _Graph()
+    g = _Graph(quant, data, data_name)
     eps = float(hf.rms_norm_eps)
     max_positions = int(getattr(hf, "max_position_embeddings", 2048))
 
@@ -100,8 +150,7 @@ def build_fused(model, config: DecoderOnnxConfig, fuse_gate_up: bool = True):
     cos, sin = rotary_caches(model, max_positions)
     cos_cache, sin_cache = g.weight("cos_cache", cos), g.weight("sin_cache", sin)
 
-    embedding = g.weight(EMBEDDING, _np(model.model.embed_tokens.weight))
-    hidden = g.node("Gather", [embedding, "input_ids"], EMBEDDING_NODE)[0]
+    hidden, head = _embedding(g, model)
     residual, pending = hidden, None  # `pending`: the output still to add to the residual stream
     for i, layer in enumerate(model.model.layers):
         p = f"layers.{i}"
@@ -134,13 +183,57 @@ def build_fused(model, config: DecoderOnnxConfig, fuse_gate_up: bool = True):
 
     final_w = g.weight("model.norm.weight", _np(model.model.norm.weight))
     normed, _ = _skip_norm(g, residual, pending, final_w, "norm", eps)
-    if _tied(model):
-        head = g.node("Transpose", [embedding], "lm_head/Transpose", perm=[1, 0])[0]
-    else:
-        head = g.weight(LM_HEAD, _np(model.lm_head.weight).T)
-    g.node("MatMul", [normed, head], LM_HEAD_NODE, outputs=["logits"])
-
+    g.matmul(normed, head, (int(hf.hidden_size), config.vocab_size), LM_HEAD_NODE, outputs=["logits"])
     return _model(g, config)
+
+
+def embedding_plan(model, quant: QuantSettings | None) -> str:
+    """How the embedding table is stored: "fp32" (a Gather), "shared" (tied: a GatherBlockQuantized
+    over the LM head's MatMulNBits blocks, one copy in the file) or "own" (untied: over blocks of its own).
+
+    MatMulNBits stores a [hidden, vocab] weight as [vocab, blocks, block bytes], one row per token:
+    reshaped to [vocab, hidden * bits / 8] it is the table quantized along the hidden axis, what
+    GatherBlockQuantized reads (symmetric: no zero points, the op's default middle value), when
+    the hidden size is a whole number of blocks.
+    """
+    if quant is None or model.config.hidden_size % quant.block_size:
+        return "fp32"
+    return "shared" if _tied(model) else "own"
+
+
+def quantization_note(model, quant: QuantSettings) -> str:
+    """What `build_fused` does with the LM head and the embedding at `quant` (for the manifest)."""
+    what = quant.precision
+    embedding = {
+        "shared": f"reads the LM head's {what} blocks (tied, stored once)",
+        "own": f"{what} blocks of its own (not tied)",
+        "fp32": f"fp32 (hidden size {model.config.hidden_size} is not a multiple of the block size)",
+    }[embedding_plan(model, quant)]
+    return f"LM head {what}; embedding {embedding}"
+
+
+def _embedding(g: _Graph, model) -> tuple[str, str | tuple[str, str]]:
+    """Emit the lookup of `input_ids`; returns its output and the LM head's weight for `_Graph.matmul`."""
+    table = _np(model.model.embed_tokens.weight)
+    plan = embedding_plan(model, g.quant)
+    if plan == "fp32":
+        embedding = g.weight(EMBEDDING, table)
+        hidden = g.node("Gather", [embedding, "input_ids"], EMBEDDING_NODE)[0]
+        if g.quant is None and _tied(model):  # the head multiplies by the transposed table (folded by ORT)
+            return hidden, g.node("Transpose", [embedding], "lm_head/Transpose", perm=[1, 0])[0]
+        return hidden, _head_weight(g, model)
+    blocks, scales = g.blocks(LM_HEAD if plan == "shared" else EMBEDDING, table.T)
+    shape = g.weight("embed_tokens/shape", np.array([0, -1], dtype=np.int64))
+    rows = g.node("Reshape", [blocks, shape], "embed_tokens/Reshape", outputs=["embed_tokens/blocks"])[0]
+    hidden = g.node("GatherBlockQuantized", [rows, "input_ids", scales], "embed_tokens/GatherBlockQuantized",
+                    outputs=[f"{EMBEDDING_NODE}/output_0"], domain=MS_DOMAIN, bits=g.quant.bits,
+                    block_size=g.quant.block_size, gather_axis=0, quantize_axis=1)[0]  # fmt: skip
+    return hidden, (blocks, scales) if plan == "shared" else _head_weight(g, model)
+
+
+def _head_weight(g: _Graph, model) -> str | tuple[str, str]:
+    weight_t = _np(model.lm_head.weight).T
+    return g.weight(LM_HEAD, weight_t) if g.quant is None else g.blocks(LM_HEAD, weight_t)
 
 
 def _tied(model) -> bool:
@@ -156,7 +249,8 @@ def _bias(*linears) -> np.ndarray | None:
 
 def _linear(g: _Graph, x: str, weight_t: np.ndarray, bias: np.ndarray | None, name: str) -> str:
     """x @ W^T (+ b), the weight stored [in, out] so that a quantizer turns it into MatMulNBits."""
-    y = g.node("MatMul", [x, g.weight(f"{name}.weight", weight_t)], f"{name}/MatMul")[0]
+    weight = g.weight(f"{name}.weight", weight_t) if g.quant is None else g.blocks(f"{name}.weight", weight_t)
+    y = g.matmul(x, weight, weight_t.shape, f"{name}/MatMul")
     if bias is not None:
         y = g.node("Add", [y, g.weight(f"{name}.bias", bias)], f"{name}/Add")[0]
     return y
@@ -222,18 +316,17 @@ def _model(g: _Graph, config: DecoderOnnxConfig):
     return model
 
 
-def export_fused(model, config: DecoderOnnxConfig, out_dir: Path, fuse_gate_up: bool = True) -> Path:
-    """Write `out_dir/model.onnx` (+ `model.onnx.data` above 2 GiB of weights); returns its path."""
+def export_fused(model, config: DecoderOnnxConfig, out_dir: Path, fuse_gate_up: bool = True,
+                 quant: QuantSettings | None = None) -> Path:  # fmt: skip
+    """Write `out_dir/model.onnx`, its weights streamed into `out_dir/model.onnx.data` as they are
+    made (`quant`: quantized as they are made); returns the model's path."""
     import onnx
 
-    from .exporter import EXTERNAL_DATA_BYTES, ONNX_NAME
+    from .exporter import ONNX_NAME
 
-    proto = build_fused(model, config, fuse_gate_up)
+    data_name = f"{ONNX_NAME}.data"
+    with open(out_dir / data_name, "wb") as data:
+        proto = build_fused(model, config, fuse_gate_up, quant, data, data_name)
     path = out_dir / ONNX_NAME
-    weight_bytes = sum(t.ByteSize() for t in proto.graph.initializer)
-    if weight_bytes > EXTERNAL_DATA_BYTES:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{ONNX_NAME}.data", size_threshold=1024)  # fmt: skip
-    else:
-        onnx.save_model(proto, str(path))
+    onnx.save_model(proto, str(path))
     return path

@@ -13,17 +13,20 @@ cache take half the bytes). `DEPLOYED_PRECISIONS` is what `llamanas export` writ
 device: on CUDA `fp16` is that graph and `int4` adds MatMulNBits (fp16 scales) over it; int8
 (8-bit MatMulNBits, built and verified for the CPU graph) is refused there (`refusal`).
 
-The export pipeline and the profiler's `onnxruntime` backend both call `export_graph`, so a
-profile times the graph that `llamanas export` deploys.
+The export pipeline and the profiler's `onnxruntime` backend both call `export_graph` (and
+`export_quantized`), so a profile times the graph that `llamanas export` deploys.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import BadInputError
 from .config import DecoderOnnxConfig
+from .quantize import QuantSettings
 
 FUSED_DEVICES = ("cpu",)
 FUSED_HEAD_MULTIPLE = 16
@@ -72,3 +75,27 @@ def export_graph(model, config: DecoderOnnxConfig, out_dir: Path, graph: str, pr
     from .exporter import export_onnx
 
     return export_onnx(model, config, out_dir)
+
+
+def export_quantized(model, config: DecoderOnnxConfig, out_dir: Path, graph: str, quant: QuantSettings,
+                     dtype: str = "float32", base: Path | None = None) -> QuantSettings:  # fmt: skip
+    """Write `out_dir/model.onnx`, the torch sub-network `model` as `graph` quantized at `quant`;
+    returns `quant` with what was done.
+
+    The fused graph is quantized as it is built, from the torch weights. The dynamo graph is
+    exported unquantized first (`base`, when the caller already has it; else in scratch space
+    inside `out_dir`, removed after), then quantized by ORT's quantizer.
+    """
+    from .exporter import ONNX_NAME
+    from .quantize import quantize
+
+    if graph == "fused":
+        from .fused import export_fused, quantization_note
+
+        export_fused(model, config, out_dir, quant=quant)
+        return replace(quant, reason=f"{quant.reason}; {quantization_note(model, quant)}")
+    if base is not None:
+        return quantize(base, out_dir / ONNX_NAME, quant, (base.parent / f"{ONNX_NAME}.data").exists())
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".unquantized-") as scratch:
+        base = export_graph(model, config, Path(scratch), graph, quant.precision, dtype)
+        return quantize(base, out_dir / ONNX_NAME, quant, (base.parent / f"{ONNX_NAME}.data").exists())

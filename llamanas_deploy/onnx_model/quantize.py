@@ -13,12 +13,14 @@ which ORT 1.32 runs ~25x slower on the CPU; GPTQ needs Intel Neural Compressor. 
 AVX2 CPU 8-bit blocks at accuracy level 4 answer a chat prompt the fp32 graph answers right
 differently (the GenAI builder's int8 alike); float compute (level 0) is ~1 s/token there.
 
-On the fused CPU graph (`fused.py`) every MatMul is quantized, the LM head included, and the
-embedding reads the LM head's blocks through `GatherBlockQuantized` when the two are tied (one
-copy in the file; an untied embedding: ORT's own Gather quantization). On the dynamo graph
-(CUDA, small heads) the paper's recipe ("INT8 on all decoder linear layers"): the decoder
-layers' MatMuls are quantized, the LM head (the MatMul producing `logits`) stays unquantized
-(fp16 in the CUDA graph, whose int4 MatMulNBits take float16 activations and scales).
+On the fused CPU graph (`fused.py`) every MatMul is quantized as the graph is built, the LM head
+included: `quantize_blocks` (ORT's own block quantizer, what `MatMulNBitsQuantizer` calls) turns
+each torch weight into its blocks, so no float32 graph is loaded to be quantized; the embedding
+reads blocks through `GatherBlockQuantized` (the LM head's when the two are tied: one copy in the
+file). On the dynamo graph (CUDA, small heads) `quantize` runs `MatMulNBitsQuantizer` over the
+exported file with the paper's recipe ("INT8 on all decoder linear layers"): the decoder layers'
+MatMuls are quantized, the LM head (the MatMul producing `logits`) stays unquantized (fp16 in the
+CUDA graph, whose int4 MatMulNBits take float16 activations and scales).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from ..errors import BadInputError
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 BITS = {"int8": 8, "int4": 4}
-GATHER_BITS = (4,)  # what ORT's quantizer turns a Gather (an untied embedding) into
 # (precision, device): (block size, accuracy level), measured (see the module docstring). CUDA int4:
 # blocks of 32 over the float16 graph (the GenAI builder's CUDA default); level 0 = unset, the CUDA
 # kernel computes in fp16 whatever it is. int8 has no CUDA artifact (`graphs.refusal`).
@@ -99,49 +100,36 @@ def lm_head_node(model) -> str:
     return node.name
 
 
-def quantize(src: Path, dst: Path, settings: QuantSettings, external_data: bool, graph: str = "fused") -> QuantSettings:
-    """Write the quantized model `dst` from the unquantized model `src`; returns the settings with
-    what was left out or shared.
+def quantize_blocks(weight_t: np.ndarray, settings: QuantSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The [in, out] MatMul weight `weight_t` as MatMulNBits stores it: blocks [out, in / block, block
+    bytes] (uint8) and scales [out, in / block], from ORT's own symmetric round-to-nearest quantizer."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
 
-    `graph`: "fused" (`fused.py`: every MatMul and the embedding quantized) or "dynamo" (the LM
-    head stays unquantized).
-    """
+    config = DefaultWeightOnlyQuantConfig(block_size=settings.block_size, is_symmetric=True,
+                                          accuracy_level=settings.accuracy_level, bits=settings.bits)  # fmt: skip
+    blocks, scales, _ = DefaultWeightOnlyQuantizer(config).qbits_block_quant(np.ascontiguousarray(weight_t, np.float32))
+    return blocks, scales
+
+
+def quantize(src: Path, dst: Path, settings: QuantSettings, external_data: bool) -> QuantSettings:
+    """Write the quantized model `dst` from the unquantized dynamo graph `src` (the LM head stays
+    unquantized); returns the settings with what was left out."""
     import onnx
 
     if settings.precision not in BITS:
         raise BadInputError(f"{settings.precision!r}: expected int8 or int4 to quantize", param="precision")
     model = onnx.load(str(src))
+    excluded = (lm_head_node(model),)
     with _quiet_quantizer():
-        if graph == "fused":
-            model, note = _quantize_fused(model, settings)
-            done = {"reason": f"{settings.reason}; {note}"}
-        else:
-            excluded = (lm_head_node(model),)
-            model = _matmul_nbits(model, settings, excluded=excluded)
-            done = {"excluded_nodes": excluded}
+        model = _matmul_nbits(model, settings, excluded)
     _save(model, dst, external_data)
-    return QuantSettings(**{**asdict(settings), **done})
+    return QuantSettings(**{**asdict(settings), "excluded_nodes": excluded})
 
 
-def _quantize_fused(model, settings: QuantSettings) -> tuple[Any, str]:
-    """MatMulNBits on every MatMul of the fused graph; the embedding shares the LM head's blocks when tied."""
-    from .fused import EMBEDDING, LM_HEAD_NODE
-
-    tied = _untie_lm_head(model)
-    hidden = next(t for t in model.graph.initializer if t.name == EMBEDDING).dims[1]
-    gather = not tied and settings.bits in GATHER_BITS
-    model = _matmul_nbits(model, settings, op_types=("MatMul", "Gather") if gather else ("MatMul",))
-    what = settings.precision
-    if not tied:
-        return model, f"LM head {what}; embedding {what if gather else 'fp32 (not tied; ORT quantizes a Gather to 4 bits only)'}"
-    if hidden % settings.block_size:
-        return model, f"LM head {what}; embedding fp32 (hidden size {hidden} is not a multiple of the block size)"
-    _share_embedding(model, f"{LM_HEAD_NODE}_Q{settings.bits}", settings)
-    return model, f"LM head {what}; embedding reads the LM head's {what} blocks (tied, stored once)"
-
-
-def _matmul_nbits(model, settings: QuantSettings, op_types: tuple[str, ...] = ("MatMul",),
-                  excluded: tuple[str, ...] = ()):  # fmt: skip
+def _matmul_nbits(model, settings: QuantSettings, excluded: tuple[str, ...]):
     """ORT's blockwise round-to-nearest quantizer over `model` (a ModelProto); returns the quantized one."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -149,58 +137,11 @@ def _matmul_nbits(model, settings: QuantSettings, op_types: tuple[str, ...] = ("
     )
 
     options = dict(block_size=settings.block_size, is_symmetric=True, accuracy_level=settings.accuracy_level)
-    config = DefaultWeightOnlyQuantConfig(**options, op_types_to_quantize=op_types, bits=settings.bits)
+    config = DefaultWeightOnlyQuantConfig(**options, op_types_to_quantize=("MatMul",), bits=settings.bits)
     quantizer = MatMulNBitsQuantizer(model, bits=settings.bits, **options, nodes_to_exclude=list(excluded),
                                      algo_config=config)  # fmt: skip
     quantizer.process()
     return quantizer.model.model
-
-
-def _untie_lm_head(model) -> bool:
-    """Give a tied LM head its own [hidden, vocab] initializer, so that the quantizer sees a weight."""
-    from onnx import numpy_helper
-
-    from .fused import EMBEDDING, LM_HEAD, LM_HEAD_NODE
-
-    nodes = {n.name: n for n in model.graph.node}
-    head = nodes[LM_HEAD_NODE]
-    transpose = next((n for n in model.graph.node if n.output[0] == head.input[1] and n.op_type == "Transpose"), None)
-    if transpose is None or transpose.input[0] != EMBEDDING:
-        return False
-    embedding = next(t for t in model.graph.initializer if t.name == EMBEDDING)
-    model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(embedding).T.copy(), LM_HEAD))
-    head.input[1] = LM_HEAD
-    model.graph.node.remove(transpose)
-    return True
-
-
-def _share_embedding(model, head_name: str, settings: QuantSettings) -> None:
-    """Replace the embedding's Gather by a GatherBlockQuantized over the LM head's MatMulNBits blocks.
-
-    MatMulNBits stores B as [vocab, blocks, block bytes], one row per token: reshaped to
-    [vocab, hidden * bits / 8] it is the embedding table quantized along the hidden axis
-    (symmetric: no zero points, the op's default middle value).
-    """
-    from onnx import helper, numpy_helper
-
-    from .fused import EMBEDDING, EMBEDDING_NODE, MS_DOMAIN
-
-    graph = model.graph
-    head = next(n for n in graph.node if n.name == head_name)
-    weights, scales = head.input[1], head.input[2]
-    graph.initializer.append(numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "embed_tokens/shape"))
-    gather = next(n for n in graph.node if n.name == EMBEDDING_NODE)
-    index = list(graph.node).index(gather)
-    graph.node.remove(gather)
-    graph.node.insert(index, helper.make_node(
-        "GatherBlockQuantized", ["embed_tokens/blocks", gather.input[1], scales], [gather.output[0]],
-        name="embed_tokens/GatherBlockQuantized", domain=MS_DOMAIN, bits=settings.bits,
-        block_size=settings.block_size, gather_axis=0, quantize_axis=1,
-    ))  # fmt: skip
-    graph.node.insert(index, helper.make_node(
-        "Reshape", [weights, "embed_tokens/shape"], ["embed_tokens/blocks"], name="embed_tokens/Reshape"
-    ))  # fmt: skip
-    graph.initializer.remove(next(t for t in graph.initializer if t.name == EMBEDDING))
 
 
 def _save(model, dst: Path, external_data: bool) -> None:

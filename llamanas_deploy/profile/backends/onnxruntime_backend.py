@@ -117,8 +117,8 @@ class OnnxRuntimeBackend(Backend):
 
         from ...onnx_model.config import onnx_config_for
         from ...onnx_model.exporter import ONNX_NAME
-        from ...onnx_model.graphs import export_graph, graph_dtype, graph_for
-        from ...onnx_model.quantize import quantize, settings_for
+        from ...onnx_model.graphs import export_graph, export_quantized, graph_dtype, graph_for
+        from ...onnx_model.quantize import settings_for
         from ..weights import subnet_model
 
         net = subnet_model(self.model, subnet, torch.float32, self.weights_source, self.seed)
@@ -127,11 +127,7 @@ class OnnxRuntimeBackend(Backend):
         settings = settings_for(self.precision, self.device)
         if settings is None:
             return export_graph(net, config, here, graph, self.precision, dtype)
-        (here / "base").mkdir()
-        base = export_graph(net, config, here / "base", graph, self.precision, dtype)
-        del net
-        quantize(base, here / ONNX_NAME, settings, (base.parent / f"{ONNX_NAME}.data").exists(), graph)
-        shutil.rmtree(here / "base")
+        export_quantized(net, config, here, graph, settings, dtype)
         return here / ONNX_NAME
 
     def unload(self) -> None:
