@@ -26,6 +26,11 @@ builder's at the same precision, and to our fp32 export of the same sub-network.
     # a real model (`make smollm2`; or its fine-tuned super-network): full network vs a pruned one
     python benchmarks/export_vs_builder.py --model smollm2-135m --space smollm2-135m --uniform largest \
         --heterogeneous runs/smollm2-hetero.json --new-tokens 32 --rounds 3
+
+`--gguf FILE` adds llama.cpp running that file (llama-cpp-python, the `llamacpp` extra;
+`llamacpp_loop.py`) as one more runner of the same rounds, prompt, clock and thread, with its
+perplexity on the same tokens: for SmolLM2, the wheel's own Q4_1 file (`--gguf smollm2-135m`
+finds it), the full network, so compare it with `--uniform largest`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llamacpp_loop import LlamaCppLoop
+
 from llamanas_deploy.cli.common import table
 from llamanas_deploy.evaluate import load_heldout
 from llamanas_deploy.model.supernet import SuperNetwork
@@ -50,6 +57,7 @@ from llamanas_deploy.runtime import perplexity
 from llamanas_deploy.space import load_space
 
 PRECISIONS = ("fp32", "int8", "int4")
+LLAMACPP = ("llama.cpp", "gguf")
 AGREEMENT_PROMPT = 32  # tokens of held-out text per agreement prompt
 PPL_WINDOW = 128
 UNIFORM = '{"num_layers": 6, "intermediate_sizes": [576, 576, 576, 576, 576, 576]}'
@@ -87,12 +95,13 @@ def main() -> None:
             artifacts[("ours hetero", precision)], costs[("ours hetero", precision)] = ours(
                 model_dir, args.space, hetero, precision, tmp / f"hetero-{precision}", args.max_ppl_increase
             )
+        if args.gguf:
+            artifacts[LLAMACPP], costs[LLAMACPP] = gguf_file(args.gguf), None
         sizes = {key: onnx_mib(directory) for key, directory in artifacts.items()}
         log("held-out perplexity")
         ppl_tokens = heldout[: args.ppl_tokens]
-        ppls = {key: perplexity(OrtLoop(directory, time.perf_counter), ppl_tokens, PPL_WINDOW).perplexity
-                for key, directory in artifacts.items()}  # fmt: skip
-        tokens = {key: greedy_tokens(directory, prompts[: args.prompts], args.new_tokens) for key, directory in artifacts.items()}
+        ppls = {key: perplexity(reference_loop(path), ppl_tokens, PPL_WINDOW).perplexity for key, path in artifacts.items()}
+        tokens = {key: greedy_tokens(path, prompts[: args.prompts], args.new_tokens) for key, path in artifacts.items()}
         runs = measure(artifacts, prompt, args)
     rows = summarize(sizes, runs, tokens, costs, ppls)
     print(render(rows, args, uniform, hetero))
@@ -115,6 +124,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=16, help="Held-out prompts for greedy agreement.")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: process CPU time (one thread: robust on a machine shared with other jobs).")
+    parser.add_argument("--gguf", help="A GGUF of the full model for llama.cpp, measured beside ('smollm2-135m': the wheel's Q4_1 file).")
     parser.add_argument("--json", help="Also write the rows to this JSON file.")
     parser.add_argument("--keep", help="Build the artifacts in this new directory and keep them.")
     return parser.parse_args()
@@ -152,8 +162,25 @@ def run_measured(command: list[str], what: str) -> dict:
     return {"seconds": time.perf_counter() - start, "peak_rss_gib": usage.ru_maxrss / 2**20}
 
 
-def onnx_mib(directory: Path) -> float:
-    return sum(p.stat().st_size for p in directory.glob("model.onnx*")) / 2**20
+def gguf_file(name_or_path: str) -> Path:
+    """A GGUF path, or the file inside a packaged model (`llamanas --model` names)."""
+    from llamanas_deploy.model.packaged import PACKAGED_MODELS, packaged_file
+
+    return packaged_file(name_or_path) if name_or_path in PACKAGED_MODELS else Path(name_or_path)
+
+
+def onnx_mib(path: Path) -> float:
+    files = [path] if path.suffix == ".gguf" else path.glob("model.onnx*")
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def loops_of(key) -> tuple[str, ...]:
+    return ("llama.cpp",) if key == LLAMACPP else ("ort", "genai")
+
+
+def reference_loop(path: Path, clock=time.perf_counter):
+    """The loop perplexity and greedy agreement are computed with: plain ORT, or llama.cpp for a GGUF."""
+    return LlamaCppLoop(path, clock) if path.suffix == ".gguf" else OrtLoop(path, clock)
 
 
 # ---- timing -------------------------------------------------------------------------------------
@@ -172,7 +199,7 @@ def measure(artifacts: dict, prompt: list[int], args) -> dict:
         process = context.Process(target=_worker, args=(theirs, directory, args.clock), daemon=True)
         process.start()
         workers[key] = (process, ours)
-    keys = [(key, loop) for key in artifacts for loop in ("ort", "genai")]
+    keys = [(key, loop) for key in artifacts for loop in loops_of(key)]
     runs: dict = {k: [] for k in keys}
     order = np.random.default_rng(0)
     try:
@@ -191,9 +218,12 @@ def measure(artifacts: dict, prompt: list[int], args) -> dict:
     return runs
 
 
-def _worker(pipe, directory: Path, clock_name: str) -> None:
+def _worker(pipe, path: Path, clock_name: str) -> None:
     clock = time.process_time if clock_name == "cpu" else time.perf_counter
-    loops = {"ort": OrtLoop(directory, clock), "genai": GenaiLoop(directory, clock)}
+    if path.suffix == ".gguf":
+        loops = {"llama.cpp": LlamaCppLoop(path, clock)}
+    else:
+        loops = {"ort": OrtLoop(path, clock), "genai": GenaiLoop(path, clock)}
     while (request := pipe.recv()) is not None:
         loop, prompt, new_tokens = request
         pipe.send(loops[loop].run(prompt, new_tokens))
@@ -214,6 +244,7 @@ class OrtLoop:
         self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
         decoder = json.loads((directory / "genai_config.json").read_text())["model"]["decoder"]
         self.kv_heads, self.head_dim = decoder["num_key_value_heads"], decoder["head_size"]
+        self.vocab_size = int(self.session.get_outputs()[0].shape[2])
 
     def empty_past(self, batch: int) -> dict:
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=np.float32)
@@ -277,15 +308,16 @@ class GenaiLoop:
 
 
 # ---- report -------------------------------------------------------------------------------------
-def greedy_tokens(directory: Path, prompts: list[list[int]], new_tokens: int) -> list[int]:
-    loop = OrtLoop(directory, time.perf_counter)
+def greedy_tokens(path: Path, prompts: list[list[int]], new_tokens: int) -> list[int]:
+    loop = reference_loop(path)
     return [t for prompt in prompts for t in loop.run(prompt, new_tokens)["tokens"]]
 
 
 def summarize(sizes: dict, runs: dict, tokens: dict, costs: dict, ppls: dict) -> list[dict]:
     """One row per artifact and loop; ratios against the builder's artifact of the same precision
     (uniform rows only); greedy agreement with the builder at that precision and with our own
-    fp32 export of the same sub-network; perplexity change against that fp32 export."""
+    fp32 export of the same sub-network; perplexity change against that fp32 export; every
+    quantized ONNX row's decode against llama.cpp's (when measured)."""
 
     def agreement(key, reference) -> float | None:
         if reference not in sizes or reference == key:
@@ -298,7 +330,7 @@ def summarize(sizes: dict, runs: dict, tokens: dict, costs: dict, ppls: dict) ->
         who, precision = key
         uniform = who != "ours hetero"
         fp32 = ("ours" if uniform else who, "fp32")
-        for loop in ("ort", "genai"):
+        for loop in loops_of(key):
             samples = runs[(key, loop)]
             row = {
                 "artifact": who, "precision": precision, "loop": loop, "mib": mib,
@@ -306,7 +338,7 @@ def summarize(sizes: dict, runs: dict, tokens: dict, costs: dict, ppls: dict) ->
                 "decode_ms": statistics.median(r["decode_ms"] for r in samples),
                 "agreement_vs_builder": agreement(key, ("builder", precision)) if uniform else None,
                 "agreement_vs_fp32": agreement(key, fp32) if who != "builder" else None,
-                "export_s": costs[key]["seconds"], "peak_rss_gib": costs[key]["peak_rss_gib"],
+                "export_s": (costs[key] or {}).get("seconds"), "peak_rss_gib": (costs[key] or {}).get("peak_rss_gib"),
                 "ppl": ppls[key], "ppl_change_pct": (ppls[key] / ppls[fp32] - 1) * 100,
             }  # fmt: skip
             row["tok_s"] = 1e3 / row["decode_ms"]
@@ -316,6 +348,10 @@ def summarize(sizes: dict, runs: dict, tokens: dict, costs: dict, ppls: dict) ->
         base = builder.get((r["precision"], r["loop"])) if r["artifact"].startswith("ours") and r["artifact"] != "ours hetero" else None
         for figure in ("decode_ms", "prefill_ms", "mib"):
             r[f"{figure}_vs_builder"] = r[figure] / base[figure] if base else None
+    llamacpp = next((r for r in rows if r["artifact"] == LLAMACPP[0]), None)
+    for r in rows:
+        quantized = r["precision"] in ("int8", "int4")
+        r["decode_ms_vs_llamacpp"] = r["decode_ms"] / llamacpp["decode_ms"] if llamacpp and quantized else None
     return rows
 
 
@@ -325,15 +361,15 @@ def render(rows: list[dict], args, uniform, hetero) -> str:
 
     head = ["artifact", "precision", "loop", "export s", "peak RSS GiB", "MiB", "held-out ppl", "ppl vs our fp32",
             "prefill ms", "decode ms/token", "tokens/s", "decode vs builder",
-            "prefill vs builder", "size vs builder", "agrees w/ builder", "agrees w/ our fp32"]  # fmt: skip
-    order = ["builder", "ours", "ours hetero"]
+            "prefill vs builder", "size vs builder", "decode vs llama.cpp", "agrees w/ builder", "agrees w/ our fp32"]  # fmt: skip
+    order = ["builder", "ours", "ours hetero", LLAMACPP[0]]
     body = [
         [r["artifact"], r["precision"], r["loop"], fmt(r["export_s"], ".1f"), fmt(r["peak_rss_gib"], ".2f"),
          fmt(r["mib"], ".2f"), fmt(r["ppl"], ".2f"), fmt(r["ppl_change_pct"], "+.1f", " %"), fmt(r["prefill_ms"], ".2f"),
          fmt(r["decode_ms"], ".3f"), fmt(r["tok_s"], ".0f"), fmt(r["decode_ms_vs_builder"], ".2f", "×"),
          fmt(r["prefill_ms_vs_builder"], ".2f", "×"), fmt(r["mib_vs_builder"], ".2f", "×"),
-         fmt(r["agreement_vs_builder"], ".0%"), fmt(r["agreement_vs_fp32"], ".0%")]
-        for r in sorted(rows, key=lambda r: (r["loop"], PRECISIONS.index(r["precision"]), order.index(r["artifact"])))
+         fmt(r["decode_ms_vs_llamacpp"], ".2f", "×"), fmt(r["agreement_vs_builder"], ".0%"), fmt(r["agreement_vs_fp32"], ".0%")]
+        for r in sorted(rows, key=lambda r: (r["loop"], (*PRECISIONS, LLAMACPP[1]).index(r["precision"]), order.index(r["artifact"])))
     ]  # fmt: skip
     note = (
         f"uniform {uniform.to_dict()['intermediate_sizes']}, heterogeneous {hetero.to_dict()['intermediate_sizes']}; "
@@ -342,7 +378,10 @@ def render(rows: list[dict], args, uniform, hetero) -> str:
         f"median of {args.rounds} interleaved rounds; greedy agreement over {args.prompts} held-out prompts; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
+    if args.gguf:
+        note += f"; llama.cpp: {Path(gguf_file(args.gguf)).name} (the full model), its own loop, same thread and clock"
     return table(body, head) + "\n" + note
+
 
 if __name__ == "__main__":
     main()

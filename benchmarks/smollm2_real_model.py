@@ -14,8 +14,14 @@ super-network's measured order, neurons ordered by importance). For each, side b
 
 Latency does not depend on weight values, so one measurement serves both columns.
 
+`--llamacpp` adds llama.cpp running the wheel's own Q4_1 GGUF of the full model (llama-cpp-python,
+the `llamacpp` extra; `llamacpp_loop.py`), same threads: decode ms per token after a 128-token
+prompt (32 greedy tokens, the fast end of `--visits` runs: the profiler's decode is one token
+against 128 cached ones, so the two differ by the cost of 16 more cached tokens on average) and
+perplexity on the same tokens and windows.
+
     make smollm2
-    python benchmarks/smollm2_real_model.py --threads 1 --finetuned runs/smollm2-ft
+    python benchmarks/smollm2_real_model.py --threads 1 --finetuned runs/smollm2-ft --llamacpp
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ def main() -> None:
     free = _perplexities("smollm2-135m", space, subnets, args.eval_tokens)
     tuned = _perplexities(args.finetuned, space, subnets, args.eval_tokens) if args.finetuned else {}
     _print(args, space, subnets, latency, free, tuned)
+    if args.llamacpp:
+        _print_llamacpp(args, latency[subnets["full 30 x 1536"].id][0], free[subnets["full 30 x 1536"].id])
 
 
 def _subnet(space, depth: int, width: int):
@@ -100,6 +108,27 @@ def _print(args, space, subnets: dict, latency: dict, free: dict, tuned: dict) -
     print(table(rows, headers))
 
 
+def _print_llamacpp(args, onnx_full_ms: float, full_ppl: float) -> None:
+    """llama.cpp on the wheel's Q4_1 GGUF of the full model: decode, and perplexity on the same tokens."""
+    import time
+
+    from llamacpp_loop import LlamaCppLoop
+
+    from llamanas_deploy.evaluate import load_heldout
+    from llamanas_deploy.model.packaged import packaged_file
+    from llamanas_deploy.runtime import perplexity
+
+    gguf = packaged_file("smollm2-135m")
+    ids = load_heldout("smollm2-135m", args.eval_tokens)
+    loop = LlamaCppLoop(gguf, time.process_time, threads=args.threads)
+    loop.run(ids[:128], 8)  # warm-up
+    ms = min(loop.run(ids[:128], 32)["decode_ms"] for _ in range(args.visits))
+    ppl = perplexity(loop, ids, SEQ_LEN).perplexity
+    print(f"\nllama.cpp, {gguf.name} (the full model), {args.threads} thread(s), CPU clock: decode {ms:.3f} ms/token "
+          f"({onnx_full_ms / ms:.2f}x the ONNX fp32 full network's speed), held-out perplexity {ppl:.2f} "
+          f"({(ppl / full_ppl - 1) * 100:+.1f}% vs the fp32 full network's {full_ppl:.2f})")  # fmt: skip
+
+
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -107,6 +136,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--visits", type=int, default=3)
     parser.add_argument("--eval-tokens", type=int, default=2048)
     parser.add_argument("--finetuned", help="the one-shot fine-tuned super-network directory")
+    parser.add_argument("--llamacpp", action="store_true", help="add llama.cpp on the wheel's Q4_1 GGUF (the llamacpp extra)")
     return parser.parse_args()
 
 

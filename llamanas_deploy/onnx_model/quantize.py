@@ -9,9 +9,9 @@ perplexity 24.30; the README's "Quantization on a real model" keeps the table): 
 7-bit range, 70.9 per tensor, and overflowed without the reduced range on AVX2 (the outliers
 of `down_proj`'s input); 8-bit blocks of 32 give 24.35 (+0.2 %), blocks of 128 24.65 (+1.4 %).
 int4 blocks of 32 give 34.2 (+41 %), of 128 46.9 (+93 %). HQQ (29.6) needs float zero points,
-which ORT 1.32 runs ~25x slower on the CPU; GPTQ needs Intel Neural Compressor. Known gap: on an
-AVX2 CPU 8-bit blocks at accuracy level 4 answer a chat prompt the fp32 graph answers right
-differently (the GenAI builder's int8 alike); float compute (level 0) is ~1 s/token there.
+which ORT 1.32 runs ~25x slower on the CPU; GPTQ needs Intel Neural Compressor. Known gap: 8-bit
+blocks at accuracy level 4 answer a chat prompt the fp32 graph answers right differently, on AVX2
+and AVX-512 VNNI CPUs alike (the GenAI builder's int8 too); float compute (level 0) is ~1 s/token.
 
 On the fused CPU graph (`fused.py`) every MatMul is quantized as the graph is built, the LM head
 included: `quantize_blocks` (ORT's own block quantizer, what `MatMulNBitsQuantizer` calls) turns
