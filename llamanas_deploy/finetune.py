@@ -7,6 +7,9 @@ Strategies (each step is one optimizer update on the summed gradients of its pas
 - `sandwich` (BigNAS): the full network, the smallest sub-network and one random one;
 - `full`: the full network only (standard training, the baseline the benchmark compares with).
 
+`compute_dtype` "bfloat16" runs the forward passes under bf16 autocast (weights, optimizer state and
+losses stay float32); "auto" picks it where the hardware multiplies bf16 natively (`default_compute_dtype`).
+
 With `distill`, sub-networks learn from the full network's (detached) next-token distribution
 instead of the labels (in-place distillation). With `reorder_neurons`, each MLP's neurons are
 permuted once, before training, by importance on a few training batches, so that "keep the
@@ -41,7 +44,21 @@ POINTER = "checkpoint.json"
 CHECKPOINT_SCHEMA = 2  # 2: a directory of torch.distributed.checkpoint shards (1: one safetensors file)
 RECORD = "training.json"
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPUs whose matrix units take bf16 natively
 RUNTIME_FIELDS = ("save_every", "micro_batch_size", "activation_checkpointing", "device")  # how, not what
+
+
+def default_compute_dtype(device: str) -> str:
+    """"bfloat16" where the hardware multiplies it natively (AMX / AVX512-BF16 CPUs, CUDA GPUs that
+    support it), else "float32"."""
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    from .profile.fingerprint import cpu_isa_flags
+
+    return "bfloat16" if set(FAST_BF16_CPU_FLAGS) & set(cpu_isa_flags()) else "float32"
 
 
 @dataclass(frozen=True)
@@ -70,11 +87,15 @@ class FinetuneSettings:
     micro_batch_size: int | None = None
     activation_checkpointing: bool = False
     device: str = "cpu"
+    compute_dtype: str = "auto"
 
     def __post_init__(self) -> None:
-        for name, choices in (("strategy", STRATEGIES), ("save_dtype", SAVE_DTYPES), ("device", DEVICES)):
+        choices_of = (("strategy", STRATEGIES), ("save_dtype", SAVE_DTYPES), ("device", DEVICES), ("compute_dtype", COMPUTE_DTYPES))
+        for name, choices in choices_of:
             if getattr(self, name) not in choices:
                 raise BadInputError(f"{getattr(self, name)!r} is not one of {list(choices)}", param=name)
+        if self.compute_dtype == "auto":  # resolved here, so that a resumed run compares what was used
+            object.__setattr__(self, "compute_dtype", default_compute_dtype(self.device))
         for name in ("steps", "batch_size", "save_every", "micro_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise BadInputError(f"{getattr(self, name)} is not >= 1", param=name)
@@ -287,10 +308,18 @@ def train_step(
     return {"step": step} | world.mean(losses)
 
 
+def _autocast(settings: FinetuneSettings):
+    import torch
+
+    device = "cuda" if settings.device == "cuda" else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=settings.compute_dtype == "bfloat16")
+
+
 def _backward(supernet, subnets: list[SubnetConfig], rows, settings: FinetuneSettings, scale: float):
     """Gradients of the full network and of each sub-network on `rows` (losses times `scale`); their losses."""
     inputs, targets = rows[:, :-1], rows[:, 1:]
-    logits = supernet.model(input_ids=inputs, use_cache=False).logits
+    with _autocast(settings):
+        logits = supernet.model(input_ids=inputs, use_cache=False).logits
     full_loss = _cross_entropy(logits, targets)
     (full_loss * scale).backward()
     teacher = logits.detach().float().log_softmax(-1) if settings.distill else None
@@ -298,7 +327,8 @@ def _backward(supernet, subnets: list[SubnetConfig], rows, settings: FinetuneSet
     sub_losses = []
     for subnet in subnets:
         with supernet.activate(subnet) as model:
-            sub_logits = model(input_ids=inputs, use_cache=False).logits
+            with _autocast(settings):  # the forward pass only; losses and backward as the forward left them
+                sub_logits = model(input_ids=inputs, use_cache=False).logits
             loss = _cross_entropy(sub_logits, targets) if teacher is None else _distill(sub_logits, teacher)
             (loss * scale).backward()
         sub_losses.append(loss.item())
@@ -430,6 +460,7 @@ class _Trainer:
 
 
 def _check_same_run(saved: dict, run: dict, source: Path) -> None:
+    saved = {"compute_dtype": "float32"} | saved  # runs recorded before the setting existed computed in float32
     changed = sorted(k for k in set(saved) | set(run) if saved.get(k) != run.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {run.get(k)!r}" for k in changed[:3])

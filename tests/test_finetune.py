@@ -205,7 +205,7 @@ def test_bad_settings_name_the_parameter_and_the_cli_its_flag(text_model, small_
 
 
 def test_activation_checkpointing_and_micro_batches_change_nothing_but_memory(text_model, space, tmp_path):
-    settings = ft.FinetuneSettings(steps=2, batch_size=4, seq_len=32, lr=3e-3)
+    settings = ft.FinetuneSettings(steps=2, batch_size=4, seq_len=32, lr=3e-3, compute_dtype="float32")
     variants = {"plain": settings, "recomputed": replace(settings, activation_checkpointing=True, micro_batch_size=2)}
     for name, variant in variants.items():
         ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / name, variant)
@@ -225,3 +225,46 @@ def test_a_corrupted_checkpoint_shard_is_bad_input_naming_its_directory(text_mod
     code, stdout, err = run_cli(capsys, *_cli_args(text_model, small_space_file, out, SETTINGS.steps))
     assert code == 2 and err.count("\n") == 1 and "cannot read checkpoint" in err and "Traceback" not in err, err
     assert str(shards[0].parent) in err and stdout == ""
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_trains_like_float32(text_model, space):
+    """Weights stay float32; the linear layers compute in bf16; two steps end near float32's."""
+    settings = ft.FinetuneSettings(steps=2, batch_size=4, seq_len=32, lr=3e-3, distill=True, compute_dtype="float32")
+    rows = ft.training_rows(text_model, ["pydoc-heldout"], "text", settings.seq_len)
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        supernet = SuperNetwork.load(text_model)
+        seen = set()
+        supernet.model.lm_head.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
+        run = replace(settings, compute_dtype=dtype)
+        optimizer = ft.make_optimizer(supernet.model, run)
+        losses = [ft.train_step(supernet, space, ft._batch(rows, run, step), optimizer, run, step) for step in range(2)]
+        assert seen == {getattr(torch, dtype)} and next(supernet.model.parameters()).dtype == torch.float32
+        results[dtype] = (losses, supernet.model.state_dict())
+    (loss32, weights32), (loss16, weights16) = results["float32"], results["bfloat16"]
+    for a, b in zip(loss32, loss16):
+        assert b["loss_full"] == pytest.approx(a["loss_full"], rel=0.02)
+        assert b["loss_sub"] == pytest.approx(a["loss_sub"], rel=0.1)
+    start = SuperNetwork.load(text_model).model.state_dict()
+    update32, update16 = (torch.cat([(w[k] - start[k]).flatten() for k in start]).double() for w in (weights32, weights16))
+    assert float(update32 @ update16 / (update32.norm() * update16.norm())) > 0.95  # Adam moved the weights alike (0.998 here)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [(["avx2", "fma"], "float32"), (["avx512f", "avx512_bf16"], "bfloat16"),
+                                                 (["amx_tile", "amx_bf16"], "bfloat16")])  # fmt: skip
+def test_auto_compute_dtype_is_bf16_where_the_cpu_multiplies_it(monkeypatch, flags, expected):
+    from llamanas_deploy.profile import fingerprint
+
+    monkeypatch.setattr(fingerprint, "cpu_isa_flags", lambda: flags)
+    assert ft.FinetuneSettings().compute_dtype == expected
+    assert ft.FinetuneSettings(compute_dtype="float32").compute_dtype == "float32"
+    with pytest.raises(BadInputError, match="compute_dtype"):
+        ft.FinetuneSettings(compute_dtype="float16")
+
+
+def test_a_run_recorded_before_compute_dtype_existed_resumes_in_float32(tmp_path):
+    run = {"model": "m", "steps": 3, "compute_dtype": "float32"}
+    ft._check_same_run({"model": "m", "steps": 3}, run, tmp_path / "training.json")
+    with pytest.raises(BadInputError, match="compute_dtype"):
+        ft._check_same_run({"model": "m", "steps": 3}, run | {"compute_dtype": "bfloat16"}, tmp_path / "training.json")

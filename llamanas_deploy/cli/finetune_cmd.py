@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..finetune import SAVE_DTYPES, STRATEGIES, FinetuneSettings
+from ..finetune import COMPUTE_DTYPES, SAVE_DTYPES, STRATEGIES, FinetuneSettings
 from .common import (
     POSITIVE, FiniteFloat,
     device_option, emit, json_option, model_option, progress_printer, quiet_option, space_option, table, threads_option,
@@ -45,6 +45,9 @@ DEFAULTS = FinetuneSettings()
 @click.option("--micro-batch-size", default=DEFAULTS.micro_batch_size, type=click.IntRange(min=1),
               help="Rows per forward pass in each process (gradient accumulation) [default: all its rows].")  # fmt: skip
 @click.option("--activation-checkpointing", is_flag=True, help="Recompute each decoder layer in the backward pass.")
+@click.option("--compute-dtype", type=click.Choice(COMPUTE_DTYPES), default="auto", show_default=True,
+              help="bfloat16: forward passes under bf16 autocast (weights stay float32); auto: bfloat16 on "
+              "AMX / AVX512-BF16 CPUs and bf16 GPUs, else float32.")  # fmt: skip
 @device_option(DEFAULTS.device)
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
               help="Launch torchrun with N processes on this machine (FSDP2; same as `torchrun --nproc-per-node N "
@@ -78,7 +81,8 @@ def finetune(model, space_name, data, text_field, out, nproc_per_node, threads, 
 
 
 def _render(r: dict) -> str:
-    rows = [("steps", r.get("steps")), ("loss (full)", r.get("final_loss_full")), ("loss (sub-network)", r.get("final_loss_sub"))]
+    rows = [("steps", r.get("steps")), ("compute dtype", r.get("run", {}).get("compute_dtype")),
+            ("loss (full)", r.get("final_loss_full")), ("loss (sub-network)", r.get("final_loss_sub"))]  # fmt: skip
     return f"fine-tuned super-network written to {r['out']}\n" + table(rows, ["", "value"])
 
 

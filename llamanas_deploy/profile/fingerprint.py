@@ -73,6 +73,11 @@ def describe(device: dict[str, Any]) -> str:
     return f"{text}, {gpus}" if gpus else text
 
 
+def cpu_isa_flags() -> list[str]:
+    """This CPU's flags among `ISA_FLAGS`."""
+    return _cpu_info()["isa_flags"]
+
+
 def _cpu_info() -> dict[str, Any]:
     model, flags, cores = platform.processor() or platform.machine(), set(), set()
     cpuinfo = Path("/proc/cpuinfo")
