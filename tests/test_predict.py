@@ -41,6 +41,7 @@ LAYER_MS = {192: 0.30, 384: 0.42, 576: 0.61, 768: 0.70}  # deliberately not line
 FINGERPRINT_ID = "00aa11bb22cc33dd"
 # predictions for (smallest, largest) of the shipped predictors, by the code that fitted and saved them
 SHIPPED_PREDICTIONS = {
+    "amd-epyc-2c-smollm2-onnxruntime-int8-decode_ms": (7.5648952494834605, 12.518405133014607),
     "amd-epyc-2c-torch-fp32-decode_ms": (1.8408116928935399, 5.610447014196929),
     "amd-epyc-2c-torch-fp32-prefill_ms": (8.160608605926658, 26.397071321594808),
     "dev-cpu-2c-avx512-amx-onnxruntime-int8-decode_ms": (0.8668236338620328, 1.497123071467034),
