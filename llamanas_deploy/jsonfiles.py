@@ -167,9 +167,18 @@ def lock_directory(path: Path, what: str) -> int:
 
 
 def check_out_dir(out: Path) -> None:
-    """A directory to create must not exist, or be empty: nothing already saved is overwritten."""
+    """A directory to create must not exist, or be empty: nothing already saved is overwritten; and it
+    must be creatable (no regular file where one of its parents would be)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadInputError(f"{out}: exists and is not an empty directory; refusing to overwrite it", param="out")
+    check_creatable(out)
+
+
+def check_creatable(out: Path, param: str = "out") -> None:
+    """`BadInputError` when `out` cannot be made because one of its parents is not a directory."""
+    blocking = next((parent for parent in Path(out).absolute().parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise BadInputError(f"{out}: cannot be created, {blocking} is a file, not a directory", param=param)
 
 
 def _scratch_stem(out: Path) -> str:

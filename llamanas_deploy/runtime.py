@@ -206,7 +206,9 @@ def generate(
 def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
     if sampling.temperature == 0:
         return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / sampling.temperature
+    logits = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # <= 0: a tiny temperature gives -inf (probability 0), never inf - inf
+        scaled = (logits - logits.max()) / sampling.temperature
     if 0 < sampling.top_k < scaled.size:
         cutoff = np.partition(scaled, -sampling.top_k)[-sampling.top_k]
         scaled = np.where(scaled >= cutoff, scaled, -np.inf)
@@ -280,6 +282,15 @@ class Artifact:
     @property
     def eos_id(self) -> int | None:
         return self.manifest.get("tokens", {}).get("eos_token_id")
+
+    @property
+    def context_length(self) -> int:
+        """Positions the model holds, prompt and generated tokens together (its genai_config.json,
+        checked against the allowlist when the artifact was opened)."""
+        from .jsonfiles import read_json
+        from .onnx_model.artifact import GENAI_CONFIG
+
+        return int(read_json(self._path(GENAI_CONFIG), "genai config")["model"]["context_length"])
 
     def decoder(self, device: str | None = None, threads: int | None = None) -> OrtDecoder:
         return OrtDecoder(self.onnx_path, device or self.manifest["device"], threads)
@@ -363,7 +374,11 @@ def generate_text(
     opened = open_artifact(artifact_dir)
     prompt = opened.chat_prompt(prompt) if chat else prompt
     tokenizer = opened.tokenizer()
-    out = generate(opened.decoder(threads=threads), tokenizer.encode(prompt).ids, max_new_tokens, sampling, opened.eos_id)
+    ids = tokenizer.encode(prompt).ids
+    if len(ids) + max_new_tokens > opened.context_length:
+        raise BadInputError(f"{max_new_tokens}: the prompt's {len(ids)} tokens and the new ones exceed the model's "
+                            f"{opened.context_length} positions", param="max_new_tokens")  # fmt: skip
+    out = generate(opened.decoder(threads=threads), ids, max_new_tokens, sampling, opened.eos_id)
     return GeneratedText(
         text=tokenizer.decode(out.tokens),
         prompt_tokens=out.prompt_tokens,

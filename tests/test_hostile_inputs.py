@@ -492,7 +492,22 @@ def file_cases() -> list[Case]:
         Case("generate-artifact-a-file", cli("generate", "--artifact", _w("root", "a-file"), "--prompt", "x"), "a-file"),
         Case("generate-artifact-dotdot", cli("generate", "--artifact", lambda w: f"{w.root}/artifact/../nothing",
                                              "--prompt", "x"), "nothing"),
+        Case("generate-more-tokens-than-positions", cli("generate", "--artifact", ARTIFACT, "--prompt", "x",
+                                                        "--max-new-tokens", "100000"), "--max-new-tokens"),
+        Case("export-negative-ppl-budget", cli("export", "--model", MODEL, "--space", SPACE, "--subnet", SUB, "--out",
+                                               NEW("e"), "--precision", "int8", "--max-ppl-increase", "-5"),
+             "--max-ppl-increase"),
     ]  # fmt: skip
+    under_a_file = {  # --out below a regular file: refused before anything slow, naming the file in the way
+        "export": ("export", "--model", MODEL, "--space", SPACE, "--subnet", SUB),
+        "extract": ("subnet", "extract", "--model", MODEL, "--space", SPACE, "--subnet", SUB),
+        "profile": ("profile", "--model", MODEL, "--space", SPACE, "--target", "t", "--samples", "2"),
+        "search": ("search", "--model", MODEL, "--space", SPACE, "--objective", "accuracy", "--objective", "size"),
+        "run": ("run", "--model", MODEL, "--space", SPACE),
+        "prepare": ("prepare", "--model", MODEL),
+    }
+    for name, args in under_a_file.items():
+        cases.append(Case(f"{name}-out-under-a-file", cli(*args, "--out", _w("root", "a-file", "x")), "a-file is a file"))
     return cases
 
 
@@ -584,6 +599,15 @@ def test_5_generate_temperature_nan_is_bad_input(world, capsys):
     for value in (float("nan"), float("inf")):
         with pytest.raises(BadInputError, match="temperature"):
             Sampling(temperature=value)
+
+
+def test_5_a_subnormal_temperature_samples_like_greedy_without_a_warning(world, capsys):
+    code, out, err = run_cli(capsys, "generate", "--artifact", str(world.artifact), "--prompt", "x",
+                             "--temperature", "1e-320", "--max-new-tokens", "3", "--json")  # fmt: skip
+    assert code == 0 and "Warning" not in err, err
+    greedy = run_cli(capsys, "generate", "--artifact", str(world.artifact), "--prompt", "x", "--max-new-tokens", "3",
+                     "--json")  # fmt: skip
+    assert json.loads(out)["tokens"] == json.loads(greedy[1])["tokens"]
 
 
 def test_6_a_refused_profile_directory_is_left_exactly_as_found(world, capsys, tmp_path):

@@ -66,7 +66,7 @@ def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
 @click.option("--accuracy-level", type=int,
               help="int8 / int4: 4 = int8 compute (fast on CPU), 0 = unset (float compute: slow on CPU; "
                    f"CUDA computes in fp16) [{_quant_defaults(1)}].")
-@click.option("--max-ppl-increase", "max_ppl_increase_pct", type=FiniteFloat(),
+@click.option("--max-ppl-increase", "max_ppl_increase_pct", type=FiniteFloat(min=0),
               help="Fail a quantized export whose held-out perplexity rises by more (%) "
                    f"[{', '.join(f'{p}: {v:g}' for p, v in DEFAULT_MAX_PPL_INCREASE_PCT.items())}].")
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the artifact on this device.")

@@ -78,8 +78,9 @@ class ExportSettings:
         limit = self.max_ppl_increase_pct
         if limit is None and self.precision in DEFAULT_MAX_PPL_INCREASE_PCT:
             object.__setattr__(self, "max_ppl_increase_pct", DEFAULT_MAX_PPL_INCREASE_PCT[self.precision])
-        elif limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit)):
-            raise BadInputError(f"must be a finite number (percent), got {limit!r}", param="max_ppl_increase_pct")
+        elif limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit)
+                                    or limit < 0):  # fmt: skip
+            raise BadInputError(f"must be a finite number >= 0 (percent), got {limit!r}", param="max_ppl_increase_pct")
 
 
 @dataclass(frozen=True)

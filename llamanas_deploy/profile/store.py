@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from ..concepts import TIMED_FIGURES, metric
 from ..errors import BadInputError
-from ..jsonfiles import dumps, lock_directory, parse_json, read_json, write_json
+from ..jsonfiles import check_creatable, dumps, lock_directory, parse_json, read_json, write_json
 from ..subnet_config import SubnetConfig
 from .fingerprint import current_fingerprint, describe
 
@@ -286,6 +286,7 @@ def check_profile_out(path: Path) -> None:
     if path.exists() and not (path.is_dir() and (is_profile_dir(path) or not any(path.iterdir()))):
         raise BadInputError(f"{path}: exists and is neither empty nor a profile directory (no {FINGERPRINT_FILE} "
                             f"or {MEASUREMENTS_FILE}); refusing to write into it", param="out")  # fmt: skip
+    check_creatable(path)
 
 
 def _make_dirs(path: Path) -> Path | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Iterator, Protocol
 
 from ..errors import BadInputError
-from ..jsonfiles import dumps, lock_directory, parse_json, read_json, write_json
+from ..jsonfiles import check_creatable, dumps, lock_directory, parse_json, read_json, write_json
 from ..progress import Callback
 from .algorithms import Algorithm
 from .ledger import Evaluate, Ledger, evaluate_here
@@ -159,5 +159,6 @@ def _check_out_dir(out: Path, identity: dict[str, Any]) -> bool:
         return False
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadInputError(f"{out}: exists and is not a search directory; refusing to write into it", param="out")
+    check_creatable(out)
     return True
 
