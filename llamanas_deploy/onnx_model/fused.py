@@ -18,8 +18,10 @@ past + new tokens, as the contract says; a caller that passes a preallocated pas
 the full context (onnxruntime-genai with `past_present_share_buffer`) gets it updated in place.
 
 Tied embeddings are stored once: the LM head multiplies by the transposed embedding (ORT folds
-the `Transpose` when the session opens). Everything here is deterministic: fixed names, no
-randomness, weights in the order of the layers.
+the `Transpose` when the session opens); quantized, the embedding reads the LM head's blocks.
+`export_fused` streams every weight into `model.onnx.data` as it is made (quantized as it is made,
+when asked), so that building a graph never holds a second copy of the model. Everything here is
+deterministic: fixed names, no randomness, weights in the order of the layers.
 """
 
 from __future__ import annotations
@@ -96,15 +98,16 @@ class _Graph:
         return self.weight(f"{name}_Q{self.quant.bits}", blocks), self.weight(f"{name}_scales", scales)
 
     def matmul(self, x: str, weight: str | tuple[str, str], shape: tuple[int, int], name: str,
-               outputs: int | list[str] = 1) -> str:  # fmt: skip
+               outputs: list[str] | None = None) -> str:  # fmt: skip
         """x @ W: a MatMul over the [in, out] initializer `weight`, or a MatMulNBits over its
-        (blocks, scales) when `weight` is a pair."""
+        (blocks, scales) when `weight` is a pair (named as ORT's quantizer names it, same output)."""
+        outputs = outputs if isinstance(outputs, list) else [f"{name}/output_0"]
         if isinstance(weight, str):
             return self.node("MatMul", [x, weight], name, outputs)[0]
         q = self.quant
         level = {"accuracy_level": q.accuracy_level} if q.accuracy_level else {}  # as ORT's quantizer: 0 is left unset
-        return self.node("MatMulNBits", [x, *weight], f"{name}_Q{q.bits}", outputs if outputs != 1 else [f"{name}/output_0"],
-                         MS_DOMAIN, K=shape[0], N=shape[1], bits=q.bits, block_size=q.block_size, **level)[0]  # fmt: skip
+        return self.node("MatMulNBits", [x, *weight], f"{name}_Q{q.bits}", outputs, MS_DOMAIN, K=shape[0], N=shape[1],
+                         bits=q.bits, block_size=q.block_size, **level)[0]  # fmt: skip
 
 
 def _np(tensor) -> np.ndarray:
