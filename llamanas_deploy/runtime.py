@@ -374,10 +374,10 @@ def generate_text(
     opened = open_artifact(artifact_dir)
     prompt = opened.chat_prompt(prompt) if chat else prompt
     tokenizer = opened.tokenizer()
-    ids = tokenizer.encode(prompt).ids
-    if len(ids) + max_new_tokens > opened.context_length:
+    ids, positions = tokenizer.encode(prompt).ids, opened.context_length
+    if len(ids) + max_new_tokens > positions:
         raise BadInputError(f"{max_new_tokens}: the prompt's {len(ids)} tokens and the new ones exceed the model's "
-                            f"{opened.context_length} positions", param="max_new_tokens")  # fmt: skip
+                            f"{positions} positions", param="max_new_tokens")  # fmt: skip
     out = generate(opened.decoder(threads=threads), ids, max_new_tokens, sampling, opened.eos_id)
     return GeneratedText(
         text=tokenizer.decode(out.tokens),

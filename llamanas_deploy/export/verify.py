@@ -102,8 +102,7 @@ def verify_fp32(reference: TorchReference, decoder, config: DecoderOnnxConfig) -
     prompt, step = reference.ids[:, :-1], reference.ids[:, -1:]
     logits, present = decoder.forward(prompt, decoder.empty_past(len(prompt)))
     prefill = _compare_step("prefill", decoder, config, logits, present, reference.prefill, 0, checks, fp16)
-    _, past = decoder.forward(prompt, decoder.empty_past(len(prompt)))  # ORT on its own cache (left on the device)
-    logits, present = decoder.forward(step, past)
+    logits, present = decoder.forward(step, present)  # ORT on its own cache (left on the device)
     decode = _compare_step("decode", decoder, config, logits, present, reference.decode, prompt.shape[1], checks, fp16)
     checks.raise_if_failed()
     tolerance = max(prefill["logits_tolerance"], decode["logits_tolerance"])

@@ -73,9 +73,8 @@ class _Graph:
     def _write_external(self, name: str, array: np.ndarray) -> None:
         from onnx import TensorProto, helper
 
+        self.data.write(bytes(-self.data.tell() % ALIGNMENT))
         offset = self.data.tell()
-        self.data.write(bytes(-offset % ALIGNMENT))
-        offset += -offset % ALIGNMENT
         self.data.write(memoryview(array).cast("B"))
         tensor = self.graph.initializer.add()
         tensor.name, tensor.data_type = name, helper.np_dtype_to_tensor_dtype(array.dtype)

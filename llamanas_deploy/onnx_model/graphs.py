@@ -19,6 +19,7 @@ The export pipeline and the profiler's `onnxruntime` backend both call `export_g
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import tempfile
 from dataclasses import replace
@@ -94,8 +95,8 @@ def export_quantized(model, config: DecoderOnnxConfig, out_dir: Path, graph: str
 
         export_fused(model, config, out_dir, quant=quant)
         return replace(quant, reason=f"{quant.reason}; {quantization_note(model, quant)}")
-    if base is not None:
-        return quantize(base, out_dir / ONNX_NAME, quant, (base.parent / f"{ONNX_NAME}.data").exists())
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".unquantized-") as scratch:
-        base = export_graph(model, config, Path(scratch), graph, quant.precision, dtype)
+    with contextlib.ExitStack() as cleanup:
+        if base is None:
+            scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=".unquantized-")))
+            base = export_graph(model, config, scratch, graph, quant.precision, dtype)
         return quantize(base, out_dir / ONNX_NAME, quant, (base.parent / f"{ONNX_NAME}.data").exists())
