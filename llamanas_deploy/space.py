@@ -46,6 +46,7 @@ NEURON_POLICIES = ("first",)
 SUPPORTED_LAYER_DIMS = ("intermediate_sizes",)
 
 MAX_LAYERS, MAX_INTERMEDIATE_SIZE = 4096, 1 << 24  # far above any LLaMA; an absurd value is refused, not counted
+MAX_POINT_DIGITS = 4000  # a count Python (and JSON readers) can still print as an integer; a LLaMA-2 70B space has 49
 DERIVED_KEYS = ("id", "num_points", "num_distinct")  # what `space show --json` adds; a space file may keep them
 SAMPLING_STRATEGIES = ("stratified", "random")  # stratified: smallest and largest first, then depth x width strata
 
@@ -358,6 +359,10 @@ def space_from_dict(data: Any, source: str) -> SearchSpace:
     widths = next(d.choices for d in dims if d.key == "intermediate_sizes")
     if max(widths) > max_width:
         raise fail(f"intermediate size {max(widths)} exceeds the super-network's {max_width}")
+    digits = math.log10(len(depth)) + max_layers * sum(math.log10(len(d.choices)) for d in dims)
+    if digits >= MAX_POINT_DIGITS:
+        raise fail(f"the space counts about 10^{int(digits)} points (depth choices x widths^layers); at most "
+                   f"10^{MAX_POINT_DIGITS} are supported: give fewer width choices or layers")  # fmt: skip
     space = SearchSpace(
         name=name,
         max_layers=max_layers,

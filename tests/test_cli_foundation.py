@@ -58,6 +58,16 @@ def test_space_show_text(capsys):
     assert code == 0 and "points: 327,680" in out
 
 
+def test_space_show_a_70b_space_in_text_and_exactly_in_json(capsys, tmp_path):
+    space = {"schema_version": 1, "name": "wide", "super_network": {"num_hidden_layers": 80, "intermediate_size": 28672},
+             "depth": {"choices": [60, 70, 80]}, "layer_dims": {"intermediate_sizes": {"choices": [7168, 14336, 28672]}}}
+    path = write(tmp_path / "wide.json", space)
+    code, out, _ = run_cli(capsys, "space", "show", path)
+    assert code == 0 and "points: 4.434e+38 " in out  # 3 x 3^80, not 39 digits with commas
+    code, out, _ = run_cli(capsys, "space", "show", path, "--json")
+    assert code == 0 and json.loads(out)["num_points"] == 3 * 3**80
+
+
 def test_space_sample_prints_json_lines_other_commands_read(capsys, tmp_path, small_space_file):
     code, out, _ = run_cli(capsys, "space", "sample", str(small_space_file), "-n", "6", "--seed", "2")
     lines = out.splitlines()

@@ -256,6 +256,8 @@ def build_world(root: Path) -> SimpleNamespace:
         "wrong-type": {"layer_dims": {"intermediate_sizes": {"choices": ["32", "64"]}}},
         "stale-id": {"id": "small-test-00000000"},
         "unknown-key": {"extra": 1},
+        "uncountable": {"super_network": {"num_hidden_layers": 4096, "intermediate_size": 4096},
+                        "depth": {"choices": [4096]}, "layer_dims": {"intermediate_sizes": {"choices": list(range(16, 3200, 16))}}},
     }
     for name, change in spaces.items():
         write_space(bad / f"space-{name}.json", **change)
@@ -396,7 +398,7 @@ def file_cases() -> list[Case]:
     cases = []
     for name in ("truncated.json", "garbage.json", "empty.json", "list.json", "loop.json", "a-directory.json",
                  "space-negative.json", "space-huge.json", "space-wrong-type.json", "space-stale-id.json",
-                 "space-unknown-key.json"):  # fmt: skip
+                 "space-unknown-key.json", "space-uncountable.json"):  # fmt: skip
         cases.append(Case(f"space-show-{name}", cli("space", "show", BAD(name)), BAD(name)))
     for name in ("truncated.json", "space-negative.json", "space-stale-id.json"):
         cases.append(Case(f"subnet-stats-space-{name}", cli("subnet", "stats", "--space", BAD(name), "--subnet",
@@ -508,6 +510,14 @@ def file_cases() -> list[Case]:
     }
     for name, args in under_a_file.items():
         cases.append(Case(f"{name}-out-under-a-file", cli(*args, "--out", _w("root", "a-file", "x")), "a-file is a file"))
+    newline = lambda w: str(w.root / "new" / "line\nbreak")  # noqa: E731 - shown escaped, on the one line
+    cases += [
+        Case("subnet-file-newline-in-name", cli("subnet", "stats", "--model", MODEL, "--space", SPACE, "--subnet", newline),
+             "line\\nbreak: cannot read"),
+        Case("generate-newline-in-name", cli("generate", "--artifact", newline, "--prompt", "x"), "line\\nbreak"),
+        Case("export-newline-out-under-a-file", cli("export", "--model", MODEL, "--space", SPACE, "--subnet", SUB, "--out",
+                                                    lambda w: str(w.root / "a-file" / "x\ny")), "a-file is a file"),
+    ]  # fmt: skip
     return cases
 
 

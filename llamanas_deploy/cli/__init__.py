@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.ClickException as err:  # a bad option or argument: one line too, naming the command
         where = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) else ""
-        click.echo(f"error: {where}{err.format_message()}", err=True)
+        click.echo(f"error: {where}{_one_line(err.format_message())}", err=True)
         sys.exit(2)
     except BadInputError as err:
         _fail(_with_flag(err, args), 2, debug)
@@ -112,7 +112,15 @@ def _fail(err: Exception, code: int, debug: bool) -> None:
         sys.exit(code)
     if debug:
         traceback.print_exc()
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = str(err).strip()
+    # the toolkit's own messages are one line, so a line break in one came from a name (a path): shown escaped;
+    # a library's message can run on for pages, so its first line stands for it
+    message = _one_line(text) if isinstance(err, LlamanasError) else text.splitlines()[0] if text else ""
+    message = message or type(err).__name__
     prefix = "error" if isinstance(err, LlamanasError) else f"error ({type(err).__name__})"
     click.echo(f"{prefix}: {message}", err=True)
     sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", "\\n").replace("\r", "\\r")

@@ -32,9 +32,17 @@ def _render(r: dict) -> str:
         f"  super-network: {r['super_network']['num_hidden_layers']} layers, "
         f"intermediate size {r['super_network']['intermediate_size']}\n"
         f"  depth: {r['depth']['choices']} (keep {r['depth']['policy']} layers)\n{dims}\n"
-        f"  points: {r['num_points']:,} (depth choices x widths^layers, as the paper counts)\n"
-        f"  distinct sub-networks: {r['num_distinct']:,}"
+        f"  points: {_count(r['num_points'])} (depth choices x widths^layers, as the paper counts)\n"
+        f"  distinct sub-networks: {_count(r['num_distinct'])}"
     )
+
+
+def _count(n: int) -> str:
+    """Thousands separated up to 10^15, then scientific (an exact count of 10^48 tells a reader nothing more)."""
+    if n < 10**15:
+        return f"{n:,}"
+    digits = str(n)
+    return f"{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
 
 
 @space.command()
