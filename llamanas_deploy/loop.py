@@ -30,6 +30,7 @@ PROFILE_DIRS = (Path("hardware_profiles"), Path(__file__).resolve().parent.paren
 LATENCY_METRIC = "decode_ms"
 STAGES = 7
 DEPLOYED_BACKEND = "onnxruntime"  # the profiler backend that times what `export` deploys
+UNRELIABLE_MAPE_PCT = 25.0  # a predictor's held-out error beyond this: its latencies are noise, and the summary says so
 HELDOUT_TOKENS = 4096  # the export's verification data: full, winner and artifact share one perplexity
 RUN_FILE, SUMMARY_FILE = "run.json", "summary.json"
 
@@ -389,6 +390,7 @@ def _summary(settings, out, space, supernet, profile, predictor, budget, search,
                 "measured_prefill_ms": kept_figure(meas["prefill_ms"], statistic),
                 "throughput_tok_s": kept_figure(meas["throughput_tok_s"], statistic),
                 "heldout_perplexity": ppl,
+                "measured_under_load": bool((meas.get("load") or {}).get("loaded")),
                 f"search_{search.accuracy_name}": _search_value(search, cfg),
             }
         )
@@ -427,6 +429,8 @@ def _predictor_info(predictor) -> dict[str, Any]:
     meta = predictor.metadata_
     keys = ("target", "backend", "precision", "metric", "statistic", "shapes", "test_metrics", "n_train", "n_test")
     info = {k: meta.get(k) for k in keys}
+    mape = (meta.get("test_metrics") or {}).get("mape_pct")
+    info["reliable"] = None if mape is None else mape <= UNRELIABLE_MAPE_PCT
     transfer = meta.get("transfer")
     info["transfer"] = None if not transfer else {
         "kind": transfer.get("kind"), "target_samples": transfer["target_samples"],

@@ -115,6 +115,13 @@ class SearchSpace:
     def largest(self) -> SubnetConfig:
         return self._uniform_subnet(max(self.depth_choices), -1)
 
+    @property
+    def anchor(self) -> SubnetConfig:
+        """The profiler's drift reference, measured between the planned sub-networks: the middle depth
+        at the middle width (a quarter to half the full network's cost, and far from either end)."""
+        depths, widths = sorted(self.depth_choices), self.dim("intermediate_sizes").choices
+        return self._uniform_subnet(depths[len(depths) // 2], len(widths) // 2)
+
     def _uniform_subnet(self, depth: int, choice_index: int) -> SubnetConfig:
         sizes = (self.dim("intermediate_sizes").choices[choice_index],) * depth
         return SubnetConfig(depth, sizes, self.kept_layers(depth)).canonical()

@@ -18,6 +18,7 @@ from llamanas_deploy.cli import main
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.model.supernet import SuperNetwork
 from llamanas_deploy.profile import ProfileResult, ProfileSettings, Protocol, Shapes, list_targets, profile
+from llamanas_deploy.profile.load import pin_cpus
 from llamanas_deploy.space import load_space
 from llamanas_deploy.profile.weights import subnet_model
 from llamanas_deploy.subnet_config import SubnetConfig
@@ -48,8 +49,10 @@ def assert_bad_input(result, *fragments: str) -> None:
         assert fragment in err, err
 
 
-def records(profile_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (profile_dir / "measurements.jsonl").read_text().splitlines()]
+def records(profile_dir: Path, role: str | None = None) -> list[dict]:
+    """The planned sub-networks' records (`role` None) or the anchor's ("anchor"), in measuring order."""
+    rows = [json.loads(line) for line in (profile_dir / "measurements.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("role") == role]
 
 
 def profile_args(model, space, out, *extra: str) -> list[str]:
@@ -286,8 +289,9 @@ def test_profile_api_takes_a_loaded_super_network_and_reports_progress(tmp_path,
     out = tmp_path / "profiles" / "api"
     result = profile(supernet, load_space(small_space_file), settings, target="api", out=out, callback=events.append)
     assert isinstance(result, ProfileResult) and result.dir == out and result.settings == settings
-    assert [(e.stage, e.done, e.total, e.unit) for e in events] == [("profile", i, 2, "visit") for i in range(3)]
-    assert events[0].status == "warming up" and "decode" in events[-1].status
+    # the plan's 2 visits between the anchor's first and last
+    assert [(e.stage, e.done, e.total, e.unit) for e in events] == [("profile", i, 4, "visit") for i in range(5)]
+    assert events[0].status == "warming up" and events[-1].status.startswith("anchor ") and "decode" in events[-1].status
     summary = result.to_dict()
     assert (summary["out"], summary["measured_now"], summary["already_present"], summary["records"]) == (str(out), 2, 0, 2)
     rows = records(out)
@@ -295,7 +299,7 @@ def test_profile_api_takes_a_loaded_super_network_and_reports_progress(tmp_path,
     # the same model by its path is the same measurement: nothing left to measure, no events
     events.clear()
     again = profile(str(small_checkpoint), str(small_space_file), settings, target="api", out=out, callback=events.append)
-    assert (again.measured_now, again.records, events) == (0, 2, [])
+    assert (again.measured_now, again.records, again.anchors, events) == (0, 2, 2, [])
     (listed,) = list_targets(tmp_path / "profiles")
     assert (listed["target"], listed["records"], listed["setups"]) == ("api", 2, {"torch/fp32/cpu": 2})
 
@@ -307,3 +311,49 @@ def test_a_target_name_made_from_a_directory_name_is_always_valid(text, name):
     from llamanas_deploy.profile.runner import check_target_name, target_name_from
 
     assert target_name_from(text) == name == check_target_name(name)
+
+
+def test_the_anchor_brackets_every_few_visits_and_a_resumed_profile_adds_its_own(capsys, tmp_path, small_checkpoint,
+                                                                                small_space_file):  # fmt: skip
+    out = tmp_path / "prof"
+    space = load_space(small_space_file)
+    args = profile_args(small_checkpoint, small_space_file, out, *FAST, *ONE_VISIT, "--anchor-every", "2")
+    assert run(capsys, *args, "--samples", "3")[0] == 0
+    rows = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
+    roles = ["A" if r.get("role") == "anchor" else "p" for r in rows]
+    assert roles == ["A", "p", "p", "A", "p", "A"]
+    anchors = records(out, "anchor")
+    assert {r["subnet_id"] for r in anchors} == {space.anchor.id} and all(r["measure_s"] > 0 for r in rows)
+    assert all(set(r["load"]) == {"others_cores", "steal_pct", "loadavg_1m", "cpu_mhz", "loaded"} for r in rows)
+    code, stdout, _ = run(capsys, *args, "--samples", "4", "--json")  # one more sub-network: bracketed again
+    summary = json.loads(stdout)
+    assert code == 0 and (summary["measured_now"], summary["records"], summary["anchors"]) == (1, 4, 5)
+    indices = [r["anchor_index"] for r in records(out, "anchor")]
+    assert len(set(indices)) == 5 and records(out)[:3] == [r for r in rows if r.get("role") is None]
+    assert run(capsys, *args, "--samples", "4", "--json")[0] == 0  # nothing to measure: no anchor either
+    assert len(records(out, "anchor")) == 5
+
+
+def test_anchor_every_zero_measures_the_plan_only(capsys, tmp_path, small_checkpoint, small_space_file):
+    out = tmp_path / "prof"
+    args = profile_args(small_checkpoint, small_space_file, out, *FAST, *ONE_VISIT, "--anchor-every", "0", "--samples", "2")
+    assert run(capsys, *args)[0] == 0
+    assert len(records(out)) == 2 and records(out, "anchor") == []
+
+
+def test_pin_cpus_fixes_the_measuring_process_and_is_recorded(capsys, tmp_path, small_checkpoint, small_space_file):
+    allowed = sorted(os.sched_getaffinity(0))
+    out = tmp_path / "prof"
+    args = profile_args(small_checkpoint, small_space_file, out, *FAST, *ONE_VISIT, "--samples", "1")
+    try:
+        assert run(capsys, *args, "--pin-cpus", str(allowed[-1]))[0] == 0
+        assert os.sched_getaffinity(0) == {allowed[-1]}
+    finally:
+        pin_cpus(tuple(allowed))  # every thread of this process, as the profile pinned them
+    assert {tuple(r["pinned_cpus"]) for r in records(out)} == {(allowed[-1],)}
+    outside = str(max(allowed) + 1000)
+    assert_bad_input(run(capsys, *profile_args(small_checkpoint, small_space_file, tmp_path / "p2", "--pin-cpus", outside)),
+                     "--pin-cpus", outside)  # fmt: skip
+    assert_bad_input(run(capsys, *profile_args(small_checkpoint, small_space_file, tmp_path / "p3", "--pin-cpus", "a,b")),
+                     "--pin-cpus")  # fmt: skip
+    assert not (tmp_path / "p2").exists() and not (tmp_path / "p3").exists()

@@ -51,7 +51,7 @@ def test_peak_memory_stays_near_one_sub_network(capsys, tmp_path):
     assert done.value.code == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
     largest_mib = max(r["model_bytes"] for r in rows) / 1024**2
-    assert len(rows) == 3 and largest_mib < 60
+    assert len([r for r in rows if r.get("role") != "anchor"]) == 3 and largest_mib < 60
     # the process grew by about one sub-network (plus allocator slack), nowhere near the super-network
     assert growth_mib < 4 * largest_mib + 256, (growth_mib, largest_mib)
     assert all(0 < r["peak_mem_mib"] < 4 * largest_mib + 64 for r in rows)

@@ -137,9 +137,9 @@ def _records(directory) -> list[dict]:
 
 
 def _comparable(record: dict) -> dict:
-    """A record less what a second measurement changes: the figures and the clock time."""
-    timed = ("prefill_ms", "decode_ms", "throughput_tok_s", "peak_mem_mib", "flagged", "timestamp")
-    return {k: v for k, v in record.items() if k not in timed} | {k: sorted(record[k]) for k in timed[:3]}
+    """A record less what a second measurement changes: the figures, the clock time, the machine's load."""
+    timed = ("prefill_ms", "decode_ms", "throughput_tok_s", "load", "peak_mem_mib", "flagged", "measure_s", "timestamp")
+    return {k: v for k, v in record.items() if k not in timed} | {k: sorted(record[k]) for k in timed[:4]}
 
 
 def test_profile_on_a_node_resource_writes_what_a_local_profile_would(cluster, small_checkpoint, space_file, tmp_path):

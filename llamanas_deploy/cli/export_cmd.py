@@ -154,6 +154,14 @@ def bench(artifact: Path, as_json: bool, **opts: Any) -> None:
     emit(bench_artifact(artifact, _bench_settings(opts)), as_json, _render_bench)
 
 
+def load_line(load: dict[str, Any] | None) -> str:
+    """What the rest of the machine did while the figures were measured, when it took CPU time from them."""
+    if not load or not load.get("loaded"):
+        return ""
+    return (f"\nmeasured under load (other processes kept {load['others_cores']:.1f} cores busy, steal "
+            f"{load['steal_pct']:.1f} %): the figures are likely slower than this machine's when quiet")  # fmt: skip
+
+
 def _render_bench(r: dict[str, Any]) -> str:
     rows = [
         [name, r[key]["best"], r[key]["median"], r[key]["iqr"], f"{r[key]['cv']:.1%}", r[key]["n"], "yes" if r[key]["flagged"] else ""]
@@ -165,6 +173,7 @@ def _render_bench(r: dict[str, Any]) -> str:
         f"prompt {s['prompt_len']}, context {s['context_len']}, gen {s['gen_len']}; peak +{r['peak_mem_mib']:.0f} MiB"
     )
     text = head + "\n" + table(rows, ["figure", "best", "median", "IQR", "CV", "n", "flagged"])
+    text += load_line(r.get("load"))
     vs = r.get("vs_predicted")
     if vs:
         note = "" if vs["same_setup"] else " (predictor was fitted for another backend/precision/threads/device)"

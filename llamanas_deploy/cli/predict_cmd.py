@@ -8,6 +8,7 @@ import click
 
 from ..concepts import METRICS
 from ..errors import BadInputError
+from ..predict.dataset import DRIFT_CORRECTIONS
 from ..predict.train import FitSettings
 from .common import FiniteFloat, emit, json_option, model_option, progress_printer, table
 
@@ -30,6 +31,9 @@ DEFAULTS = FitSettings()
                    "measured on another device with the same backend and precision, or on this device with another one.")
 @click.option("--samples", "train_samples", type=click.IntRange(min=2), default=None,
               help="Fit on only the first K sub-networks of the training split, in measuring order [default: all].")
+@click.option("--drift", type=click.Choice(DRIFT_CORRECTIONS), default=DEFAULTS.drift, show_default=True,
+              help="anchor: correct each timing by the profile's anchor measured around it (the machine's change in "
+                   "speed over the profile); none: the timings as measured.")  # fmt: skip
 @json_option
 def fit(**opts) -> None:
     """Fit an XGBoost predictor of METRIC on a profile; compare it with baselines on a held-out split.
@@ -43,7 +47,8 @@ def fit(**opts) -> None:
     _check_replaces_a_predictor(Path(opts["out_path"]))
     if opts["plot_path"]:
         _check_out(opts["plot_path"], ".png", "--plot")
-    settings = FitSettings(test_fraction=opts["test_fraction"], seed=opts["seed"], train_samples=opts["train_samples"])
+    settings = FitSettings(test_fraction=opts["test_fraction"], seed=opts["seed"], train_samples=opts["train_samples"],
+                           drift=opts["drift"])  # fmt: skip
     printer = progress_printer(quiet=False)
     try:
         result = fit_predictor(opts["profile"], opts["metric"], settings, space=opts["space"], model=opts["model"],
@@ -104,6 +109,7 @@ def _render_fit(r: dict) -> str:
         f"{d['n_subnets']} sub-networks: {d['n_train']} to fit (hyper-parameters by "
         f"{'cross-validation' if r['metadata']['cv_mape_pct'] is not None else 'default'}), "
         f"{d['n_test']} held out; {d['n_flagged_dropped']} flagged measurements dropped\n"
+        f"{_drift_line(d)}\n"
     )
     if d.get("transfer"):
         t, src = d["transfer"], d["transfer"]["source"]
@@ -119,6 +125,14 @@ def _render_fit(r: dict) -> str:
         parts += ["", "learning curve (ours, same held-out split):", table(curve, ["fitted on", "draws", *headers])]
     parts += ["", f"saved {r['predictor']}" + (f"; plot {r['plot']}" if r["plot"] else "")]
     return "\n".join(parts)
+
+
+def _drift_line(d: dict) -> str:
+    anchor = d.get("drift_corrected_by")
+    corrected = (f"timings corrected by {anchor['n']} anchor measurements (the machine's speed moved "
+                 f"{anchor['range_pct']:.1f} % over the profile)") if anchor else "timings as measured (no anchor correction)"  # fmt: skip
+    loaded = d.get("n_loaded", 0)
+    return corrected + (f"; {loaded} kept records were measured under load (other processes or steal)" if loaded else "")
 
 
 def _metric_cells(row: dict) -> list[str]:

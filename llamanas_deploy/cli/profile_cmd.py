@@ -56,6 +56,11 @@ DEFAULTS = ProfileSettings()
               help="auto: the checkpoint's weights when --model has them, else random from config.json.")  # fmt: skip
 @clock_option(DEFAULTS.clock)
 @protocol_options(DEFAULTS.protocol)
+@click.option("--anchor-every", default=DEFAULTS.anchor_every, show_default=True, type=click.IntRange(min=0),
+              help="Measure the space's anchor sub-network after every N visits (and first and last), so a fit "
+                   "can cancel the machine's drift in speed; 0: never.")  # fmt: skip
+@click.option("--pin-cpus", "pin_cpus", metavar="CPUS", callback=lambda ctx, param, value: _cpu_list(value),
+              help="Fix the measuring process to these CPUs (e.g. 1 or 0,1), where the OS allows it.")
 @quiet_option
 @json_option
 def profile(**opts) -> None:
@@ -67,7 +72,8 @@ def profile(**opts) -> None:
     --target profile a fleet at once, each into its own directory.
     """
     settings = ProfileSettings(
-        **{k: opts[k] for k in ("backend", "precision", "device", "samples", "seed", "threads", "weights", "clock")},
+        **{k: opts[k] for k in ("backend", "precision", "device", "samples", "seed", "threads", "weights", "clock",
+                                "anchor_every", "pin_cpus")},
         shapes=shapes_from(opts),
         protocol=protocol_from(opts),
     )
@@ -86,6 +92,18 @@ def profile(**opts) -> None:
         printer.close()
     emit({"targets": [r.to_dict() for r in results]}, opts["as_json"],
          lambda fleet: "\n".join(_render_profile(r) for r in fleet["targets"]))  # fmt: skip
+
+
+def _cpu_list(value: str | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    try:
+        cpus = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected CPU numbers separated by commas (0,1), got {value!r}") from None
+    if any(cpu < 0 for cpu in cpus):
+        raise click.BadParameter(f"CPU numbers are 0 or more, got {value!r}")
+    return cpus
 
 
 def _nodes(targets: tuple[str, ...], address: str | None, resources: tuple[str, ...]) -> dict:
@@ -112,9 +130,15 @@ def _render_profile(r: dict) -> str:
         f"profile {r['target']} ({r['backend']} {r['precision']} {r['device']}, "
         f"{r['threads']} threads, {r['clock']} clock) -> {r['out']}\n"
         f"  visits measured now {r['measured_now']}, already present {r['already_present']}, "
-        f"records of this setup {r['records']} of {r['subnets']} sub-networks ({r['flagged']} flagged)\n"
+        f"records of this setup {r['records']} of {r['subnets']} sub-networks ({r['flagged']} flagged, "
+        f"{r['loaded']} measured under load)\n"
+        f"  anchor measurements {r['anchors']}{_drift(r['anchor_drift_pct'])}\n"
         f"  median CV: {cv or 'n/a'}\n  wall time {r['wall_s']:.1f} s"
     )
+
+
+def _drift(pct: float | None) -> str:
+    return "" if pct is None else f"; the machine's speed moved {pct:.1f} % over them (cancelled in a fit)"
 
 
 @click.command()

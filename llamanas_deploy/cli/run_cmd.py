@@ -126,6 +126,13 @@ def _provenance_lines(s: dict) -> list[str]:
         lines.append(f"search predictor: {s['predictor']['file']}, held-out MAPE {metrics['mape_pct']:.2f}% "
                      f"({metrics['within_10_pct']:.0f}% within ±10%) on {s['predictor'].get('n_test')} sub-networks"
                      + (f"; {transfer['target_samples']} target sub-networks, transfer from {transfer['name']}" if transfer else ""))  # fmt: skip
+    if s["predictor"].get("reliable") is False:
+        lines.append("  UNRELIABLE: its held-out error is far outside ±10 %, so the latency figures below are the "
+                     "machine's noise as much as the model's; rerun on a quieter machine (see `loaded` in the profile "
+                     "records), or with more --samples and --visits")  # fmt: skip
+    loaded = [r["name"] for r in s["rows"] if r.get("measured_under_load")]
+    if loaded:
+        lines.append(f"measured under load (other processes or steal took CPU time): {', '.join(loaded)}")
     return lines
 
 

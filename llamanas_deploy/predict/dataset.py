@@ -7,6 +7,12 @@ and keeps one value per sub-network from its visits (`combine_visits`): the best
 ends for a timing (as `stats.Measurement.combine` does), or, when some records predate the
 fast end, the median of their medians (`ProfileData.statistic` says which); the highest peak
 memory.
+
+Drift: a profile measured with anchors (`profile.runner.with_anchors`) holds, between the planned
+sub-networks, measurements of one fixed anchor sub-network. With `drift="anchor"` every timing is
+divided by the anchor's figure interpolated at its place in the file and multiplied by the anchor's
+median over the profile: the figure the sub-network would have had if the machine had kept its
+typical speed throughout (`ProfileData.anchor` says so, and by how much the anchor moved).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..concepts import TIMED_FIGURES
+from ..concepts import TIMED_FIGURES, check_choice
 from ..concepts import metric as metric_named
 from ..errors import BadInputError
 from ..model.families import BUILTIN_MODELS, ModelShape, read_shape
@@ -33,6 +39,8 @@ if TYPE_CHECKING:
 
 MIN_SUBNETS = 10
 SETTING_KEYS = ("backend", "precision", "device", "threads", "clock", "shapes", "model_id")
+DRIFT_CORRECTIONS = ("anchor", "none")
+MIN_ANCHORS = 2  # one before and one after: fewer cannot follow a change of speed
 
 
 @dataclass
@@ -50,6 +58,8 @@ class ProfileData:
     statistic: str  # of each timing: "best" (fast end) or "median"
     n_records: int
     n_flagged: int
+    n_loaded: int = 0  # kept records measured while the machine was busy with other work
+    anchor: dict[str, Any] | None = None  # the drift correction applied (`Anchors.describe`); None: none
 
     @property
     def target(self) -> str:
@@ -63,6 +73,7 @@ class ProfileData:
             **{k: self.setting[k] for k in ("backend", "precision", "device", "threads", "clock", "model_id")},
             "statistic": self.statistic,
             "profile": str(self.path),
+            "drift_corrected_by": self.anchor,
         }
 
 
@@ -74,9 +85,12 @@ def load_profile_data(
     precision: str | None = None,
     *,
     min_subnets: int = MIN_SUBNETS,
+    drift: str = "anchor",
 ) -> ProfileData:
     """The records of `metric` in the profile at `path` for one space and one setting (see the module docstring);
-    fewer than `min_subnets` usable sub-networks are refused (a transfer fit needs fewer than one from scratch)."""
+    fewer than `min_subnets` usable sub-networks are refused (a transfer fit needs fewer than one from scratch).
+    `drift`: "anchor" corrects timings by the profile's anchor measurements where it has them; "none" keeps them."""
+    check_choice(drift, DRIFT_CORRECTIONS, "drift")
     from ..profile.store import MEASUREMENTS_FILE, read_profile
 
     metric = metric_named(metric).name
@@ -94,15 +108,48 @@ def load_profile_data(
     records = [r for r in records if _setting(r.raw) == setting]
     kept = [r for r in records if not _flagged(r.raw, metric)]
     statistic = "best" if all(r.has_best(metric) for r in kept) else "median"
-    configs, visits = _visits_per_subnet(kept, metric, statistic, space, source)
+    anchors = [a for a in profile.anchors if a.space_id == space.id and _setting(a.raw) == setting]
+    correction = Anchors.of(anchors, metric, statistic) if drift == "anchor" else None
+    configs, visits = _visits_per_subnet(kept, metric, statistic, space, source, correction)
     if len(configs) < min_subnets:
         raise BadInputError(
             f"{source}: {len(configs)} usable sub-networks for {_describe(setting)}; a predictor needs >= {min_subnets}"
         )
     y = np.array([combine_visits(v, metric, statistic) for v in visits], dtype=np.float64)
-    return ProfileData(
-        profile.path, metric, space, profile.fingerprint, setting, configs, y, visits, statistic, len(records), len(records) - len(kept)
-    )
+    loaded = sum(bool(r.raw.get("load", {}).get("loaded")) for r in kept)
+    return ProfileData(profile.path, metric, space, profile.fingerprint, setting, configs, y, visits, statistic,
+                       len(records), len(records) - len(kept), loaded, correction.describe() if correction else None)
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """The anchor's figure along a profile (by line in measurements.jsonl) and its median (`scale`)."""
+
+    subnet_id: str
+    lines: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, anchors: list, metric: str, statistic: str) -> "Anchors | None":
+        """None when fewer than `MIN_ANCHORS` unflagged anchors, or `metric` is not a timing."""
+        kept = sorted((a for a in anchors if not _flagged(a.raw, metric)), key=lambda a: a.line)
+        if len(kept) < MIN_ANCHORS or metric_named(metric).field not in TIMED_FIGURES:
+            return None
+        values = np.array([a.value(metric, statistic) for a in kept], dtype=np.float64)
+        return cls(kept[0].raw["subnet_id"], np.array([a.line for a in kept], dtype=np.float64), values)
+
+    @property
+    def scale(self) -> float:
+        return float(np.median(self.values))
+
+    def corrected(self, value: float, line: int) -> float:
+        """`value`, measured at `line`, as at the anchor's typical speed (a time or a rate alike)."""
+        ratio = self.scale / float(np.interp(line, self.lines, self.values))
+        return value * ratio
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": "anchor", "subnet_id": self.subnet_id, "n": len(self.values), "scale": self.scale,
+                "range_pct": round(float(100 * (self.values.max() / self.values.min() - 1)), 1)}  # fmt: skip
 
 
 def combine_visits(values: list[float], metric: str, statistic: str) -> float:
@@ -169,7 +216,8 @@ def _one_setting(records: list, source: str, backend: str | None, precision: str
     return next(iter(settings.values()))
 
 
-def _visits_per_subnet(records: list, metric: str, statistic: str, space: SearchSpace, source: str):
+def _visits_per_subnet(records: list, metric: str, statistic: str, space: SearchSpace, source: str,
+                       correction: Anchors | None):  # fmt: skip
     values: dict[str, list[float]] = defaultdict(list)
     configs: dict[str, SubnetConfig] = {}
     for r in records:
@@ -181,5 +229,5 @@ def _visits_per_subnet(records: list, metric: str, statistic: str, space: Search
         if not math.isfinite(value) or value <= 0:
             raise BadInputError(f"{source}: subnet {r.raw['subnet_id']}: {metric} is not a positive number")
         configs[config.id] = config
-        values[config.id].append(value)
+        values[config.id].append(correction.corrected(value, r.line) if correction else value)
     return list(configs.values()), [values[i] for i in configs]

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..concepts import check_choice
 from ..concepts import metric as metric_named
 from ..errors import BadInputError
 from ..progress import Callback, report
 from ..space import SearchSpace, load_space
 from .compare import baselines, compare, learning_curve, learning_curve_plan, plot_predictions, split_indices
-from .dataset import MIN_SUBNETS, ProfileData, load_profile_data, resolve_shape
+from .dataset import DRIFT_CORRECTIONS, MIN_SUBNETS, ProfileData, load_profile_data, resolve_shape
 from .estimator import LatencyPredictor
 from .features import FeatureBuilder
 from .transfer import MIN_TRANSFER_SUBNETS, kind_of, resolve_source, transfer_rows
@@ -42,8 +43,10 @@ class FitSettings:
     seed: int = 0
     learning_curve: bool = True
     train_samples: int | None = None
+    drift: str = "anchor"  # "anchor": timings corrected by the profile's anchor measurements (`predict.dataset`)
 
     def __post_init__(self) -> None:
+        check_choice(self.drift, DRIFT_CORRECTIONS, "drift")
         if not isinstance(self.test_fraction, (int, float)) or not 0.05 <= self.test_fraction <= 0.5:
             raise BadInputError(f"must be between 0.05 and 0.5, got {self.test_fraction!r}", param="test_fraction")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -103,7 +106,7 @@ def fit(
     a source predictor (object, file, shipped name) or a profile directory to transfer from.
     """
     minimum = MIN_SUBNETS if transfer_from is None else MIN_TRANSFER_SUBNETS
-    data = _profile_data(profile, metric, space, backend, precision, minimum)
+    data = _profile_data(profile, metric, space, backend, precision, minimum, settings.drift)
     shape = resolve_shape(data, model)
     features = FeatureBuilder(data.space, shape, data.setting["shapes"])
     source = None if transfer_from is None else resolve_source(transfer_from, data, features, settings.seed)
@@ -146,10 +149,11 @@ def fit(
     return FitResult(ours, rows, curve, data.y[test], pred, summary)
 
 
-def _profile_data(profile, metric: str, space, backend: str | None, precision: str | None, minimum: int) -> ProfileData:
+def _profile_data(profile, metric: str, space, backend: str | None, precision: str | None, minimum: int,
+                  drift: str) -> ProfileData:  # fmt: skip
     if not isinstance(profile, ProfileData):
         space = load_space(space) if isinstance(space, (str, Path)) else space
-        return load_profile_data(profile, metric, space, backend, precision, min_subnets=minimum)
+        return load_profile_data(profile, metric, space, backend, precision, min_subnets=minimum, drift=drift)
     if profile.metric != metric_named(metric).name:
         raise BadInputError(f"{metric!r}, but the profile data given hold {profile.metric!r}", param="metric")
     return profile
@@ -162,6 +166,8 @@ def _summary(data: ProfileData, n_train: int, n_test: int) -> dict[str, Any]:
         "setting": data.setting,
         "n_records": data.n_records,
         "n_flagged_dropped": data.n_flagged,
+        "n_loaded": data.n_loaded,
+        "drift_corrected_by": data.anchor,
         "n_subnets": len(data.y),
         "n_train": n_train,
         "n_test": n_test,

@@ -38,6 +38,7 @@ from typing import Any, Callable, ClassVar
 from ..concepts import CLOCKS, check_choice
 from ..errors import BadInputError
 from ..subnet_config import SubnetConfig
+from .load import LoadMeter, MachineLoad
 from .stats import Measurement, Protocol, measure
 
 MIB = 1024**2
@@ -101,6 +102,7 @@ class SubnetMeasurement:
     # backend-specific record fields (`Backend.record_extra`); with `decode_bytes_per_step` and
     # `peak_bandwidth_gb_s` the record also gets `decode_bandwidth_fraction`
     extra: dict[str, Any] = field(default_factory=dict)
+    load: MachineLoad | None = None  # what the rest of the machine did meanwhile
 
     @property
     def flagged(self) -> bool:
@@ -117,6 +119,7 @@ class SubnetMeasurement:
             model_bytes=visits[0].model_bytes,
             weights=visits[0].weights,
             extra=visits[0].extra,
+            load=MachineLoad.worst([v.load for v in visits if v.load is not None]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +133,7 @@ class SubnetMeasurement:
             "flagged": self.flagged,
             **self.extra,
             **self._bandwidth(),
+            **({"load": self.load.to_dict()} if self.load is not None else {}),
         }
 
     def _bandwidth(self) -> dict[str, float]:
@@ -237,6 +241,7 @@ class Backend:
 
     def measure(self, subnet: SubnetConfig, shapes: Shapes, protocol: Protocol) -> SubnetMeasurement:
         """Load one sub-network, measure prefill, decode and throughput, unload it."""
+        meter = LoadMeter().start()
         probe = self.memory_probe()
         probe.start()
         model_bytes = self.load(subnet)
@@ -254,7 +259,7 @@ class Backend:
         finally:
             self.unload()
             probe.stop()
-        return SubnetMeasurement(prefill, decode, throughput, peak, model_bytes, source, extra)
+        return SubnetMeasurement(prefill, decode, throughput, peak, model_bytes, source, extra, meter.stop())
 
     def measure_visits(
         self, subnets: list[SubnetConfig], shapes: Shapes, protocol: Protocol

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 import typing
-from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Mapping, Sequence
 
 from ..concepts import DEVICES, PROFILE_PRECISIONS, TIMED_FIGURES, WEIGHT_SOURCES, check_choice, check_threads
 from ..errors import BadInputError
@@ -30,6 +30,7 @@ from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
 from .backends import BACKENDS, get_backend
 from .fingerprint import describe
+from .load import pin_cpus
 from .base import Backend, Shapes, check_clock
 from .stats import Protocol
 from .store import FINGERPRINT_FILE, SCHEMA_VERSION, ProfileWriter, current_fingerprint, read_profile, record_key
@@ -54,6 +55,8 @@ class ProfileSettings:
     clock: str = "wall"
     shapes: Shapes = field(default_factory=Shapes)
     protocol: Protocol = field(default_factory=lambda: Protocol(visits=3))
+    anchor_every: int = 4  # the drift reference (`SearchSpace.anchor`) after every this many visits; 0: never
+    pin_cpus: tuple[int, ...] = ()  # the CPUs the measuring process is fixed to; (): where the OS puts it
 
     def __post_init__(self) -> None:
         check_choice(self.backend, sorted(BACKENDS), "backend")
@@ -62,6 +65,10 @@ class ProfileSettings:
         check_choice(self.weights, WEIGHT_SOURCES, "weights")
         for name in ("samples", "threads"):
             _check_positive_int(getattr(self, name), name)
+        if not isinstance(self.anchor_every, int) or isinstance(self.anchor_every, bool) or self.anchor_every < 0:
+            raise BadInputError(f"must be a non-negative integer, got {self.anchor_every!r}", param="anchor_every")
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in self.pin_cpus):
+            raise BadInputError(f"must be CPU numbers, got {self.pin_cpus!r}", param="pin_cpus")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise BadInputError(f"must be an integer, got {self.seed!r}", param="seed")
         if not isinstance(self.shapes, Shapes):
@@ -96,6 +103,9 @@ class ProfileResult:
     records: int  # records of this setup in the profile
     subnets: int
     flagged: int
+    loaded: int  # of `records`, measured while other processes or the hypervisor took CPU time (`load`)
+    anchors: int  # measurements of the drift reference in the profile, this setup
+    anchor_drift_pct: float | None  # their decode figure's range, % of the lowest: how much the machine's speed moved
     median_cv: dict[str, float | None]
     wall_s: float
     dropped_torn_bytes: int  # a half-written last record cut off on opening
@@ -114,6 +124,9 @@ class ProfileResult:
             "records": self.records,
             "subnets": self.subnets,
             "flagged": self.flagged,
+            "loaded": self.loaded,
+            "anchors": self.anchors,
+            "anchor_drift_pct": self.anchor_drift_pct,
             "median_cv": self.median_cv,
             "wall_s": self.wall_s,
             "dropped_torn_bytes": self.dropped_torn_bytes,
@@ -129,6 +142,7 @@ def profile(
     out: str | Path | None = None,
     callback: Callback = None,
     node: Node | None = None,
+    plan: Sequence[SubnetConfig] | None = None,
 ) -> ProfileResult:
     """Measure the planned sub-networks that the profile of `target` does not hold yet.
 
@@ -137,7 +151,11 @@ def profile(
     checkpoint directory, its `config.json`, or a built-in name. The profile goes to `out`
     (default `hardware_profiles/<target>`); `callback` receives one event per visit measured.
     `node` (`cluster.RayNode(resource)`) measures on another machine of a Ray cluster: the
-    fingerprint is taken there, and the records come back here to be appended.
+    fingerprint is taken there, and the records come back here to be appended. `plan`: these
+    sub-networks instead of the space's sampling plan (`settings.samples` and `seed` then unused).
+    Every `settings.anchor_every` visits, and before the first and after the last, the space's
+    anchor sub-network is measured too (records with `"role": "anchor"`), so that a fit can
+    cancel the machine's drift in speed over the profile (`predict.dataset`).
     """
     check_target_name(target)
     source, shape = _model_source(model)
@@ -151,17 +169,33 @@ def profile(
         common = {"schema_version": SCHEMA_VERSION, "target": target, "fingerprint_id": fingerprint["fingerprint_id"],
                   "space_id": space.id, "model_id": shape.id, **settings.setup()}  # fmt: skip
         with ProfileWriter.open(out_dir, target, fingerprint) as writer:
-            plan = space.sample_stratified(settings.samples, settings.seed)
-            visits = [(visit, cfg) for visit in range(settings.protocol.visits) for cfg in plan]
+            subnets = space.sample_stratified(settings.samples, settings.seed) if plan is None else list(plan)
+            visits = [(visit, cfg) for visit in range(settings.protocol.visits) for cfg in subnets]
             todo = [(v, cfg) for v, cfg in visits if not writer.has(common | {"subnet_id": cfg.id, "visit": v})]
-            done = len(visits) - len(todo)
+            # anchor indices continue from the profile's record count, so a resumed profile's stay unique
+            schedule = with_anchors(todo, space.anchor, settings.anchor_every, first_index=len(writer.keys))
+            done, total = len(visits) - len(todo), len(visits) - len(todo) + len(schedule)
             if todo:
-                report(callback, "profile", done, len(visits), "visit", status="warming up")
-            for record in measurer.records(todo, common):
+                report(callback, "profile", done, total, "visit", status="warming up")
+            for record in measurer.records(schedule, common):
                 writer.append(record)
                 done += 1
-                report(callback, "profile", done, len(visits), "visit", status=_last(record))
+                report(callback, "profile", done, total, "visit", status=_last(record))
     return _result(out_dir, settings, common, len(visits), len(todo), time.perf_counter() - started, writer.dropped_bytes)
+
+
+def with_anchors(todo: list[tuple[int, SubnetConfig]], anchor: SubnetConfig, every: int,
+                 first_index: int) -> list[tuple[int, SubnetConfig, int | None]]:  # fmt: skip
+    """`todo` as (visit, sub-network, None), with (0, anchor, index) before it, after every `every`
+    visits and at its end; nothing added when `every` is 0 or there is nothing to do."""
+    if not every or not todo:
+        return [(visit, cfg, None) for visit, cfg in todo]
+    schedule: list[tuple[int, SubnetConfig, int | None]] = []
+    for start in range(0, len(todo), every):
+        schedule.append((0, anchor, first_index + len(schedule)))
+        schedule += [(visit, cfg, None) for visit, cfg in todo[start : start + every]]
+    schedule.append((0, anchor, first_index + len(schedule)))
+    return schedule
 
 
 def profile_fleet(
@@ -227,6 +261,7 @@ class Measurer:
     def __init__(self, source: str | Path, settings: ProfileSettings):
         check_threads(settings.threads)  # against the cores of the machine that measures, not the driver's
         self.settings = settings
+        self.pinned = pin_cpus(settings.pin_cpus) if settings.pin_cpus else None
         self.backend: Backend = get_backend(settings.backend)(
             source, settings.precision, settings.device, settings.threads, settings.weights, settings.seed,
             settings.clock,
@@ -236,19 +271,24 @@ class Measurer:
     def fingerprint(self) -> dict[str, Any]:
         return self._fingerprint
 
-    def records(self, todo: list[tuple[int, SubnetConfig]], common: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """One record per (visit, sub-network), in order, each as soon as it is measured."""
-        if not todo:
+    def records(self, schedule: list[tuple[int, SubnetConfig, int | None]], common: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """One record per (visit, sub-network, anchor index or None) of `with_anchors`, in order, each as
+        soon as it is measured."""
+        if not schedule:
             return
         settings = self.settings
-        self.backend.warm_up(todo[0][1], settings.shapes)
-        for visit, cfg in todo:
+        self.backend.warm_up(schedule[0][1], settings.shapes)
+        for visit, cfg, anchor_index in schedule:
+            started = time.perf_counter()
             measured = self.backend.measure(cfg, settings.shapes, settings.protocol)
             yield (
                 common
                 | {"subnet": cfg.to_dict(), "subnet_id": cfg.id, "visit": visit, "protocol": settings.protocol.to_dict()}
+                | ({"role": "anchor", "anchor_index": anchor_index} if anchor_index is not None else {})
+                | ({"pinned_cpus": list(self.pinned)} if self.pinned else {})
                 | measured.to_dict()
-                | {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                | {"measure_s": round(time.perf_counter() - started, 3),
+                   "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
             )
 
 
@@ -274,9 +314,11 @@ def _model_source(model: "SuperNetwork | str | Path") -> tuple[str | Path, Model
 
 def _last(record: dict[str, Any]) -> str:
     flag = " FLAGGED" if record["flagged"] else ""
+    flag += " LOADED" if record.get("load", {}).get("loaded") else ""
+    role = "anchor " if record.get("role") == "anchor" else ""
     prefill, decode, rate = (record[name] for name in ("prefill_ms", "decode_ms", "throughput_tok_s"))
     return (
-        f"{record['subnet']['num_layers']}L prefill {prefill['median']:.1f}ms decode {decode['median']:.2f}ms "
+        f"{role}{record['subnet']['num_layers']}L prefill {prefill['median']:.1f}ms decode {decode['median']:.2f}ms "
         f"{rate['median']:.0f} tok/s cv {prefill['cv']:.2f}/{decode['cv']:.2f}{flag}"
     )
 
@@ -285,6 +327,8 @@ def _result(out_dir: Path, settings: ProfileSettings, common, planned: int, meas
             dropped: int) -> ProfileResult:  # fmt: skip
     profile_read = read_profile(out_dir)
     same_setup = [r for r in profile_read.records if r.key == record_key(common | _identity(r.raw))]
+    anchors = [r for r in profile_read.anchors if _same_setting(r.raw, common)]
+    anchor_decode = [r.value("decode_ms") for r in anchors]
     median_cv = {
         name: statistics.median(r.raw[name]["cv"] for r in same_setup) if same_setup else None for name in TIMED_FIGURES
     }
@@ -299,6 +343,9 @@ def _result(out_dir: Path, settings: ProfileSettings, common, planned: int, meas
         records=len(same_setup),
         subnets=len({r.raw["subnet_id"] for r in same_setup}),
         flagged=sum(r.flagged for r in same_setup),
+        loaded=sum(bool(r.raw.get("load", {}).get("loaded")) for r in same_setup),
+        anchors=len(anchors),
+        anchor_drift_pct=round(100 * (max(anchor_decode) / min(anchor_decode) - 1), 1) if anchor_decode else None,
         median_cv=median_cv,
         wall_s=round(wall_s, 2),
         dropped_torn_bytes=dropped,
@@ -307,6 +354,11 @@ def _result(out_dir: Path, settings: ProfileSettings, common, planned: int, meas
 
 def _identity(raw: dict[str, Any]) -> dict[str, Any]:
     return {"subnet_id": raw["subnet_id"], "visit": raw.get("visit", 0)}
+
+
+def _same_setting(raw: dict[str, Any], common: dict[str, Any]) -> bool:
+    keys = ("space_id", "model_id", "backend", "precision", "device", "threads", "clock", "shapes")
+    return all(raw.get(k) == common.get(k) for k in keys)
 
 
 def list_targets(directory: str | Path = DEFAULT_PROFILES_DIR) -> list[dict[str, Any]]:

@@ -50,6 +50,12 @@ class MeasurementRecord:
 
     subnet: SubnetConfig
     raw: dict[str, Any]
+    line: int = 0  # in measurements.jsonl: records are appended in the order they were measured
+
+    @property
+    def is_anchor(self) -> bool:
+        """A measurement of the profile's drift reference (`SearchSpace.anchor`), not of the plan."""
+        return self.raw.get("role") == "anchor"
 
     @property
     def backend(self) -> str:
@@ -94,7 +100,8 @@ class Profile:
 
     path: Path
     fingerprint: dict[str, Any]
-    records: list[MeasurementRecord] = field(default_factory=list)
+    records: list[MeasurementRecord] = field(default_factory=list)  # the planned sub-networks
+    anchors: list[MeasurementRecord] = field(default_factory=list)  # the drift reference, between them
 
     @property
     def target(self) -> str:
@@ -128,6 +135,8 @@ def record_key(raw: dict[str, Any]) -> str:
     """What makes two records the same measurement (a rerun skips keys already present)."""
     parts = [raw.get(k) for k in ("subnet_id", "model_id", "backend", "precision", "device", "threads", "clock")]
     parts.append(raw.get("visit", 0))
+    if raw.get("role") == "anchor":
+        parts.append(["anchor", raw.get("anchor_index")])
     return json.dumps(parts + [raw.get("shapes")], sort_keys=True)
 
 
@@ -138,7 +147,8 @@ def read_profile(path: str | Path) -> Profile:
     if not path.is_dir():
         raise BadInputError(f"{path}: no such profile directory")
     fingerprint = read_fingerprint(path / FINGERPRINT_FILE)
-    return Profile(path, fingerprint, _read_records(path, fingerprint["fingerprint_id"]))
+    records = _read_records(path, fingerprint["fingerprint_id"])
+    return Profile(path, fingerprint, [r for r in records if not r.is_anchor], [r for r in records if r.is_anchor])
 
 
 def _read_records(path: Path, fingerprint_id: str) -> list[MeasurementRecord]:
@@ -146,7 +156,7 @@ def _read_records(path: Path, fingerprint_id: str) -> list[MeasurementRecord]:
     measurements = path / MEASUREMENTS_FILE
     if not measurements.is_file():
         return []
-    return [_parse_record(line, f"{measurements}:{n}", fingerprint_id) for n, line in _complete_lines(measurements)]
+    return [_parse_record(line, n, measurements, fingerprint_id) for n, line in _complete_lines(measurements)]
 
 
 def is_profile_dir(path: Path) -> bool:
@@ -165,8 +175,12 @@ def read_fingerprint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in needed if not isinstance(data, dict) or k not in data]
     if missing:
         raise BadInputError(f"{path}: not a fingerprint file (missing {missing})")
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise BadInputError(f"{path}: schema_version {data['schema_version']} is not supported")
+    if data["schema_version"] != SCHEMA_VERSION or isinstance(data["schema_version"], bool):
+        raise BadInputError(f"{path}: schema_version {data['schema_version']!r} is not supported")
+    for key, kind, expected in (("target", str, "a string"), ("fingerprint_id", str, "a string"),
+                                ("device", dict, "an object")):  # fmt: skip
+        if not isinstance(data[key], kind) or not data[key]:
+            raise BadInputError(f"{path}: {key}: expected {expected}, got {data[key]!r}")
     return data
 
 
@@ -177,7 +191,8 @@ def _complete_lines(path: Path) -> Iterable[tuple[int, str]]:
     return [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
 
 
-def _parse_record(line: str, source: str, fingerprint_id: str) -> MeasurementRecord:
+def _parse_record(line: str, number: int, path: Path, fingerprint_id: str) -> MeasurementRecord:
+    source = f"{path}:{number}"
     raw = parse_json(line, source)
     if not isinstance(raw, dict):
         raise BadInputError(f"{source}: a record must be a JSON object")
@@ -196,7 +211,7 @@ def _parse_record(line: str, source: str, fingerprint_id: str) -> MeasurementRec
     subnet = SubnetConfig.from_dict(raw["subnet"], f"{source}: subnet")
     if subnet.id != raw["subnet_id"]:
         raise BadInputError(f"{source}: subnet_id {raw['subnet_id']} does not match its subnet (id {subnet.id})")
-    return MeasurementRecord(subnet, raw)
+    return MeasurementRecord(subnet, raw, number)
 
 
 # ---- writing ------------------------------------------------------------------------------
