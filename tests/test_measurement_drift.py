@@ -33,7 +33,7 @@ def record(fingerprint: dict, cfg: SubnetConfig, ms: float, anchor_index: int | 
         "schema_version": 1, "target": "t", "fingerprint_id": fingerprint["fingerprint_id"], "space_id": SPACE.id,
         "model_id": read_shape("tiny").id, "subnet": cfg.to_dict(), "subnet_id": cfg.id, "visit": 0, "backend": "torch",
         "precision": "fp32", "device": "cpu", "threads": 1, "clock": "cpu",
-        "shapes": {"batch_size": 1, "prompt_len": 128, "context_len": 128, "gen_len": 32},
+        "shapes": {"batch_size": 1, "prompt_len": 8, "context_len": 8, "gen_len": 4},
         "prefill_ms": figure, "decode_ms": figure, "throughput_tok_s": figure | {"best": 1e3 / ms},
         "peak_mem_mib": 10.0, "model_bytes": 1000, "flagged": False, "timestamp": "2026-01-01T00:00:00+00:00",
         "load": load, **({"role": "anchor", "anchor_index": anchor_index} if anchor_index is not None else {}),
@@ -107,6 +107,18 @@ def test_fit_says_what_it_corrected_and_what_was_measured_under_load(drifting):
     assert plain.predictor.metadata_["drift_corrected_by"] is None
     with pytest.raises(BadInputError, match="drift"):
         FitSettings(drift="sometimes")
+
+
+def test_remeasure_scores_the_profile_and_the_predictor_against_a_second_measurement(drifting):
+    settings = FitSettings(learning_curve=False, remeasure=True)
+    result = fit(drifting, "decode_ms", settings, space=SPACE)  # the built-in model the profile names
+    again = result.to_dict()["data"]["remeasured"]
+    assert again == result.predictor.metadata_["remeasured"]
+    assert 0 <= again["n"] <= result.to_dict()["data"]["n_test"]
+    for scores in (again["first_vs_again"], again["predictor_vs_again"]):
+        assert {"mape_pct", "within_10_pct"} <= set(scores) and 0 <= scores["within_10_pct"] <= 100
+    with pytest.raises(BadInputError, match="remeasure"):
+        FitSettings(remeasure="yes")
 
 
 def test_a_busy_neighbour_makes_a_measurement_loaded():

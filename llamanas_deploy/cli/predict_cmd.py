@@ -34,6 +34,9 @@ DEFAULTS = FitSettings()
 @click.option("--drift", type=click.Choice(DRIFT_CORRECTIONS), default=DEFAULTS.drift, show_default=True,
               help="anchor: correct each timing by the profile's anchor measured around it (the machine's change in "
                    "speed over the profile); none: the timings as measured.")  # fmt: skip
+@click.option("--remeasure", is_flag=True,
+              help="Measure the held-out sub-networks once more (needs the profile's model): shows whether the "
+                   "predictor or the machine's own noise limits the accuracy.")  # fmt: skip
 @json_option
 def fit(**opts) -> None:
     """Fit an XGBoost predictor of METRIC on a profile; compare it with baselines on a held-out split.
@@ -48,7 +51,7 @@ def fit(**opts) -> None:
     if opts["plot_path"]:
         _check_out(opts["plot_path"], ".png", "--plot")
     settings = FitSettings(test_fraction=opts["test_fraction"], seed=opts["seed"], train_samples=opts["train_samples"],
-                           drift=opts["drift"])  # fmt: skip
+                           drift=opts["drift"], remeasure=opts["remeasure"])  # fmt: skip
     printer = progress_printer(quiet=False)
     try:
         result = fit_predictor(opts["profile"], opts["metric"], settings, space=opts["space"], model=opts["model"],
@@ -123,8 +126,17 @@ def _render_fit(r: dict) -> str:
     parts = [head, "held-out split, same for every model:", table(rows, ["model", *headers])]
     if curve:
         parts += ["", "learning curve (ours, same held-out split):", table(curve, ["fitted on", "draws", *headers])]
+    if d.get("remeasured"):
+        parts += ["", _remeasured_line(d["remeasured"])]
     parts += ["", f"saved {r['predictor']}" + (f"; plot {r['plot']}" if r["plot"] else "")]
     return "\n".join(parts)
+
+
+def _remeasured_line(again: dict) -> str:
+    first, ours = again["first_vs_again"], again["predictor_vs_again"]
+    return (f"re-measured {again['n']} held-out sub-networks once more: the profile's own figures are within ±10 % "
+            f"of {first['within_10_pct']:.0f} % of them (MAPE {first['mape_pct']:.1f} %: the machine's noise), the "
+            f"predictor of {ours['within_10_pct']:.0f} % (MAPE {ours['mape_pct']:.1f} %)")  # fmt: skip
 
 
 def _drift_line(d: dict) -> str:

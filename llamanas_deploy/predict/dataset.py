@@ -171,18 +171,23 @@ def _flagged(raw: dict[str, Any], metric: str) -> bool:
 
 def resolve_shape(data: ProfileData, model: "SuperNetwork | str | Path | None") -> ModelShape:
     """The super-network shape the profile measured: `model`'s, checked, or the built-in one it names."""
+    return resolve_model(data, model)[1]
+
+
+def resolve_model(data: ProfileData, model: "SuperNetwork | str | Path | None") -> tuple[Any, ModelShape]:
+    """(the super-network the profile measured, its shape): `model`, checked, or the built-in one it names."""
     wanted = data.setting.get("model_id")
     if model is not None:
         shape, name = (read_shape(model), str(model)) if isinstance(model, (str, Path)) else (model.shape, str(model.source))
         if wanted not in (None, shape.id):
             raise BadInputError(f"{name}: shape id {shape.id}, but {data.path} measured model {wanted}", param="model")
         data.space.check_super_network(shape, name)
-        return shape
+        return model, shape
     for name in BUILTIN_MODELS:
         shape = read_shape(name)
         if wanted in (None, shape.id):
             data.space.check_super_network(shape, name)
-            return shape
+            return name, shape
     raise BadInputError(f"{data.path}: measured model {wanted} is not a built-in model; give the model's config.json",
                         param="model")  # fmt: skip
 

@@ -24,9 +24,10 @@ from ..errors import BadInputError
 from ..progress import Callback, report
 from ..space import SearchSpace, load_space
 from .compare import baselines, compare, learning_curve, learning_curve_plan, plot_predictions, split_indices
-from .dataset import DRIFT_CORRECTIONS, MIN_SUBNETS, ProfileData, load_profile_data, resolve_shape
+from .dataset import DRIFT_CORRECTIONS, MIN_SUBNETS, ProfileData, load_profile_data, resolve_model
 from .estimator import LatencyPredictor
 from .features import FeatureBuilder
+from .remeasure import remeasure
 from .transfer import MIN_TRANSFER_SUBNETS, kind_of, resolve_source, transfer_rows
 
 if TYPE_CHECKING:
@@ -44,9 +45,12 @@ class FitSettings:
     learning_curve: bool = True
     train_samples: int | None = None
     drift: str = "anchor"  # "anchor": timings corrected by the profile's anchor measurements (`predict.dataset`)
+    remeasure: bool = False  # measure the held-out sub-networks again (`predict.remeasure`)
 
     def __post_init__(self) -> None:
         check_choice(self.drift, DRIFT_CORRECTIONS, "drift")
+        if not isinstance(self.remeasure, bool):
+            raise BadInputError(f"must be True or False, got {self.remeasure!r}", param="remeasure")
         if not isinstance(self.test_fraction, (int, float)) or not 0.05 <= self.test_fraction <= 0.5:
             raise BadInputError(f"must be between 0.05 and 0.5, got {self.test_fraction!r}", param="test_fraction")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
@@ -107,7 +111,7 @@ def fit(
     """
     minimum = MIN_SUBNETS if transfer_from is None else MIN_TRANSFER_SUBNETS
     data = _profile_data(profile, metric, space, backend, precision, minimum, settings.drift)
-    shape = resolve_shape(data, model)
+    measured_model, shape = resolve_model(data, model)
     features = FeatureBuilder(data.space, shape, data.setting["shapes"])
     source = None if transfer_from is None else resolve_source(transfer_from, data, features, settings.seed)
     estimator = LatencyPredictor(features, data.metric, random_state=settings.seed, transfer_from=source)
@@ -146,6 +150,9 @@ def fit(
     summary = _summary(data, len(train), len(test))
     if source is not None:
         summary["transfer"] = ours.metadata_["transfer"]
+    if settings.remeasure:
+        again = remeasure(data, [data.configs[i] for i in test], data.y[test], pred, measured_model, callback)
+        summary["remeasured"] = ours.metadata_["remeasured"] = again.to_dict()
     return FitResult(ours, rows, curve, data.y[test], pred, summary)
 
 
