@@ -109,7 +109,7 @@ def run(settings: RunSettings, out: str | Path, callback: Callback = None) -> Ru
     search = _stage_search(settings, out, space, supernet, predictor_path, budget, stage)
     chosen = choose(search.front, search.accuracy_name, search.accuracy_direction, predictor.metadata_["metric"], budget)
     manifest = _stage_export(settings, out, space, supernet, chosen, predictor_path, stage)
-    measured = _stage_measure(settings, predictor, [space.largest, chosen], stage)
+    measured = _stage_measure(settings, predictor, [space.largest, chosen], space.anchor, stage)
     perplexities = _heldout_perplexities(settings, supernet, [space.largest, chosen])
     stage(7, "summary")
     summary = _summary(settings, out, space, supernet, profile, predictor, budget, search, chosen, manifest, measured,
@@ -339,10 +339,20 @@ def _stage_export(settings: RunSettings, out: Path, space, supernet, chosen: Sub
     return result.manifest
 
 
-def _stage_measure(settings: RunSettings, predictor, subnets: list[SubnetConfig], stage: _Stages) -> list[dict[str, Any]]:
-    """Measure the full network and the winner as the profile was measured, in turns (`visits`)."""
+@dataclass(frozen=True)
+class Measured:
+    figures: list[dict[str, Any]]  # one record's figures per sub-network
+    speed_factor: float | None  # the predictor's anchor scale / the anchor now: figures x this = at the profile's speed
+
+
+def _stage_measure(settings: RunSettings, predictor, subnets: list[SubnetConfig], anchor: SubnetConfig,
+                   stage: _Stages) -> Measured:  # fmt: skip
+    """Measure the full network and the winner as the profile was measured, in turns (`visits`); beside the
+    profile's anchor when the predictor learned drift-corrected figures, so they compare like for like."""
+    from .concepts import metric
     from .profile import Protocol, Shapes
     from .profile.backends import get_backend
+    from .profile.store import kept_figure
 
     meta = predictor.metadata_
     stage(6, f"measure: full network and winner with the {meta['backend']} {meta['precision']} backend (the profile's protocol)")
@@ -351,7 +361,13 @@ def _stage_measure(settings: RunSettings, predictor, subnets: list[SubnetConfig]
     )
     shapes = Shapes(**meta["shapes"])
     backend.warm_up(subnets[0], shapes)
-    return [m.to_dict() for m in backend.measure_visits(subnets, shapes, Protocol(visits=settings.visits))]
+    corrected = meta.get("drift_corrected_by")
+    measured = subnets + [anchor] if corrected else subnets
+    figures = [m.to_dict() for m in backend.measure_visits(measured, shapes, Protocol(visits=settings.visits))]
+    if not corrected:
+        return Measured(figures, None)
+    anchor_now = kept_figure(figures[-1][metric(meta["metric"]).field], meta.get("statistic") or "median")
+    return Measured(figures[: len(subnets)], corrected["scale"] / anchor_now)
 
 
 def _heldout_perplexities(settings: RunSettings, supernet, subnets: list[SubnetConfig]) -> list[float]:
@@ -374,9 +390,10 @@ def _summary(settings, out, space, supernet, profile, predictor, budget, search,
     shapes = predictor.metadata_["shapes"]
     statistic = predictor.metadata_.get("statistic") or "median"  # predictors older than the fast end learned medians
     rows = []
-    for cfg, pred, meas, ppl in zip([full_cfg, chosen], predicted, measured, perplexities):
+    for cfg, pred, meas, ppl in zip([full_cfg, chosen], predicted, measured.figures, perplexities):
         stats = subnet_stats(shape, cfg, shapes["prompt_len"], shapes["context_len"])
         decode = kept_figure(meas["decode_ms"], statistic)
+        like_for_like = decode * (measured.speed_factor or 1.0)
         rows.append(
             {
                 "name": "full super-network" if cfg.id == full_cfg.id else f"sub-network {cfg.id}",
@@ -386,7 +403,8 @@ def _summary(settings, out, space, supernet, profile, predictor, budget, search,
                 "fp16_gib": stats.fp16_gib,
                 "predicted_decode_ms": float(pred),
                 "measured_decode_ms": decode,
-                "prediction_error_pct": 100.0 * (float(pred) - decode) / decode,
+                "measured_decode_ms_at_profile_speed": like_for_like,
+                "prediction_error_pct": 100.0 * (float(pred) - like_for_like) / like_for_like,
                 "measured_prefill_ms": kept_figure(meas["prefill_ms"], statistic),
                 "throughput_tok_s": kept_figure(meas["throughput_tok_s"], statistic),
                 "heldout_perplexity": ppl,
@@ -403,6 +421,7 @@ def _summary(settings, out, space, supernet, profile, predictor, budget, search,
         "deployed": deployed,
         "predictor": {"file": str(predictor_path), **_predictor_info(predictor)},
         "latency_budget_ms": budget,
+        "speed_factor": measured.speed_factor,
         "search": {"dir": str(search.out_dir), "evaluations": search.evaluations, "front_size": len(search.front)},
         "search_accuracy_metric": search.accuracy_name,
         "heldout_tokens": HELDOUT_TOKENS,

@@ -130,6 +130,9 @@ def _provenance_lines(s: dict) -> list[str]:
         lines.append("  UNRELIABLE: its held-out error is far outside ±10 %, so the latency figures below are the "
                      "machine's noise as much as the model's; rerun on a quieter machine (see `loaded` in the profile "
                      "records), or with more --samples and --visits")  # fmt: skip
+    if s.get("speed_factor"):
+        lines.append(f"measured beside the profile's anchor: this machine runs {1 / s['speed_factor']:.2f}x the "
+                     f"profile's time now; errors compare figures at the profile's speed")  # fmt: skip
     loaded = [r["name"] for r in s["rows"] if r.get("measured_under_load")]
     if loaded:
         lines.append(f"measured under load (other processes or steal took CPU time): {', '.join(loaded)}")
