@@ -1,4 +1,5 @@
-"""Reading and writing the project's files: JSON with one error style, atomic writes of files and directories.
+"""Reading and writing the project's files: JSON with one error style (the file and the field named),
+atomic writes of files and directories.
 
 A write goes to a temporary file in the same directory, is flushed and fsynced, then renamed
 over the target, so a crash leaves the old file or the new one, never half of either. JSON is
@@ -15,7 +16,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import BadInputError
 
@@ -139,6 +140,53 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+# ---- fields of a file: one error style, naming the file and the field -------------------------------
+def field_error(source: str, field: str, expected: str, value: Any) -> BadInputError:
+    """`SOURCE: FIELD: expected EXPECTED, got VALUE` (no field: the file's content as a whole)."""
+    where = f"{source}: {field}" if field else source
+    return BadInputError(f"{where}: expected {expected}, got {value!r}")
+
+
+def is_integer(value: Any) -> bool:
+    """A JSON integer: true and false are not numbers."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def checked_object(value: Any, source: str, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise field_error(source, field, "an object", value)
+    return value
+
+
+def checked_integer(value: Any, source: str, field: str, minimum: int = 1) -> int:
+    if not is_integer(value) or value < minimum:
+        raise field_error(source, field, "a positive integer" if minimum == 1 else f"an integer >= {minimum}", value)
+    return value
+
+
+def checked_choice(value: Any, choices: Iterable[Any], source: str, field: str) -> Any:
+    """`value` if it equals one of `choices` (a list or an object never does, and is never hashed)."""
+    choices = list(choices)
+    if value not in choices:
+        raise field_error(source, field, f"one of {choices}", value)
+    return value
+
+
+def checked_positive_integers(value: Any, names: Sequence[str], source: str, field: str) -> dict[str, int]:
+    """An object with exactly the keys `names`, each a positive integer."""
+    if not isinstance(value, dict) or sorted(value) != sorted(names):
+        raise field_error(source, field, f"an object with {list(names)}", value)
+    for name in names:
+        checked_integer(value[name], source, f"{field}.{name}")
+    return value
 
 
 def sha256_file(path: str | Path) -> str:

@@ -304,13 +304,16 @@ class Artifact:
         from jinja2.exceptions import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        from .jsonfiles import read_json
+        from .jsonfiles import checked_object, field_error, read_json
 
         name = "tokenizer_config.json"
+        source = str(self.directory / name)
         config = read_json(self._path(name), "tokenizer config") if name in self.manifest.get("files", {}) else {}
-        template = config.get("chat_template") if isinstance(config, dict) else None
-        if not isinstance(template, str):
+        template = checked_object(config, source, "").get("chat_template")
+        if template is None:
             raise BadInputError(f"{self.directory}: the artifact has no chat template (its model had none); use --prompt")
+        if not isinstance(template, str):
+            raise field_error(source, "chat_template", "a string", template)
         specials = {key: config.get(key) if isinstance(config.get(key), str) else "" for key in ("bos_token", "eos_token")}
         try:
             return ImmutableSandboxedEnvironment().from_string(template).render(

@@ -127,7 +127,25 @@ ARTIFACTS: dict[str, tuple[Callable[[Path, dict], dict | None], str]] = {
                                     "keeps its data in '../secret.bin'"),  # fmt: skip
     "graph-external-data-unlisted": (lambda d, m: _graph_edit(d, m, lambda g: _external(g, "weights.bin")),
                                      "keeps its data in 'weights.bin'"),  # fmt: skip
+    # fields generate and bench read, of the wrong JSON type (re-sealed): refused naming manifest.json and the field
+    "tokens-a-string": (lambda d, m: m | {"tokens": "x"}, "manifest.json: tokens: expected an object, got 'x'"),
+    "eos-a-string": (lambda d, m: _eos(m, "x"), "manifest.json: tokens.eos_token_id: expected an integer, a list"),
+    "eos-a-float-list": (lambda d, m: _eos(m, [1.5]), "manifest.json: tokens.eos_token_id"),
+    "size-null": (lambda d, m: m | {"size": None}, "manifest.json: size: expected an object"),
+    "onnx-bytes-missing": (lambda d, m: m | {"size": {k: v for k, v in m["size"].items() if k != "onnx_bytes"}},
+                           "manifest.json: size.onnx_bytes: expected an integer >= 0, got None"),  # fmt: skip
+    "onnx-bytes-negative": (lambda d, m: m | {"size": {"onnx_bytes": -1}}, "manifest.json: size.onnx_bytes"),
+    "device-a-number": (lambda d, m: m | {"device": 7}, "manifest.json: device: expected one of ['cpu', 'cuda']"),
+    "precision-unknown": (lambda d, m: m | {"precision": "int3"}, "manifest.json: precision: expected one of"),
+    "subnet-id-a-number": (lambda d, m: m | {"subnet_id": 7}, "manifest.json: subnet_id: expected"),
+    "subnet-edited-resealed": (lambda d, m: m | {"subnet": SubnetConfig(2, (32, 32)).to_dict()},
+                               f"manifest.json: subnet_id: expected '{SubnetConfig(2, (32, 32)).id}'"),  # fmt: skip
+    "subnet-a-list": (lambda d, m: m | {"subnet": [1]}, "manifest.json: subnet: expected a JSON object"),
+    "genai-no-context-length": (lambda d, m: _genai_edit(d, m, _without_context_length),
+                                "genai_config.json: model.context_length: expected a positive integer, got None"),
 }
+BENCH_REFUSED = ("size-null", "onnx-bytes-missing", "device-a-number", "precision-unknown", "subnet-id-a-number",
+                 "subnet-edited-resealed")  # fmt: skip
 
 
 PREDICTED = {  # an artifact whose `predicted` block was edited and re-sealed: bench must not trust it
@@ -178,6 +196,20 @@ def _genai_option(d: Path, m: dict, key: str, value: object) -> dict:
     return _genai_edit(d, m, lambda c: _set_option(c, key, value))
 
 
+def _without_context_length(config: dict) -> dict:
+    return config | {"model": {k: v for k, v in config["model"].items() if k != "context_length"}}
+
+
+def _eos(m: dict, value: object) -> dict:
+    return m | {"tokens": m["tokens"] | {"eos_token_id": value}}
+
+
+def _tokenizer_config(d: Path, m: dict, change: dict) -> dict:
+    path = d / "tokenizer_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | change))
+    return m | {"files": m["files"] | {"tokenizer_config.json": sha256(path)}}
+
+
 def _set_option(config: dict, key: str, value: object) -> dict:
     config["model"]["decoder"]["session_options"][key] = value
     return config
@@ -207,6 +239,95 @@ def _external(graph, location: str) -> None:
     for key, value in (("location", location), ("offset", "0"), ("length", "4")):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
+
+
+def _shapes(body: dict, **change) -> None:
+    body["metadata"]["shapes"] = body["metadata"]["shapes"] | change
+
+
+PREDICTORS: dict[str, tuple[Callable[[dict], None], str]] = {  # re-sealed predictor files: (change, what is named)
+    "features-a-list": (lambda b: b.update(features=[1]), "features: expected an object, got [1]"),
+    "feature-shape-text": (lambda b: b["features"]["shapes"].update(prompt_len="x"),
+                           "features.shapes.prompt_len: expected a positive integer, got 'x'"),  # fmt: skip
+    "model-shape-float": (lambda b: b["features"]["model_shape"].update(num_hidden_layers=1.5),
+                          "features.model_shape: num_hidden_layers: expected a positive integer, got 1.5"),  # fmt: skip
+    "prior-coef-text": (lambda b: b["prior"].update(coef="x"), "prior.coef: expected a list of"),
+    "prior-coef-nested": (lambda b: b["prior"]["coef"].__setitem__(0, [1]), "prior.coef: expected a list of"),
+    "metric-a-list": (lambda b: b["metadata"].update(metric=[1]), "metadata.metric: expected one of"),
+    "metric-an-object": (lambda b: b["metadata"].update(metric={"a": 1}), "metadata.metric: expected one of"),
+    "metadata-shape-text": (lambda b: _shapes(b, batch_size="x"), "metadata.shapes.batch_size: expected a positive"),
+    "metadata-shapes-a-list": (lambda b: b["metadata"].update(shapes=[1]), "metadata.shapes: expected an object with"),
+    "metadata-threads-text": (lambda b: b["metadata"].update(threads="x"), "metadata.threads: expected a positive"),
+    "metadata-clock-number": (lambda b: b["metadata"].update(clock=7), "metadata.clock: expected one of ['wall'"),
+    "metadata-statistic-number": (lambda b: b["metadata"].update(statistic=7), "metadata.statistic: expected one of"),
+    "space-edited": (lambda b: b["features"]["space"]["depth"].update(choices=[3, 4]),
+                     "metadata.space_id 'small-test-"),  # fmt: skip
+}
+EXPORT_PREDICTORS = ("metadata-shape-text", "metadata-threads-text", "metadata-clock-number",
+                     "metadata-statistic-number", "space-edited", "features-a-list")  # fmt: skip
+MODEL_CONFIGS = {  # config.json fields that int() or bool() would silently truncate: (field, value)
+    "layers-float": ("num_hidden_layers", 1.5),
+    "layers-true": ("num_hidden_layers", True),
+    "hidden-true": ("hidden_size", True),
+    "intermediate-float": ("intermediate_size", 127.5),
+    "vocab-text": ("vocab_size", "256"),
+    "head-dim-float": ("head_dim", 1.5),
+    "kv-heads-true": ("num_key_value_heads", True),
+    "tied-text": ("tie_word_embeddings", "no"),
+}
+
+
+def predictor_variant(good: Path, path: Path, change: Callable[[dict], None]) -> Path:
+    """A copy of the good predictor file, changed by `change(body)`, its sha256 recomputed as an editor would."""
+    from llamanas_deploy.predict.estimator import _digest
+
+    body = json.loads(good.read_text())
+    del body["sha256"]
+    change(body)
+    path.write_text(json.dumps(body | {"sha256": _digest(body)}))
+    return path
+
+
+def search_args(w: SimpleNamespace) -> list[str]:
+    """A small search of cheap measures only (size and predicted latency): its ledger holds both."""
+    return ["search", "--model", str(w.model), "--space", str(w.space), "--objective", "size", "--objective",
+            f"latency:{w.predictor}", "--population", "2", "--evaluations", "4"]  # fmt: skip
+
+
+def _size_value(value: object) -> Callable[[Path], None]:
+    return lambda d: _ledger_line(d, lambda r: r["values"].update(fp16_gib=value))
+
+
+def _ledger_line(path: Path, change: Callable[[dict], None]) -> None:
+    """Change the first record of the search's evaluations.jsonl."""
+    first, rest = (path / "evaluations.jsonl").read_text().split("\n", 1)
+    record = json.loads(first)
+    change(record)
+    (path / "evaluations.jsonl").write_text(json.dumps(record) + "\n" + rest)
+
+
+SEARCHES: dict[str, tuple[Callable[[Path], None], str]] = {  # an edited search directory, resumed: (change, named)
+    "size-text": (_size_value("x"), "evaluations.jsonl:1: values.fp16_gib: expected a finite number, got 'x'"),
+    "size-null": (_size_value(None), "evaluations.jsonl:1: values.fp16_gib"),
+    "size-true": (_size_value(True), "evaluations.jsonl:1: values.fp16_gib"),
+    "size-a-list": (_size_value([1]), "evaluations.jsonl:1: values.fp16_gib"),
+    "index-text": (lambda d: _ledger_line(d, lambda r: r.update(index="x")), "evaluations.jsonl:1: index: expected an"),
+    "settings-edited": (lambda d: (d / "search.json").write_text(json.dumps(json.loads((d / "search.json").read_text())
+                                                                            | {"seed": "x"})),
+                        "search.json: records a search with different settings (seed differ)"),  # fmt: skip
+    "settings-a-list": (lambda d: (d / "search.json").write_text("[1]"), "search.json: expected an object, got [1]"),
+}
+
+
+def build_search(w: SimpleNamespace, out: Path) -> None:
+    import contextlib
+    import io
+
+    from llamanas_deploy.cli import main
+
+    with pytest.raises(SystemExit) as done, contextlib.redirect_stdout(io.StringIO()):
+        main([*search_args(w), "--out", str(out)])
+    assert done.value.code == 0
 
 
 BAD_JSON = {
@@ -280,6 +401,19 @@ def build_world(root: Path) -> SimpleNamespace:
         artifact_variant(w.artifact, root / "artifacts" / name / "a", change)
     for name, (change, _) in PREDICTED.items():
         artifact_variant(w.artifact, root / "artifacts" / name / "a", _predicted(change))
+    for name, template in (("chat-template-a-number", 7), ("chat-template-a-list", [{"name": "x"}])):
+        artifact_variant(w.artifact, root / "artifacts" / name / "a",
+                         lambda d, m, t=template: _tokenizer_config(d, m, {"chat_template": t}))  # fmt: skip
+    for name, (change, _) in PREDICTORS.items():
+        predictor_variant(w.predictor, bad / f"predictor-{name}.json", change)
+    for name, (field, value) in MODEL_CONFIGS.items():
+        shutil.copytree(w.model, bad / f"model-{name}", ignore=shutil.ignore_patterns("*.safetensors"))
+        config = bad / f"model-{name}" / "config.json"
+        config.write_text(json.dumps(json.loads(config.read_text()) | {field: value}))
+    build_search(w, root / "search")
+    for name, (change, _) in SEARCHES.items():
+        shutil.copytree(root / "search", root / "searches" / name)
+        change(root / "searches" / name)
     return w
 
 
@@ -474,8 +608,32 @@ def file_cases() -> list[Case]:
     for name, (_, fragment) in ARTIFACTS.items():
         cases.append(Case(f"generate-artifact-{name}", cli("generate", "--artifact", ART(name), "--prompt", "x"),
                           fragment))  # fmt: skip
-    for name in ("precision-edited", "onnx-outside", "onnx-linked-out", "unlisted-file"):
+    for name in ("precision-edited", "onnx-outside", "onnx-linked-out", "unlisted-file", *BENCH_REFUSED):
         cases.append(Case(f"bench-artifact-{name}", cli("bench", "--artifact", ART(name)), ARTIFACTS[name][1]))
+    for name in ("chat-template-a-number", "chat-template-a-list"):
+        cases.append(Case(f"generate-chat-{name}", cli("generate", "--artifact", ART(name), "--chat", "hi"),
+                          lambda w, n=name: f"{ART(n)(w)}/tokenizer_config.json: chat_template: expected a string"))
+    for name, (_, fragment) in PREDICTORS.items():
+        predictor = BAD(f"predictor-{name}.json")
+        cases.append(Case(f"predict-{name}", cli("predict", "--predictor", predictor, "--subnet", SUB),
+                          lambda w, p=predictor, f=fragment: f"{p(w)}: {f}"))  # fmt: skip
+    for name in EXPORT_PREDICTORS:
+        predictor = BAD(f"predictor-{name}.json")
+        cases.append(Case(f"export-predictor-{name}", cli("export", "--model", MODEL, "--space", SPACE, "--subnet", SUB,
+                                                          "--out", NEW("e"), "--predictor", predictor),
+                          lambda w, p=predictor, n=name: f"{p(w)}: {PREDICTORS[n][1]}"))  # fmt: skip
+    edited = lambda w: f"latency:{BAD('predictor-space-edited.json')(w)}"  # noqa: E731
+    cases.append(Case("search-predictor-space-edited", cli("search", "--model", MODEL, "--space", SPACE, "--objective",
+                                                           "size", "--objective", edited, "--out", NEW("s")),
+                      "predictor-space-edited.json: metadata.space_id"))  # fmt: skip
+    for name, (field, _) in MODEL_CONFIGS.items():
+        cases.append(Case(f"subnet-stats-config-{name}", cli("subnet", "stats", "--model", BAD(f"model-{name}"),
+                                                             "--space", SPACE, "--subnet", SUB),
+                          f"model-{name}/config.json: {field}: expected"))  # fmt: skip
+    for name, (_, fragment) in SEARCHES.items():
+        out = lambda w, n=name: w.root / "searches" / n  # noqa: E731
+        cases.append(Case(f"search-resume-{name}", lambda w, o=out: [*search_args(w), "--out", str(o(w))],
+                          lambda w, o=out, f=fragment: f"{o(w)}/{f}"))  # fmt: skip
     for name, (_, fragment) in PREDICTED.items():
         cases.append(Case(f"bench-artifact-{name}", cli("bench", "--artifact", ART(name)), fragment))
     cases += [
@@ -843,11 +1001,11 @@ def test_no_manifest_content_opens_a_file_outside_the_artifact(sandbox):
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(onnx=names, listed=st.lists(names, max_size=4), tokenizer=st.lists(names, max_size=2), decoder=names)
     def check(onnx, listed, tokenizer, decoder):
-        (art / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"filename": decoder}}}))
+        (art / "genai_config.json").write_text(json.dumps({"model": {"context_length": 8, "decoder": {"filename": decoder}}}))
         files = {str(n): _digest(art, n) for n in [*listed, onnx, *tokenizer, "genai_config.json"] if isinstance(n, str)}
-        manifest = {"schema_version": 2, "kind": "llamanas-onnx-artifact", "subnet": {}, "subnet_id": "x",
-                    "precision": "fp32", "device": "cpu", "size": {}, "verification": {},
-                    "onnx": {"file": onnx}, "tokenizer_files": tokenizer, "files": files}  # fmt: skip
+        manifest = {"schema_version": 2, "kind": "llamanas-onnx-artifact", "subnet": SUBNET.to_dict(),
+                    "subnet_id": SUBNET.id, "precision": "fp32", "device": "cpu", "size": {"onnx_bytes": 0},
+                    "verification": {}, "onnx": {"file": onnx}, "tokenizer_files": tokenizer, "files": files}  # fmt: skip
         seal(art, manifest)
         opened.clear()
         watching[0] = True

@@ -15,6 +15,7 @@ from llamanas_deploy.onnx_model.artifact import KIND, SCHEMA_VERSION, read_manif
 from llamanas_deploy.export.measure import compare_with_prediction
 from llamanas_deploy.onnx_model.quantize import settings_for
 from llamanas_deploy.runtime import Sampling, _nll, pick_token
+from llamanas_deploy.subnet_config import SubnetConfig
 
 
 @pytest.mark.parametrize("precision, bits", [("int8", 8), ("int4", 4)])
@@ -89,8 +90,15 @@ def test_manifest_problems_are_one_line_bad_input(tmp_path):
     write_manifest(tmp_path, {"precision": "fp32"})
     with pytest.raises(BadInputError, match="missing field"):
         read_manifest(tmp_path)
-    fields = {"subnet": {}, "subnet_id": "x", "precision": "fp32", "device": "cpu", "onnx": {"file": "model.onnx"},
-              "size": {}, "verification": {}}  # fmt: skip
+    subnet = {"num_layers": 1, "intermediate_sizes": [32]}
+    fields = {"subnet": subnet, "subnet_id": SubnetConfig.from_dict(subnet).id, "precision": "fp32", "device": "cpu",
+              "onnx": {"file": "model.onnx"}, "size": {"onnx_bytes": 0}, "verification": {}}  # fmt: skip
+    write_manifest(tmp_path, fields)
+    for field, value, message in (("device", 7, "device: expected one of"), ("subnet_id", "x", "subnet_id: expected"),
+                                  ("size", {}, "size.onnx_bytes: expected an integer >= 0")):  # fmt: skip
+        write_manifest(tmp_path, fields | {field: value})
+        with pytest.raises(BadInputError, match=f"manifest.json: {message}"):
+            read_manifest(tmp_path)
     write_manifest(tmp_path, fields)
     assert read_manifest(tmp_path)["kind"] == KIND and read_manifest(tmp_path)["schema_version"] == SCHEMA_VERSION
     (tmp_path / "model.onnx").write_bytes(b"weights")

@@ -36,7 +36,8 @@ def _predictor(path, space_name_or_file, model="tiny"):
     space = load_space(space_name_or_file)
     configs = space.sample_random(60, seed=0)
     y = [1.0 + 0.3 * c.num_layers + sum(c.intermediate_sizes) / 2000 for c in configs]
-    features = FeatureBuilder(space, read_shape(model), {"batch_size": 1, "prompt_len": 128, "context_len": 128})
+    shapes = {"batch_size": 1, "prompt_len": 128, "context_len": 128, "gen_len": 32}
+    features = FeatureBuilder(space, read_shape(model), shapes)
     grid = {"max_depth": (2,), "num_boost_round": (50,)}
     LatencyPredictor(features, "decode_ms", param_grid=grid).fit(configs, y).save(path)
     return path

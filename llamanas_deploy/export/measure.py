@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from ..concepts import CLOCKS, check_choice, metric
 from ..errors import BadInputError
+from ..jsonfiles import checked_choice, checked_positive_integers, field_error, is_finite_number, is_integer
 from ..profile.base import Shapes
 from ..profile.stats import Protocol
 from ..subnet_config import SubnetConfig
@@ -115,7 +116,6 @@ MAX_BENCH_TOKENS = 1 << 16  # batch x (prompt + context + generated): far above 
 def checked_prediction(predicted: Any, source: str) -> dict[str, Any]:
     """The manifest's `predicted` block (empty when null), every field `bench` uses checked like a CLI
     option: an artifact is content anyone may have edited and re-sealed."""
-    import math
     import os
 
     from ..concepts import METRICS
@@ -123,40 +123,31 @@ def checked_prediction(predicted: Any, source: str) -> dict[str, Any]:
 
     if predicted is None:
         return {}
-
-    def fail(field: str, expected: str, got: Any) -> BadInputError:
-        where = f"predicted.{field}" if field else "predicted"
-        return BadInputError(f"{source}: {where}: expected {expected}, got {got!r}")
-
     if not isinstance(predicted, dict):
-        raise fail("", "an object or null", predicted)
-    if predicted.get("metric") not in METRICS:
-        raise fail("metric", f"one of {sorted(METRICS)}", predicted.get("metric"))
+        raise field_error(source, "predicted", "an object or null", predicted)
+    checked_choice(predicted.get("metric"), sorted(METRICS), source, "predicted.metric")
     value = predicted.get("value")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise fail("value", "a positive number", value)
+    if not is_finite_number(value) or value <= 0:
+        raise field_error(source, "predicted.value", "a positive number", value)
     threads = predicted.get("threads")
     cores = os.cpu_count() or 1
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cores):
-        raise fail("threads", f"an integer from 1 to this machine's {cores} logical cores", threads)
+    if threads is not None and (not is_integer(threads) or not 1 <= threads <= cores):
+        expected = f"an integer from 1 to this machine's {cores} logical cores"
+        raise field_error(source, "predicted.threads", expected, threads)
     for field, choices in (("clock", CLOCKS), ("statistic", STATISTICS)):
-        if predicted.get(field) not in (None, *choices):
-            raise fail(field, f"one of {list(choices)}", predicted.get(field))
-    _check_predicted_shapes(predicted.get("shapes"), fail)
+        if predicted.get(field) is not None:
+            checked_choice(predicted[field], choices, source, f"predicted.{field}")
+    if predicted.get("shapes") is not None:
+        _check_predicted_shapes(predicted["shapes"], source)
     return predicted
 
 
-def _check_predicted_shapes(shapes: Any, fail) -> None:
-    if shapes is None:
-        return
-    if not isinstance(shapes, dict) or sorted(shapes) != sorted(SHAPE_FIELDS):
-        raise fail("shapes", f"an object with {list(SHAPE_FIELDS)}", shapes)
-    for name in SHAPE_FIELDS:
-        if isinstance(shapes[name], bool) or not isinstance(shapes[name], int) or shapes[name] < 1:
-            raise fail(f"shapes.{name}", "a positive integer", shapes[name])
+def _check_predicted_shapes(shapes: Any, source: str) -> None:
+    checked_positive_integers(shapes, SHAPE_FIELDS, source, "predicted.shapes")
     tokens = shapes["batch_size"] * (shapes["prompt_len"] + shapes["context_len"] + shapes["gen_len"])
     if tokens > MAX_BENCH_TOKENS:
-        raise fail("shapes", f"at most {MAX_BENCH_TOKENS:,} tokens in all (batch x lengths)", shapes)
+        expected = f"at most {MAX_BENCH_TOKENS:,} tokens in all (batch x lengths)"
+        raise field_error(source, "predicted.shapes", expected, shapes)
 
 
 def compare_with_prediction(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
-from ..jsonfiles import read_json
+from ..jsonfiles import checked_integer, field_error, read_json
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUILTIN_MODELS = {"tiny": ASSETS_DIR / "tiny"}
@@ -51,6 +51,8 @@ POSITIVE_FIELDS = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
     "intermediate_size",
 )
+REQUIRED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+FLAG_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias")  # absent: false
 
 
 @dataclass(frozen=True)
@@ -86,27 +88,22 @@ class ModelShape:
 
     @classmethod
     def from_config_dict(cls, cfg: dict[str, Any], source: str) -> "ModelShape":
+        """The shape a config describes; `BadInputError` naming `source` and the field for a missing field,
+        a number that is not a positive integer (1.5 or true is not truncated) or a flag that is not a bool."""
         family_for(cfg.get("model_type", "<missing>"), source)
-        try:
-            heads = int(cfg["num_attention_heads"])
-            hidden = int(cfg["hidden_size"])
-            shape = cls(
-                model_type=cfg["model_type"],
-                vocab_size=int(cfg["vocab_size"]),
-                hidden_size=hidden,
-                num_hidden_layers=int(cfg["num_hidden_layers"]),
-                num_attention_heads=heads,
-                num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
-                head_dim=int(cfg.get("head_dim") or hidden // heads),
-                intermediate_size=int(cfg["intermediate_size"]),
-                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                attention_bias=bool(cfg.get("attention_bias", False)),
-                mlp_bias=bool(cfg.get("mlp_bias", False)),
-            )
-        except KeyError as err:
-            raise BadInputError(f"{source}: missing field {err} in the model config") from None
-        except (TypeError, ValueError, ZeroDivisionError) as err:
-            raise BadInputError(f"{source}: malformed model config ({err})") from None
+        missing = next((name for name in REQUIRED_FIELDS if name not in cfg), None)
+        if missing is not None:
+            raise BadInputError(f"{source}: missing field '{missing}' in the model config")
+        sizes = {name: checked_integer(cfg[name], source, name) for name in REQUIRED_FIELDS}
+        heads = sizes["num_attention_heads"]
+        derived = {"num_key_value_heads": heads, "head_dim": sizes["hidden_size"] // heads}  # when absent or null
+        sizes |= {name: default if cfg.get(name) is None else checked_integer(cfg[name], source, name)
+                  for name, default in derived.items()}  # fmt: skip
+        flags = {name: cfg.get(name, False) for name in FLAG_FIELDS}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise field_error(source, name, "true or false", value)
+        shape = cls(model_type=cfg["model_type"], **sizes, **flags)
         shape._check(source)
         return shape
 

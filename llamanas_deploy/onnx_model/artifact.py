@@ -30,9 +30,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..concepts import TOKENIZER_FILES
+from ..concepts import DEVICES, EXPORT_PRECISIONS, TOKENIZER_FILES
 from ..errors import BadInputError
-from ..jsonfiles import dumps, parse_json, sha256_file, write_text
+from ..jsonfiles import (
+    checked_choice, checked_integer, checked_object, dumps, field_error, is_integer, parse_json, sha256_file, write_text
+)  # fmt: skip
+from ..subnet_config import SubnetConfig
 from .allowlist import check_genai_config, check_graph
 
 SCHEMA_VERSION = 2  # 2: manifest.sha256 covers the manifest; every named path is checked
@@ -145,10 +148,25 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BadInputError(f"{path}: missing field(s) {missing}")
+    _check_fields(manifest, str(path))
     check_named_paths(directory, manifest)
     check_files(directory, manifest["files"])
     check_graph(directory, manifest["onnx"]["file"], manifest["files"])
     return manifest
+
+
+def _check_fields(manifest: dict[str, Any], source: str) -> None:
+    """The fields `generate` and `bench` read, checked like a CLI option: whoever edits an artifact can re-seal it."""
+    checked_choice(manifest["device"], DEVICES, source, "device")
+    checked_choice(manifest["precision"], EXPORT_PRECISIONS, source, "precision")
+    subnet = SubnetConfig.from_dict(manifest["subnet"], f"{source}: subnet")
+    if manifest["subnet_id"] != subnet.id:
+        raise field_error(source, "subnet_id", f"{subnet.id!r} (the id of its subnet)", manifest["subnet_id"])
+    size = checked_object(manifest["size"], source, "size")
+    checked_integer(size.get("onnx_bytes"), source, "size.onnx_bytes", minimum=0)
+    eos = checked_object(manifest.get("tokens", {}), source, "tokens").get("eos_token_id")
+    if not (eos is None or is_integer(eos) or isinstance(eos, list) and all(map(is_integer, eos))):
+        raise field_error(source, "tokens.eos_token_id", "an integer, a list of integers or null", eos)
 
 
 def _read_manifest_text(directory: Path, root: Path) -> str:
@@ -264,6 +282,7 @@ def _check_genai_config(directory: Path, root: Path, files: dict[str, str]) -> N
     if name is None or name not in files:
         raise BadInputError(f"{path}: model.decoder.filename {name!r} is not a file listed in {MANIFEST}")
     inside(directory, name, root)
+    checked_integer(config["model"].get("context_length"), str(path), "model.context_length")
 
 
 def check_files(directory: Path, expected: dict[str, str]) -> None:

@@ -49,12 +49,16 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from .. import __version__
-from ..concepts import METRICS, metric
+from ..concepts import CLOCKS, METRICS, metric
 from ..errors import BadInputError, LlamanasError
-from ..jsonfiles import dumps, read_json, write_text
+from ..jsonfiles import (
+    checked_choice, checked_integer, checked_object, checked_positive_integers, dumps, field_error, is_finite_number,
+    is_integer, read_json, write_text,
+)  # fmt: skip
+from ..profile.store import STATISTICS
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
-from .features import FEATURE_SCHEMA_VERSION, FeatureBuilder
+from .features import FEATURE_SCHEMA_VERSION, SHAPE_FIELDS, FeatureBuilder
 
 FILE_FORMAT = "llamanas-latency-predictor"
 FILE_SCHEMA_VERSION = 1
@@ -321,6 +325,9 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
     def _from_body(cls, body: dict[str, Any], path: Path) -> "LatencyPredictor":
         features = FeatureBuilder.from_dict(body["features"], str(path))
         metadata = body["metadata"]
+        if features.space.id != metadata["space_id"]:
+            raise BadInputError(f"{path}: metadata.space_id {metadata['space_id']!r} is not the id of the space in "
+                                f"features.space ({features.space.id}); the file was edited")  # fmt: skip
         hyper = metadata["hyperparameters"]
         transfer = _read_transfer(body, path)
         predictor = cls(features, metadata["metric"], learning_rate=hyper.get("learning_rate"), objective=hyper.get("objective"),
@@ -383,19 +390,29 @@ def _check_body(body: Any, path: Path | str) -> dict[str, Any]:
     missing = [k for k in ("metadata", "features", "prior", "xgboost", "sha256") if k not in body]
     if missing:
         raise BadInputError(f"{path}: predictor file is missing {missing}")
-    stored = body.pop("sha256")
-    if stored != _digest(body):
+    content = {key: value for key, value in body.items() if key != "sha256"}
+    if body["sha256"] != _digest(content):
         raise BadInputError(f"{path}: content does not match its sha256; the file is corrupted")
-    metadata = body["metadata"]
-    missing = [k for k in REQUIRED_METADATA if not isinstance(metadata, dict) or k not in metadata]
+    _check_metadata(content["metadata"], str(path))
+    return content
+
+
+def _check_metadata(metadata: Any, source: str) -> None:
+    """What predicting, searching and exporting read of the metadata, checked when the file is read."""
+    checked_object(metadata, source, "metadata")
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
     if missing:
-        raise BadInputError(f"{path}: predictor metadata is missing {missing}")
-    if metadata["metric"] not in METRICS:
-        raise BadInputError(f"{path}: metric '{metadata['metric']}' is not one of {sorted(METRICS)}")
+        raise BadInputError(f"{source}: predictor metadata is missing {missing}")
+    checked_choice(metadata["metric"], sorted(METRICS), source, "metadata.metric")
+    checked_positive_integers(metadata["shapes"], SHAPE_FIELDS, source, "metadata.shapes")
+    if metadata.get("threads") is not None:
+        checked_integer(metadata["threads"], source, "metadata.threads")
+    for field, choices in (("clock", CLOCKS), ("statistic", STATISTICS)):
+        if metadata.get(field) is not None:
+            checked_choice(metadata[field], choices, source, f"metadata.{field}")
     hyper = metadata["hyperparameters"]
-    if not isinstance(hyper, dict) or not all(isinstance(hyper.get(k), int) for k in DEFAULT_GRID):
-        raise BadInputError(f"{path}: hyperparameters must give integer {list(DEFAULT_GRID)}")
-    return body
+    if not isinstance(hyper, dict) or not all(is_integer(hyper.get(k)) for k in DEFAULT_GRID):
+        raise field_error(source, "metadata.hyperparameters", f"an object with integer {list(DEFAULT_GRID)}", hyper)
 
 
 def _read_transfer(body: dict[str, Any], path: Path) -> TransferSource | None:
@@ -406,7 +423,7 @@ def _read_transfer(body: dict[str, Any], path: Path) -> TransferSource | None:
     if not isinstance(section, dict) or not isinstance(section.get("reference"), dict) or "predictor" not in section:
         raise BadInputError(f"{path}: the 'transfer' section needs 'reference' and 'predictor'")
     where = f"{path} (its source predictor)"
-    source = LatencyPredictor._from_body(_check_body(dict(section["predictor"]), where), Path(where))
+    source = LatencyPredictor._from_body(_check_body(section["predictor"], where), Path(where))
     source.source_ = section["reference"].get("name", where)
     return TransferSource(source, section["reference"])
 
@@ -415,10 +432,10 @@ def _read_prior(prior: Any, basis_names: list[str], path: Path) -> np.ndarray:
     basis = basis_names
     if not isinstance(prior, dict) or prior.get("basis") != basis:
         raise BadInputError(f"{path}: prior basis does not match the space's widths (expected {basis})")
-    coef = np.asarray(prior.get("coef"), dtype=np.float64)
-    if coef.shape != (len(basis),) or not np.all(np.isfinite(coef) & (coef >= 0)):
-        raise BadInputError(f"{path}: prior coefficients must be {len(basis)} non-negative numbers")
-    return coef
+    coef = prior.get("coef")
+    if not isinstance(coef, list) or len(coef) != len(basis) or not all(is_finite_number(c) and c >= 0 for c in coef):
+        raise field_error(str(path), "prior.coef", f"a list of {len(basis)} non-negative numbers", coef)
+    return np.asarray(coef, dtype=np.float64)
 
 
 def _read_booster(model: Any, num_features: int, path: Path):

@@ -10,14 +10,16 @@ calls to `subnet_stats` give its coefficients, and a fourth call checks them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..analytics import subnet_stats
 from ..errors import BadInputError
+from ..jsonfiles import checked_object, checked_positive_integers
 from ..model.families import ModelShape
+from ..profile.base import Shapes
 from ..space import SearchSpace, space_from_dict
 from ..subnet_config import SubnetConfig
 
@@ -31,6 +33,7 @@ ANALYTIC_STATS = (
     "decode_bytes_moved",
 )
 WIDTH_KEY = "intermediate_sizes"
+SHAPE_FIELDS = tuple(f.name for f in fields(Shapes))  # the lengths a predictor was measured at
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class FeatureBuilder:
         if [d.key for d in self.space.layer_dims] != [WIDTH_KEY]:
             keys = [d.key for d in self.space.layer_dims]
             raise BadInputError(f"space {self.space.name}: features support only '{WIDTH_KEY}', got {keys}")
+        checked_positive_integers(self.shapes, SHAPE_FIELDS, "FeatureBuilder", "shapes")  # as a saved one must hold
         object.__setattr__(self, "_affine", _affine_stats(self.shape, self.shapes))
 
     # ---- description ------------------------------------------------------------------------
@@ -77,17 +81,22 @@ class FeatureBuilder:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str) -> "FeatureBuilder":
+    def from_dict(cls, data: Any, source: str) -> "FeatureBuilder":
+        """The builder a predictor file's `features` section describes; `BadInputError` naming `source` and field."""
+        checked_object(data, source, "features")
         version = data.get("feature_schema_version")
         if version != FEATURE_SCHEMA_VERSION:
             raise BadInputError(
                 f"{source}: feature schema version {version} is not supported (expected {FEATURE_SCHEMA_VERSION}); "
                 f"refit the predictor"
             )
-        try:
-            builder = cls(space_from_dict(data["space"], source), ModelShape(**data["model_shape"]), data["shapes"])
-        except (KeyError, TypeError) as err:
-            raise BadInputError(f"{source}: malformed feature description ({err})") from None
+        missing = [key for key in ("space", "model_shape", "shapes") if key not in data]
+        if missing:
+            raise BadInputError(f"{source}: features: missing {missing}")
+        space = space_from_dict(data["space"], f"{source}: features.space")
+        model_shape = checked_object(data["model_shape"], source, "features.model_shape")
+        shape = ModelShape.from_config_dict(model_shape, f"{source}: features.model_shape")
+        builder = cls(space, shape, checked_positive_integers(data["shapes"], SHAPE_FIELDS, source, "features.shapes"))
         if builder.names != data.get("names"):
             raise BadInputError(f"{source}: feature names do not match feature schema {FEATURE_SCHEMA_VERSION}")
         return builder
@@ -156,7 +165,7 @@ class FeatureBuilder:
 
 def _affine_stats(shape: ModelShape, shapes: dict[str, int]) -> dict[str, tuple[float, float, float]]:
     """Coefficients (c0, c_depth, c_width_sum) of every analytic stat, read off `subnet_stats`."""
-    prompt, context = int(shapes["prompt_len"]), int(shapes["context_len"])
+    prompt, context = shapes["prompt_len"], shapes["context_len"]
 
     def stats(*sizes: int) -> dict[str, float]:
         s = subnet_stats(shape, SubnetConfig(len(sizes), tuple(sizes)), prompt, context).to_dict()

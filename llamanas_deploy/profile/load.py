@@ -121,14 +121,20 @@ def pin_cpus(cpus: tuple[int, ...]) -> tuple[int, ...]:
     """Fix this process (all its threads) to `cpus`; `BadInputError` where the OS cannot."""
     if not hasattr(os, "sched_setaffinity"):
         raise BadInputError("this OS cannot pin a process to CPUs", param="pin_cpus")
-    allowed = os.sched_getaffinity(0)
-    outside = sorted(set(cpus) - allowed)
-    if outside:
-        raise BadInputError(f"CPU(s) {outside} are not available to this process (it may use {sorted(allowed)})",
-                            param="pin_cpus")  # fmt: skip
-    for thread in _threads():  # on Linux an affinity is per thread; threads started later inherit it
-        os.sched_setaffinity(thread, cpus)
+    try:
+        for thread in _threads():  # on Linux an affinity is per thread; threads started later inherit it
+            _pin_thread(thread, cpus)
+    except OSError as err:  # a CPU the machine lacks, or one its cgroup keeps from this process
+        raise BadInputError(f"cannot pin to CPU(s) {list(cpus)} ({err.strerror or err}); this process may use "
+                            f"{sorted(os.sched_getaffinity(0))}", param="pin_cpus") from None  # fmt: skip
     return tuple(sorted(os.sched_getaffinity(0)))
+
+
+def _pin_thread(thread: int, cpus: tuple[int, ...]) -> None:
+    try:
+        os.sched_setaffinity(thread, cpus)
+    except ProcessLookupError:
+        pass  # the thread ended since the listing
 
 
 def _threads() -> list[int]:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import BadInputError, LlamanasError
-from ..jsonfiles import dumps, parse_json, read_text, write_text
+from ..jsonfiles import checked_integer, dumps, field_error, is_finite_number, parse_json, read_text, write_text
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
 from .objectives import Objective
@@ -111,6 +111,10 @@ class Ledger:
         values = record.get("values")
         if not isinstance(values, dict) or not names <= set(values):
             raise BadInputError(f"{where}: expected values for {sorted(names)}, got {values!r}")
+        for name in sorted(names):
+            if not is_finite_number(values[name]):
+                raise field_error(where, f"values.{name}", "a finite number", values[name])
+        checked_integer(record.get("index"), where, "index", minimum=0)
         if record.get("subnet_id") != cfg.id:
             raise BadInputError(f"{where}: subnet_id {record.get('subnet_id')!r} does not match its config ({cfg.id})")
         self.records[cfg.id] = record

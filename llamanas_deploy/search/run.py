@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Iterator, Protocol
 
 from ..errors import BadInputError
-from ..jsonfiles import check_creatable, dumps, lock_directory, parse_json, read_json, write_json
+from ..jsonfiles import check_creatable, checked_object, dumps, lock_directory, parse_json, read_json, write_json
 from ..progress import Callback
 from .algorithms import Algorithm
 from .ledger import Evaluate, Ledger, evaluate_here
@@ -147,12 +147,12 @@ def _check_out_dir(out: Path, identity: dict[str, Any]) -> bool:
     """True for a new search; False for one to resume (same settings); `BadInputError` otherwise."""
     settings_file = out / SETTINGS_FILE
     if settings_file.is_file():
-        saved = read_json(settings_file, "search settings file")
+        saved = checked_object(read_json(settings_file, "search settings file"), str(settings_file), "")
         fresh = parse_json(dumps(identity), str(settings_file))  # as it reads back: tuples are lists
         differ = sorted(k for k in fresh.keys() | saved.keys() if saved.get(k) != fresh.get(k))
         if differ:
             raise BadInputError(
-                f"{out}: holds a search with different settings ({', '.join(differ)} differ); "
+                f"{settings_file}: records a search with different settings ({', '.join(differ)} differ); "
                 "use another output directory, or the same settings to resume it",
                 param="out",
             )
