@@ -19,7 +19,7 @@ Every profile measures the space's anchor sub-network after every `--anchor-ever
 - how many records each run measured under load (`profile.load`).
 
     python benchmarks/measurement_stability.py [--model tiny --space tiny] [--train 40 --test 14]
-        [--visits 3] [--anchor-every 4] [--clock cpu] [--keep DIR] [--json FILE]
+        [--visits 3] [--anchor-every 5] [--clock cpu] [--keep DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=40)
     parser.add_argument("--test", type=int, default=14)
     parser.add_argument("--visits", type=int, default=3)
-    parser.add_argument("--anchor-every", type=int, default=4)
+    parser.add_argument("--anchor-every", type=int, default=ProfileSettings().anchor_every)
     parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"))
     parser.add_argument("--keep", help="Profile into this directory (kept) instead of a temporary one.")
     parser.add_argument("--json", help="Also write the figures here.")

@@ -40,21 +40,33 @@ def record(fingerprint: dict, cfg: SubnetConfig, ms: float, anchor_index: int | 
     }  # fmt: skip
 
 
-def drifting_profile(path, subnets: list[SubnetConfig], every: int = 3, slowdown_per_line: float = 0.05) -> None:
-    """The schedule `with_anchors` makes, each figure slowed by the machine by 5 % more per line than the last."""
+SLOW_PHASE = range(7, 20)  # lines measured while the machine ran 1.4x slower: five anchors long
+SPIKE = 22  # one anchor measured during a burst of other work (1.5x), nothing around it
+UNTOUCHED = (2, 3, 5, 6, 11, 12, 14, 15, 17, 18, 23, 24)  # plan lines whose neighbouring anchors share their speed
+
+
+def slowdown(line: int) -> float:
+    return 1.4 if line in SLOW_PHASE else 1.5 if line == SPIKE else 1.0
+
+
+def drifting_profile(path, subnets: list[SubnetConfig], every: int = 2) -> dict[str, int]:
+    """The schedule `with_anchors` makes, each figure slowed by the machine by `slowdown(line)`;
+    returns each planned sub-network's line."""
     fingerprint = current_fingerprint()
     schedule = with_anchors([(0, c) for c in subnets], SPACE.anchor, every, first_index=0)
     with ProfileWriter.open(path, "t", fingerprint) as writer:
         for line, (_, cfg, index) in enumerate(schedule, 1):
             load = BUSY if line % 4 == 0 and index is None else QUIET
-            writer.append(record(fingerprint, cfg, true_ms(cfg) * (1 + slowdown_per_line * line), index, load))
+            writer.append(record(fingerprint, cfg, true_ms(cfg) * slowdown(line), index, load))
+    return {cfg.id: line for line, (_, cfg, index) in enumerate(schedule, 1) if index is None}
 
 
 @pytest.fixture(scope="module")
 def drifting(tmp_path_factory):
     path = tmp_path_factory.mktemp("drift") / "profile"
-    drifting_profile(path, SPACE.sample_stratified(16, seed=0))
-    return path
+    lines = drifting_profile(path, SPACE.sample_stratified(16, seed=0))
+    assert sorted(lines.values())[:2] == [2, 3] and SPIKE not in lines.values()
+    return path, lines
 
 
 def test_with_anchors_brackets_every_few_visits():
@@ -71,23 +83,23 @@ def test_the_anchor_is_a_middle_sub_network_of_the_space():
     assert SPACE.smallest.num_layers < SPACE.anchor.num_layers < SPACE.largest.num_layers
 
 
-def test_the_anchor_correction_cancels_a_drift_the_anchor_followed(drifting):
-    profile = read_profile(drifting)
-    assert len(profile.records) == 16 and len(profile.anchors) == 7  # anchors are not training data
-    corrected = load_profile_data(drifting, "decode_ms", SPACE)
-    as_measured = load_profile_data(drifting, "decode_ms", SPACE, drift="none")
+def test_the_anchor_correction_cancels_a_slow_phase_and_not_a_single_slow_anchor(drifting):
+    path, lines = drifting
+    profile = read_profile(path)
+    assert len(profile.records) == 16 and len(profile.anchors) == 9  # anchors are not training data
+    corrected = load_profile_data(path, "decode_ms", SPACE)
+    as_measured = load_profile_data(path, "decode_ms", SPACE, drift="none")
+    untouched = [i for i, c in enumerate(corrected.configs) if lines[c.id] in UNTOUCHED]
     truth = np.array([true_ms(c) for c in corrected.configs])
-    assert np.ptp(corrected.y / truth) == pytest.approx(0, abs=1e-9)  # one common factor: the drift is gone
-    assert np.ptp(as_measured.y / truth) > 0.5
+    assert np.ptp((corrected.y / truth)[untouched]) == pytest.approx(0, abs=1e-9)  # one common factor: drift gone
+    assert np.ptp((as_measured.y / truth)[untouched]) == pytest.approx(0.4)  # the slow phase, as measured
     anchor = corrected.anchor
-    assert (anchor["method"], anchor["subnet_id"], anchor["n"]) == ("anchor", SPACE.anchor.id, 7)
-    assert anchor["scale"] == pytest.approx(np.median([a.value("decode_ms") for a in profile.anchors]))
+    assert (anchor["method"], anchor["subnet_id"], anchor["n"]) == ("anchor", SPACE.anchor.id, 9)
+    assert anchor["scale"] == pytest.approx(true_ms(SPACE.anchor))  # the machine's usual speed
     loaded = sum(r.raw["load"]["loaded"] for r in profile.records)
     assert as_measured.anchor is None and corrected.n_loaded == as_measured.n_loaded == loaded > 0
-    # a rate is corrected the same way round (to within the interpolation of 1 / drift between anchors)
-    rate = load_profile_data(drifting, "throughput", SPACE)
-    plain_rate = load_profile_data(drifting, "throughput", SPACE, drift="none")
-    assert np.ptp(rate.y * truth) / np.mean(rate.y * truth) < 0.02 < 0.3 < np.ptp(plain_rate.y * truth) / np.mean(plain_rate.y * truth)
+    rate = load_profile_data(path, "throughput", SPACE)  # a rate is corrected the same way round
+    assert np.ptp((rate.y * truth)[untouched]) == pytest.approx(0, abs=1e-9)
 
 
 def test_a_profile_without_anchors_is_fitted_as_measured(tmp_path):
@@ -99,11 +111,12 @@ def test_a_profile_without_anchors_is_fitted_as_measured(tmp_path):
 
 
 def test_fit_says_what_it_corrected_and_what_was_measured_under_load(drifting):
-    result = fit(drifting, "decode_ms", FitSettings(learning_curve=False), space=SPACE, model="tiny")
+    path, _ = drifting
+    result = fit(path, "decode_ms", FitSettings(learning_curve=False), space=SPACE, model="tiny")
     summary, metadata = result.to_dict()["data"], result.predictor.metadata_
-    assert summary["drift_corrected_by"]["n"] == 7 and summary["n_loaded"] == load_profile_data(drifting, "decode_ms", SPACE).n_loaded
+    assert summary["drift_corrected_by"]["n"] == 9 and summary["n_loaded"] == load_profile_data(path, "decode_ms", SPACE).n_loaded
     assert metadata["drift_corrected_by"] == summary["drift_corrected_by"]
-    plain = fit(drifting, "decode_ms", FitSettings(learning_curve=False, drift="none"), space=SPACE, model="tiny")
+    plain = fit(path, "decode_ms", FitSettings(learning_curve=False, drift="none"), space=SPACE, model="tiny")
     assert plain.predictor.metadata_["drift_corrected_by"] is None
     with pytest.raises(BadInputError, match="drift"):
         FitSettings(drift="sometimes")
@@ -111,7 +124,7 @@ def test_fit_says_what_it_corrected_and_what_was_measured_under_load(drifting):
 
 def test_remeasure_scores_the_profile_and_the_predictor_against_a_second_measurement(drifting):
     settings = FitSettings(learning_curve=False, remeasure=True)
-    result = fit(drifting, "decode_ms", settings, space=SPACE)  # the built-in model the profile names
+    result = fit(drifting[0], "decode_ms", settings, space=SPACE)  # the built-in model the profile names
     again = result.to_dict()["data"]["remeasured"]
     assert again == result.predictor.metadata_["remeasured"]
     assert 0 <= again["n"] <= result.to_dict()["data"]["n_test"]

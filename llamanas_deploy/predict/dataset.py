@@ -12,7 +12,8 @@ Drift: a profile measured with anchors (`profile.runner.with_anchors`) holds, be
 sub-networks, measurements of one fixed anchor sub-network. With `drift="anchor"` every timing is
 divided by the anchor's figure interpolated at its place in the file and multiplied by the anchor's
 median over the profile: the figure the sub-network would have had if the machine had kept its
-typical speed throughout (`ProfileData.anchor` says so, and by how much the anchor moved).
+typical speed throughout (`ProfileData.anchor` says so, and by how much the anchor moved). The
+anchor's figure at each place is the lowest of `ANCHOR_WINDOW` neighbouring anchor measurements.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ MIN_SUBNETS = 10
 SETTING_KEYS = ("backend", "precision", "device", "threads", "clock", "shapes", "model_id")
 DRIFT_CORRECTIONS = ("anchor", "none")
 MIN_ANCHORS = 2  # one before and one after: fewer cannot follow a change of speed
+# each anchor figure is the lowest of it and its neighbours: one anchor measurement carries the fast noise
+# (a burst of other work) that only ever adds time, which followed as drift would move every figure near it
+# (measured: benchmarks/measurement_stability.py); a phase longer than three anchors is still followed
+ANCHOR_WINDOW = 3
 
 
 @dataclass
@@ -136,7 +141,9 @@ class Anchors:
         if len(kept) < MIN_ANCHORS or metric_named(metric).field not in TIMED_FIGURES:
             return None
         values = np.array([a.value(metric, statistic) for a in kept], dtype=np.float64)
-        return cls(kept[0].raw["subnet_id"], np.array([a.line for a in kept], dtype=np.float64), values)
+        rate, half = metric_named(metric).higher_is_better, ANCHOR_WINDOW // 2
+        smoothed = [best_of(values[max(0, i - half) : i + half + 1], rate) for i in range(len(values))]
+        return cls(kept[0].raw["subnet_id"], np.array([a.line for a in kept], dtype=np.float64), np.array(smoothed))
 
     @property
     def scale(self) -> float:

@@ -55,7 +55,7 @@ class ProfileSettings:
     clock: str = "wall"
     shapes: Shapes = field(default_factory=Shapes)
     protocol: Protocol = field(default_factory=lambda: Protocol(visits=3))
-    anchor_every: int = 4  # the drift reference (`SearchSpace.anchor`) after every this many visits; 0: never
+    anchor_every: int = 5  # the drift reference (`SearchSpace.anchor`) after every this many visits; 0: never
     pin_cpus: tuple[int, ...] = ()  # the CPUs the measuring process is fixed to; (): where the OS puts it
 
     def __post_init__(self) -> None:
