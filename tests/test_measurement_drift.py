@@ -151,3 +151,13 @@ def test_visits_combine_to_their_worst_load():
     worst = MachineLoad.worst([quiet, busy])
     assert worst == MachineLoad(1.0, 6.0, 1.5, 1800.0) and worst.loaded and not quiet.loaded
     assert MachineLoad.worst([]) == MachineLoad(None, None, None, None)
+
+
+@pytest.mark.parametrize("change", [{"load": "busy"}, {"role": "reference"}])
+def test_a_record_with_a_mistyped_load_or_role_is_named_by_line(tmp_path, change):
+    fingerprint = current_fingerprint()
+    with ProfileWriter.open(tmp_path / "p", "t", fingerprint) as writer:
+        writer.append(record(fingerprint, SPACE.smallest, 1.0))
+        writer.append(record(fingerprint, SPACE.largest, 2.0) | change)
+    with pytest.raises(BadInputError, match=r"measurements.jsonl:2: load must be an object"):
+        read_profile(tmp_path / "p")

@@ -208,6 +208,8 @@ def _parse_record(line: str, number: int, path: Path, fingerprint_id: str) -> Me
     for name in TIMED_FIGURES:
         if not isinstance(raw[name], dict) or not all(k in raw[name] for k in ("median", "iqr", "cv", "n")):
             raise BadInputError(f"{source}: {name} must be an object with median, iqr, cv, n")
+    if not isinstance(raw.get("load", {}), dict) or raw.get("role", "anchor") != "anchor":
+        raise BadInputError(f"{source}: load must be an object and role, when given, \"anchor\"")
     subnet = SubnetConfig.from_dict(raw["subnet"], f"{source}: subnet")
     if subnet.id != raw["subnet_id"]:
         raise BadInputError(f"{source}: subnet_id {raw['subnet_id']} does not match its subnet (id {subnet.id})")
