@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -182,9 +182,9 @@ def generate(
     prompt: Sequence[int],
     max_new_tokens: int,
     sampling: Sampling = Sampling(),
-    eos_id: int | None = None,
+    eos_ids: Collection[int] = (),
 ) -> Generation:
-    """Prefill `prompt`, then one token at a time through the KV cache."""
+    """Prefill `prompt`, then one token at a time through the KV cache, until a token of `eos_ids`."""
     if not prompt:
         raise BadInputError("the prompt has no tokens")
     if max_new_tokens < 1:
@@ -195,12 +195,12 @@ def generate(
     token = pick_token(logits[0, -1], sampling, rng)
     prefill_s = time.perf_counter() - start
     tokens, start = [token], time.perf_counter()
-    while len(tokens) < max_new_tokens and token != eos_id:
+    while len(tokens) < max_new_tokens and token not in eos_ids:
         logits, past = decoder.forward(np.array([[token]], dtype=np.int64), past)
         token = pick_token(logits[0, -1], sampling, rng)
         tokens.append(token)
     decode_s = time.perf_counter() - start
-    return Generation(tokens, prefill_s, decode_s, len(prompt), stopped_at_eos=token == eos_id)
+    return Generation(tokens, prefill_s, decode_s, len(prompt), stopped_at_eos=token in eos_ids)
 
 
 def pick_token(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> int:
@@ -280,8 +280,10 @@ class Artifact:
         return inside(self.directory, name)
 
     @property
-    def eos_id(self) -> int | None:
-        return self.manifest.get("tokens", {}).get("eos_token_id")
+    def eos_ids(self) -> frozenset[int]:
+        """The tokens that end a generation: the manifest's `tokens.eos_token_id`, one id or several."""
+        eos = self.manifest.get("tokens", {}).get("eos_token_id")
+        return frozenset([] if eos is None else eos if isinstance(eos, list) else [eos])
 
     @property
     def context_length(self) -> int:
@@ -381,7 +383,7 @@ def generate_text(
     if len(ids) + max_new_tokens > positions:
         raise BadInputError(f"{max_new_tokens}: the prompt's {len(ids)} tokens and the new ones exceed the model's "
                             f"{positions} positions", param="max_new_tokens")  # fmt: skip
-    out = generate(opened.decoder(threads=threads), ids, max_new_tokens, sampling, opened.eos_id)
+    out = generate(opened.decoder(threads=threads), ids, max_new_tokens, sampling, opened.eos_ids)
     return GeneratedText(
         text=tokenizer.decode(out.tokens),
         prompt_tokens=out.prompt_tokens,

@@ -207,3 +207,16 @@ def test_a_missing_or_hostile_chat_template_is_refused_in_one_line(tmp_path, cap
     capsys.readouterr()  # what building the model printed
     code, out, err = run_cli(capsys, "generate", "--artifact", str(artifact), "--chat", "hi")
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err and out == ""
+
+
+def test_generation_stops_at_any_of_several_end_tokens(tmp_path):
+    from llamanas_deploy.runtime import Artifact, generate, open_artifact
+
+    opened = open_artifact(_chat_artifact(tmp_path, None))
+    decoder = opened.decoder(threads=1)
+    free = generate(decoder, [1, 2, 3], 8).tokens  # greedy: the same tokens every time
+    first = free.index(free[3])
+    ended = generate(decoder, [1, 2, 3], 8, eos_ids={10**6, free[3]})
+    assert ended.tokens == free[: first + 1] and ended.stopped_at_eos
+    several = Artifact(opened.directory, opened.manifest | {"tokens": {"eos_token_id": [5, 7]}})
+    assert several.eos_ids == {5, 7} and Artifact(opened.directory, opened.manifest | {"tokens": {}}).eos_ids == set()
