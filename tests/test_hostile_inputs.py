@@ -406,6 +406,8 @@ def build_world(root: Path) -> SimpleNamespace:
                          lambda d, m, t=template: _tokenizer_config(d, m, {"chat_template": t}))  # fmt: skip
     for name, (change, _) in PREDICTORS.items():
         predictor_variant(w.predictor, bad / f"predictor-{name}.json", change)
+    # valid as a file (fitted on a bigger machine), but a bench here cannot use its thread count
+    predictor_variant(w.predictor, bad / "predictor-many-threads.json", lambda b: b["metadata"].update(threads=10**6))
     for name, (field, value) in MODEL_CONFIGS.items():
         shutil.copytree(w.model, bad / f"model-{name}", ignore=shutil.ignore_patterns("*.safetensors"))
         config = bad / f"model-{name}" / "config.json"
@@ -622,6 +624,10 @@ def file_cases() -> list[Case]:
         cases.append(Case(f"export-predictor-{name}", cli("export", "--model", MODEL, "--space", SPACE, "--subnet", SUB,
                                                           "--out", NEW("e"), "--predictor", predictor),
                           lambda w, p=predictor, n=name: f"{p(w)}: {PREDICTORS[n][1]}"))  # fmt: skip
+    cases.append(Case("export-predictor-more-threads-than-cores",
+                      cli("export", "--model", MODEL, "--space", SPACE, "--subnet", SUB, "--out", NEW("e"), "--predictor",
+                          BAD("predictor-many-threads.json")),
+                      lambda w: f"{BAD('predictor-many-threads.json')(w)} (the prediction it gives): predicted.threads"))
     edited = lambda w: f"latency:{BAD('predictor-space-edited.json')(w)}"  # noqa: E731
     cases.append(Case("search-predictor-space-edited", cli("search", "--model", MODEL, "--space", SPACE, "--objective",
                                                            "size", "--objective", edited, "--out", NEW("s")),

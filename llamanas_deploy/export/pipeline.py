@@ -121,14 +121,16 @@ def export(
     from ..onnx_model.exporter import ONNX_NAME
     from ..runtime import PROVIDERS, check_device
     from ..space import load_space
-    from .measure import bench_decoder
+    from .measure import bench_decoder, checked_prediction
 
     out = Path(out)
     check_out_dir(out)
     provider = check_device(settings.device)
     space = load_space(space) if isinstance(space, (str, Path)) else space
     subnet = space.resolve(subnet) if isinstance(subnet, str) else space.validate(subnet)
-    predictor, predictor_name = _load_predictor(predictor, space) if predictor is not None else (None, None)
+    predicted = _predicted(*_load_predictor(predictor, space), subnet) if predictor is not None else None
+    if predicted is not None and bench is not None:  # what bench will read of it, refused now naming the predictor
+        checked_prediction(predicted, f"{predicted['predictor']} (the prediction it gives)")
     quantized = settings.precision in QUANTIZED
     steps = ["load", "export", *(["quantize"] if quantized else []), "verify", *(["verify quantized"] if quantized else []),
              "artifact"]  # fmt: skip
@@ -146,8 +148,8 @@ def export(
         write_json(artifact_dir / GENAI_CONFIG, genai, sort_keys=True)
         tokenizer_files = copy_tokenizer(origin.source, artifact_dir)
         manifest = _manifest(settings, space, origin, subnet, provider, graphs, verification, tokenizer_files, artifact_dir)
-        if predictor is not None:
-            manifest["predicted"] = _predicted(predictor, predictor_name, subnet)
+        if predicted is not None:
+            manifest["predicted"] = predicted
         if bench is not None:
             stage("bench")
             manifest["measured"] = bench_decoder(artifact_dir, manifest, bench)
