@@ -35,7 +35,10 @@ QUICK = ProfileSettings(samples=3, protocol=Protocol(warmup=1, repeats=3, max_at
 def cluster():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, resources=RESOURCES)
+    # Ray starts its workers at nice 15: beside any other work on this 2-core machine they would crawl
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_worker_niceness", "0")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, resources=RESOURCES)
     yield ray
     ray.shutdown()
 
