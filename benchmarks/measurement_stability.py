@@ -93,7 +93,7 @@ def run_facts(path: Path, wall_s: float) -> dict:
         "anchors": len(anchors),
         "anchor_range_pct": round(100 * (max(anchors) / min(anchors) - 1), 1) if anchors else None,
         "anchor_cost_pct": round(100 * anchor_s / plan_s, 1) if plan_s else None,
-        "loaded": sum(bool(r.raw.get("load", {}).get("loaded")) for r in prof.records),
+        "loaded": sum(r.loaded for r in prof.records),
     }
 
 

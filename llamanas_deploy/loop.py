@@ -382,6 +382,7 @@ def _heldout_perplexities(settings: RunSettings, supernet, subnets: list[SubnetC
 def _summary(settings, out, space, supernet, profile, predictor, budget, search, chosen, manifest, measured,
              perplexities, predictor_path, deployed) -> dict:  # fmt: skip
     from .analytics import subnet_stats
+    from .profile.load import was_loaded
     from .profile.store import kept_figure
 
     shape = supernet.shape
@@ -408,7 +409,7 @@ def _summary(settings, out, space, supernet, profile, predictor, budget, search,
                 "measured_prefill_ms": kept_figure(meas["prefill_ms"], statistic),
                 "throughput_tok_s": kept_figure(meas["throughput_tok_s"], statistic),
                 "heldout_perplexity": ppl,
-                "measured_under_load": bool((meas.get("load") or {}).get("loaded")),
+                "measured_under_load": was_loaded(meas),
                 f"search_{search.accuracy_name}": _search_value(search, cfg),
             }
         )

@@ -119,7 +119,7 @@ class SearchSpace:
     def anchor(self) -> SubnetConfig:
         """The profiler's drift reference, measured between the planned sub-networks: the middle depth
         at the middle width (a quarter to half the full network's cost, and far from either end)."""
-        depths, widths = sorted(self.depth_choices), self.dim("intermediate_sizes").choices
+        depths, widths = self.depth_choices, self.dim("intermediate_sizes").choices  # both sorted
         return self._uniform_subnet(depths[len(depths) // 2], len(widths) // 2)
 
     def _uniform_subnet(self, depth: int, choice_index: int) -> SubnetConfig:

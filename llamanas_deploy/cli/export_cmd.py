@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from ..concepts import EXPORT_PRECISIONS
-from ..export.measure import SHAPE_FIELDS, BenchSettings
+from ..export.measure import BenchSettings
+from ..profile.base import SHAPE_FIELDS
 from ..export.pipeline import EVAL_SEQ_LEN, ExportSettings
 from ..export.verify import DEFAULT_MAX_PPL_INCREASE_PCT
 from ..onnx_model.graphs import DEFAULT_PRECISIONS
@@ -154,7 +155,7 @@ def bench(artifact: Path, as_json: bool, **opts: Any) -> None:
     emit(bench_artifact(artifact, _bench_settings(opts)), as_json, _render_bench)
 
 
-def load_line(load: dict[str, Any] | None) -> str:
+def _load_line(load: dict[str, Any] | None) -> str:
     """What the rest of the machine did while the figures were measured, when it took CPU time from them."""
     if not load or not load.get("loaded"):
         return ""
@@ -173,7 +174,7 @@ def _render_bench(r: dict[str, Any]) -> str:
         f"prompt {s['prompt_len']}, context {s['context_len']}, gen {s['gen_len']}; peak +{r['peak_mem_mib']:.0f} MiB"
     )
     text = head + "\n" + table(rows, ["figure", "best", "median", "IQR", "CV", "n", "flagged"])
-    text += load_line(r.get("load"))
+    text += _load_line(r.get("load"))
     vs = r.get("vs_predicted")
     if vs:
         note = "" if vs["same_setup"] else " (predictor was fitted for another backend/precision/threads/device)"

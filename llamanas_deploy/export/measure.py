@@ -12,7 +12,7 @@ deployment would (`io_binding` in the measured block says which way it ran).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,11 +20,10 @@ from typing import Any, Mapping
 from ..concepts import CLOCKS, check_choice, metric
 from ..errors import BadInputError
 from ..jsonfiles import checked_choice, checked_positive_integers, field_error, is_finite_number, is_integer
-from ..profile.base import Shapes
+from ..profile.base import SHAPE_FIELDS, Shapes
 from ..profile.stats import Protocol
 from ..subnet_config import SubnetConfig
 
-SHAPE_FIELDS = tuple(f.name for f in fields(Shapes))
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def load_profile_data(
             f"{source}: {len(configs)} usable sub-networks for {_describe(setting)}; a predictor needs >= {min_subnets}"
         )
     y = np.array([combine_visits(v, metric, statistic) for v in visits], dtype=np.float64)
-    loaded = sum(bool(r.raw.get("load", {}).get("loaded")) for r in kept)
+    loaded = sum(r.loaded for r in kept)
     return ProfileData(profile.path, metric, space, profile.fingerprint, setting, configs, y, visits, statistic,
                        len(records), len(records) - len(kept), loaded, correction.describe() if correction else None)
 

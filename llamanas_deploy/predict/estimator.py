@@ -58,7 +58,8 @@ from ..jsonfiles import (
 from ..profile.store import STATISTICS
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
-from .features import FEATURE_SCHEMA_VERSION, SHAPE_FIELDS, FeatureBuilder
+from ..profile.base import SHAPE_FIELDS
+from .features import FEATURE_SCHEMA_VERSION, FeatureBuilder
 
 FILE_FORMAT = "llamanas-latency-predictor"
 FILE_SCHEMA_VERSION = 1

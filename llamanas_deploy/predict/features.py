@@ -10,7 +10,7 @@ calls to `subnet_stats` give its coefficients, and a fourth call checks them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,7 +19,7 @@ from ..analytics import subnet_stats
 from ..errors import BadInputError
 from ..jsonfiles import checked_object, checked_positive_integers
 from ..model.families import ModelShape
-from ..profile.base import Shapes
+from ..profile.base import SHAPE_FIELDS
 from ..space import SearchSpace, space_from_dict
 from ..subnet_config import SubnetConfig
 
@@ -33,7 +33,6 @@ ANALYTIC_STATS = (
     "decode_bytes_moved",
 )
 WIDTH_KEY = "intermediate_sizes"
-SHAPE_FIELDS = tuple(f.name for f in fields(Shapes))  # the lengths a predictor was measured at
 
 
 @dataclass(frozen=True)

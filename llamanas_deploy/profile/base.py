@@ -31,7 +31,7 @@ import ctypes
 import ctypes.util
 import gc
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -79,6 +79,9 @@ class Shapes:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+SHAPE_FIELDS = tuple(f.name for f in fields(Shapes))
 
 
 @dataclass(frozen=True)

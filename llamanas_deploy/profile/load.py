@@ -117,6 +117,11 @@ def _cpu_mhz() -> float | None:
     return round(sum(readings) / len(readings), 1) if readings else None
 
 
+def was_loaded(figures: dict[str, Any]) -> bool:
+    """Whether a record (or a measurement's figures) was measured under load; older records say nothing: no."""
+    return bool((figures.get("load") or {}).get("loaded"))
+
+
 def pin_cpus(cpus: tuple[int, ...]) -> tuple[int, ...]:
     """Fix this process (all its threads) to `cpus`; `BadInputError` where the OS cannot."""
     if not hasattr(os, "sched_setaffinity"):

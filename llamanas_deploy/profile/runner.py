@@ -30,7 +30,7 @@ from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
 from .backends import BACKENDS, get_backend
 from .fingerprint import describe
-from .load import pin_cpus
+from .load import pin_cpus, was_loaded
 from .base import Backend, Shapes, check_clock
 from .stats import Protocol
 from .store import FINGERPRINT_FILE, SCHEMA_VERSION, ProfileWriter, current_fingerprint, read_profile, record_key
@@ -314,7 +314,7 @@ def _model_source(model: "SuperNetwork | str | Path") -> tuple[str | Path, Model
 
 def _last(record: dict[str, Any]) -> str:
     flag = " FLAGGED" if record["flagged"] else ""
-    flag += " LOADED" if record.get("load", {}).get("loaded") else ""
+    flag += " LOADED" if was_loaded(record) else ""
     role = "anchor " if record.get("role") == "anchor" else ""
     prefill, decode, rate = (record[name] for name in ("prefill_ms", "decode_ms", "throughput_tok_s"))
     return (
@@ -326,9 +326,8 @@ def _last(record: dict[str, Any]) -> str:
 def _result(out_dir: Path, settings: ProfileSettings, common, planned: int, measured_now: int, wall_s: float,
             dropped: int) -> ProfileResult:  # fmt: skip
     profile_read = read_profile(out_dir)
-    same_setup = [r for r in profile_read.records if r.key == record_key(common | _identity(r.raw))]
-    anchors = [r for r in profile_read.anchors if _same_setting(r.raw, common)]
-    anchor_decode = [r.value("decode_ms") for r in anchors]
+    same_setup = _of_setup(profile_read.records, common)
+    anchor_decode = [r.value("decode_ms") for r in _of_setup(profile_read.anchors, common)]
     median_cv = {
         name: statistics.median(r.raw[name]["cv"] for r in same_setup) if same_setup else None for name in TIMED_FIGURES
     }
@@ -343,8 +342,8 @@ def _result(out_dir: Path, settings: ProfileSettings, common, planned: int, meas
         records=len(same_setup),
         subnets=len({r.raw["subnet_id"] for r in same_setup}),
         flagged=sum(r.flagged for r in same_setup),
-        loaded=sum(bool(r.raw.get("load", {}).get("loaded")) for r in same_setup),
-        anchors=len(anchors),
+        loaded=sum(r.loaded for r in same_setup),
+        anchors=len(anchor_decode),
         anchor_drift_pct=round(100 * (max(anchor_decode) / min(anchor_decode) - 1), 1) if anchor_decode else None,
         median_cv=median_cv,
         wall_s=round(wall_s, 2),
@@ -352,13 +351,14 @@ def _result(out_dir: Path, settings: ProfileSettings, common, planned: int, meas
     )
 
 
+def _of_setup(records: list, common: dict[str, Any]) -> list:
+    """The records measured with `common`'s setup: their key is the one this run would give them."""
+    return [r for r in records if r.key == record_key(common | _identity(r.raw))]
+
+
 def _identity(raw: dict[str, Any]) -> dict[str, Any]:
-    return {"subnet_id": raw["subnet_id"], "visit": raw.get("visit", 0)}
-
-
-def _same_setting(raw: dict[str, Any], common: dict[str, Any]) -> bool:
-    keys = ("space_id", "model_id", "backend", "precision", "device", "threads", "clock", "shapes")
-    return all(raw.get(k) == common.get(k) for k in keys)
+    return {"subnet_id": raw["subnet_id"], "visit": raw.get("visit", 0),
+            **{k: raw[k] for k in ("role", "anchor_index") if k in raw}}  # fmt: skip
 
 
 def list_targets(directory: str | Path = DEFAULT_PROFILES_DIR) -> list[dict[str, Any]]:

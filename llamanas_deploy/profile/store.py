@@ -29,6 +29,7 @@ from ..errors import BadInputError
 from ..jsonfiles import check_creatable, dumps, lock_directory, parse_json, read_json, write_json
 from ..subnet_config import SubnetConfig
 from .fingerprint import current_fingerprint, describe
+from .load import was_loaded
 
 __all__ = [
     "Profile", "MeasurementRecord", "ProfileWriter", "read_profile", "current_fingerprint", "record_key", "kept_figure"
@@ -76,6 +77,10 @@ class MeasurementRecord:
     @property
     def flagged(self) -> bool:
         return bool(self.raw["flagged"])
+
+    @property
+    def loaded(self) -> bool:
+        return was_loaded(self.raw)
 
     @property
     def key(self) -> str:
