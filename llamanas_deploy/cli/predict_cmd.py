@@ -133,6 +133,8 @@ def _render_fit(r: dict) -> str:
 
 
 def _remeasured_line(again: dict) -> str:
+    if not again["n"]:
+        return "re-measured the held-out sub-networks once more: every figure was too noisy (flagged) to compare"
     first, ours = again["first_vs_again"], again["predictor_vs_again"]
     return (f"re-measured {again['n']} held-out sub-networks once more: the profile's own figures are within ±10 % "
             f"of {first['within_10_pct']:.0f} % of them (MAPE {first['mape_pct']:.1f} %: the machine's noise), the "

@@ -33,8 +33,8 @@ class Remeasurement:
     """The held-out sub-networks measured again: how the first measurement and the predictor agree with it."""
 
     n: int  # sub-networks re-measured and not flagged
-    first_vs_again: dict[str, float]  # `regression_metrics` of the profile's figure against the new one
-    predictor_vs_again: dict[str, float]  # ... of the predictor's
+    first_vs_again: dict[str, float] | None  # `regression_metrics` of the profile's figure against the new one
+    predictor_vs_again: dict[str, float] | None  # ... of the predictor's; None when every re-measurement was flagged
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "first_vs_again": self.first_vs_again, "predictor_vs_again": self.predictor_vs_again}
@@ -54,9 +54,11 @@ def remeasure(data: ProfileData, configs: Sequence[SubnetConfig], first: np.ndar
     with tempfile.TemporaryDirectory(prefix="llamanas-remeasure-") as scratch:
         out = Path(scratch) / "profile"
         profile(model, data.space, settings, target=f"{data.target}-again", out=out, plan=list(configs), callback=callback)
-        again = load_profile_data(out, data.metric, data.space, min_subnets=1, drift=drift)
+        again = load_profile_data(out, data.metric, data.space, min_subnets=0, drift=drift)  # all flagged: none
     scale = data.anchor["scale"] / again.anchor["scale"] if data.anchor and again.anchor else 1.0
     figures = {c.id: y * scale for c, y in zip(again.configs, again.y)}
     kept = [i for i, c in enumerate(configs) if c.id in figures]
+    if not kept:
+        return Remeasurement(0, None, None)
     measured = np.array([figures[configs[i].id] for i in kept])
     return Remeasurement(len(kept), regression_metrics(measured, first[kept]), regression_metrics(measured, predicted[kept]))
