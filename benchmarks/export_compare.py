@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from llamanas_deploy.cli.common import table
-from llamanas_deploy.export import BenchSettings, ExportSettings, export
-from llamanas_deploy.profile.base import Shapes
-from llamanas_deploy.profile.stats import Protocol
+from llamanas_deploy.exporter import BenchSettings, ExportSettings, export
+from llamanas_deploy.profiler.base import Shapes
+from llamanas_deploy.profiler.stats import Protocol
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig
 
@@ -70,7 +70,7 @@ def heldout_tokens(model: str, max_tokens: int) -> list[int]:
 def torch_row(name, args, subnet, shapes, protocol, tokens) -> dict:
     from llamanas_deploy.evaluate import perplexity
     from llamanas_deploy.model.supernet import SuperNetwork
-    from llamanas_deploy.profile.backends.torch_backend import TorchBackend
+    from llamanas_deploy.profiler.backends.torch_backend import TorchBackend
 
     log(f"{name}: measuring")
     backend = TorchBackend(args.model, "fp32", "cpu", args.threads, weights="checkpoint", clock=args.clock)

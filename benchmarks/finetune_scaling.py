@@ -1,6 +1,6 @@
 """Fine-tuning in 1 and 2 processes (torchrun + FSDP2) on the same global batch: memory and step time.
 
-Each arm is `torchrun --nproc-per-node N` running `llamanas_deploy.finetune` (the library call the
+Each arm is `torchrun --nproc-per-node N` running `llamanas_deploy.finetuning` (the library call the
 CLI makes) on a from-scratch super-network of --hidden x --layers x --intermediate (the tokenizer
 of the built-in `tiny`), --steps steps of the paper scheme (full + one sub-network). Every process
 reports its peak resident memory (on GPUs: peak allocated), and the checkpoint shard it wrote (its
@@ -88,7 +88,7 @@ def _worker(args) -> None:
     import torch.distributed as dist
 
     from llamanas_deploy.distributed import rank
-    from llamanas_deploy.finetune import FinetuneSettings, finetune
+    from llamanas_deploy.finetuning import FinetuneSettings, finetune
     from llamanas_deploy.space import load_space
 
     torch.set_num_threads(args.threads)

@@ -35,9 +35,9 @@ def seven_b_rows(config: Path) -> list[dict]:
 
     from llamanas_deploy.analytics import bandwidth_fraction, decode_step_bytes
     from llamanas_deploy.model.families import read_shape
-    from llamanas_deploy.profile.backends.torch_backend import TorchBackend, TorchEagerBackend
-    from llamanas_deploy.profile.base import Shapes
-    from llamanas_deploy.profile.fingerprint import memory_bandwidth
+    from llamanas_deploy.profiler.backends.torch_backend import TorchBackend, TorchEagerBackend
+    from llamanas_deploy.profiler.base import Shapes
+    from llamanas_deploy.profiler.fingerprint import memory_bandwidth
     from llamanas_deploy.subnet_config import SubnetConfig
 
     peak = memory_bandwidth(torch.cuda.current_device())["peak_gb_s"]
@@ -73,11 +73,11 @@ def seven_b_rows(config: Path) -> list[dict]:
 def tiny_rows(work: Path) -> list[dict]:
     """torch (bf16, CUDA graphs) vs the artifacts `llamanas export --device cuda` writes (fp16, int4),
     each verified on the GPU by the export and benched by it through IO binding, at the same shapes."""
-    from llamanas_deploy.export import BenchSettings, ExportSettings, export
+    from llamanas_deploy.exporter import BenchSettings, ExportSettings, export
     from llamanas_deploy.model.supernet import SuperNetwork
-    from llamanas_deploy.profile.backends.torch_backend import TorchBackend
-    from llamanas_deploy.profile.base import Shapes
-    from llamanas_deploy.profile.stats import Protocol
+    from llamanas_deploy.profiler.backends.torch_backend import TorchBackend
+    from llamanas_deploy.profiler.base import Shapes
+    from llamanas_deploy.profiler.stats import Protocol
     from llamanas_deploy.runtime import generate_text
     from llamanas_deploy.space import load_space
 
@@ -118,7 +118,7 @@ def main() -> None:
     import onnxruntime
     import transformers
 
-    from llamanas_deploy.profile.fingerprint import memory_bandwidth
+    from llamanas_deploy.profiler.fingerprint import memory_bandwidth
 
     bandwidth = memory_bandwidth(torch.cuda.current_device())
     print(f"machine: {torch.cuda.get_device_name()}, torch {torch.__version__}, transformers {transformers.__version__}, "

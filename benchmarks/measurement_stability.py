@@ -35,9 +35,9 @@ import numpy as np
 from llamanas_deploy.cli.common import table
 from llamanas_deploy.predict.dataset import ProfileData, load_profile_data
 from llamanas_deploy.predict.train import FitSettings, fit
-from llamanas_deploy.profile import Protocol
-from llamanas_deploy.profile.runner import ProfileSettings, profile
-from llamanas_deploy.profile.store import read_profile
+from llamanas_deploy.profiler import Protocol
+from llamanas_deploy.profiler.runner import ProfileSettings, profile
+from llamanas_deploy.profiler.store import read_profile
 from llamanas_deploy.space import load_space
 
 METRIC = "decode_ms"

@@ -40,7 +40,7 @@ def main() -> None:
     import torch
 
     from llamanas_deploy import evaluate as ev
-    from llamanas_deploy import finetune as ft
+    from llamanas_deploy import finetuning as ft
     from llamanas_deploy.model.importance import reorder_neurons_
     from llamanas_deploy.cli.common import table
     from llamanas_deploy.model.supernet import SuperNetwork

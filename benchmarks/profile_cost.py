@@ -19,8 +19,8 @@ from pathlib import Path
 from llamanas_deploy.cli.common import ProgressPrinter, table
 from llamanas_deploy.concepts import CLOCKS, TIMED_FIGURES
 from llamanas_deploy.errors import BadInputError
-from llamanas_deploy.profile import ProfileSettings, Protocol, Shapes, profile, read_profile
-from llamanas_deploy.profile.backends import BACKENDS
+from llamanas_deploy.profiler import ProfileSettings, Protocol, Shapes, profile, read_profile
+from llamanas_deploy.profiler.backends import BACKENDS
 
 
 def main() -> None:

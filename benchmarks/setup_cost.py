@@ -63,7 +63,7 @@ def child(path: str, which: str, config: Path) -> dict:
     import torch
     from transformers import LlamaForCausalLM  # noqa: F401  (library start-up time and memory before the baseline)
 
-    from llamanas_deploy.profile.weights import subnet_model
+    from llamanas_deploy.profiler.weights import subnet_model
     from llamanas_deploy.space import load_space
 
     space = load_space("llama2-7b-paper")

@@ -64,9 +64,9 @@ def _subnet(space, depth: int, width: int):
 
 def _decode_latency(args, subnets: list) -> dict[str, tuple[float, float]]:
     """{subnet id: (decode ms, tokens/s)}, onnxruntime fp32, visits in turns."""
-    from llamanas_deploy.profile.backends import get_backend
-    from llamanas_deploy.profile.base import Shapes
-    from llamanas_deploy.profile.stats import Protocol
+    from llamanas_deploy.profiler.backends import get_backend
+    from llamanas_deploy.profiler.base import Shapes
+    from llamanas_deploy.profiler.stats import Protocol
 
     backend = get_backend("onnxruntime")("smollm2-135m", "fp32", "cpu", threads=args.threads, clock="cpu")
     shapes = Shapes(batch_size=1, prompt_len=128, context_len=128, gen_len=32)

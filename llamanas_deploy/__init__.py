@@ -18,6 +18,7 @@ Names are imported on first use, so `import llamanas_deploy` (and `llamanas --he
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
@@ -27,10 +28,10 @@ _API = {
     "SearchSpace": "space", "load_space": "space", "SubnetConfig": "subnet_config",
     "SuperNetwork": "model.supernet",
     # job 1: profile a hardware target
-    "profile_target": ("profile", "profile"), "ProfileSettings": "profile", "ProfileResult": "profile",
-    "Shapes": "profile", "Protocol": "profile", "list_targets": "profile", "profile_fleet": "profile",
+    "profile": "profiler", "ProfileSettings": "profiler", "ProfileResult": "profiler",
+    "Shapes": "profiler", "Protocol": "profiler", "list_targets": "profiler", "profile_fleet": "profiler",
     # latency predictors
-    "fit_predictor": ("predict", "fit"), "FitSettings": "predict", "FitResult": "predict",
+    "fit": "predict", "FitSettings": "predict", "FitResult": "predict",
     "LatencyPredictor": "predict", "list_latency_predictors": "predict", "load_latency_predictor": "predict",
     "predict_subnets": "predict",
     # job 2: search
@@ -38,29 +39,38 @@ _API = {
     "NSGA2": "search", "LINAS": "search", "RandomSearch": "search",
     "Perplexity": "search", "TaskAccuracy": "search", "PredictedLatency": "search", "ModelSize": "search",
     # job 3: export, measure, run
-    "export_artifact": ("export", "export"), "ExportSettings": "export", "ExportResult": "export",
-    "BenchSettings": "export", "bench_artifact": ("export", "bench"),
+    "export": "exporter", "ExportSettings": "exporter", "ExportResult": "exporter",
+    "bench": "exporter", "BenchSettings": "exporter",
     "open_artifact": "runtime", "generate_text": "runtime", "Sampling": "runtime",
     # fine-tuning and accuracy
-    "finetune_supernet": ("finetune", "finetune"), "FinetuneSettings": "finetune", "FinetuneResult": "finetune",
+    "finetune": "finetuning", "FinetuneSettings": "finetuning", "FinetuneResult": "finetuning",
     "evaluate_subnet": "evaluate", "EvalSettings": "evaluate", "EvalResult": "evaluate",
     "perplexity": "evaluate", "multiple_choice": "evaluate", "load_heldout": "evaluate", "load_task": "evaluate",
     # the whole loop
-    "run_loop": ("loop", "run"), "RunSettings": "loop", "RunResult": "loop",
+    "run": "loop", "RunSettings": "loop", "RunResult": "loop",
     # Ray: accuracy on workers, profiles on the nodes of a fleet
     "RayWorkers": "cluster", "RayNode": "cluster",
     # progress and errors
     "Progress": "progress", "LlamanasError": "errors", "BadInputError": "errors", "VerificationError": "errors",
 }  # fmt: skip
 
+# the names of release 0.1, kept one release: each stage is now called what its command is called
+_DEPRECATED = {
+    "profile_target": "profile", "fit_predictor": "fit", "export_artifact": "export", "bench_artifact": "bench",
+    "finetune_supernet": "finetune", "run_loop": "run",
+}  # fmt: skip
+
 __all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _DEPRECATED:
+        warnings.warn(f"llamanas_deploy.{name} is deprecated; use llamanas_deploy.{_DEPRECATED[name]}",
+                      DeprecationWarning, stacklevel=2)  # fmt: skip
+        return __getattr__(_DEPRECATED[name])
     if name not in _API:
         raise AttributeError(f"module 'llamanas_deploy' has no attribute {name!r}")
-    module, attribute = _API[name] if isinstance(_API[name], tuple) else (_API[name], name)
-    value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
     globals()[name] = value
     return value
 

@@ -31,7 +31,7 @@ from .jsonfiles import dumps
 from .subnet_config import SubnetConfig
 
 if TYPE_CHECKING:
-    from .profile.runner import ProfileSettings
+    from .profiler.runner import ProfileSettings
     from .search.objectives import Objective
     from .search.problem import SearchProblem
 
@@ -214,7 +214,7 @@ class RayNode:
     @contextmanager
     def open(self, source: str, settings: ProfileSettings):
         """A measurer (`fingerprint()`, `records(todo, common)`) living on the node, for the block."""
-        from .profile.runner import Measurer
+        from .profiler.runner import Measurer
 
         with connected(self.address) as ray:
             need = {self.resource: 1.0, "GPU": 1.0 if settings.device == "cuda" else 0.0}

@@ -152,8 +152,8 @@ def _stage_profile(settings: RunSettings, out: Path, space, stage: _Stages) -> d
 
 def _measure_profile(settings: RunSettings, out: Path, space, backend: str, precision: str, samples: int, profile_dir: Path,
                      stage: _Stages) -> None:  # fmt: skip
-    from .profile import ProfileSettings, Protocol, profile
-    from .profile.runner import target_name_from
+    from .profiler import ProfileSettings, Protocol, profile
+    from .profiler.runner import target_name_from
 
     profile_settings = ProfileSettings(
         backend=backend,
@@ -174,7 +174,7 @@ def find_matching_profile(settings: RunSettings, space, backend: str | None = No
     """The first profile directory measured on this device with enough usable records for the run
     (default: of the run's backend and precision, at least `min_profile_subnets`)."""
     from .predict.dataset import load_profile_data
-    from .profile.fingerprint import current_fingerprint
+    from .profiler.fingerprint import current_fingerprint
 
     backend, precision = backend or settings.backend, precision or settings.backend_precision
     minimum = settings.min_profile_subnets if min_subnets is None else min_subnets
@@ -203,8 +203,8 @@ def find_transfer_source(settings: RunSettings, space) -> dict[str, Any] | None:
     from dataclasses import asdict as as_dict
 
     from .predict import list_latency_predictors
-    from .profile import Shapes
-    from .profile.fingerprint import current_fingerprint
+    from .profiler import Shapes
+    from .profiler.fingerprint import current_fingerprint
 
     here = current_fingerprint()["fingerprint_id"]
     wanted = {"space_id": space.id, "backend": settings.backend, "precision": settings.backend_precision,
@@ -317,8 +317,8 @@ def choose(front: list[dict[str, Any]], accuracy: str, direction: str, latency: 
 
 def _stage_export(settings: RunSettings, out: Path, space, supernet, chosen: SubnetConfig, predictor_path: Path,
                   stage: _Stages) -> dict[str, Any]:  # fmt: skip
-    from .export import BenchSettings, ExportSettings, export
-    from .profile import Protocol
+    from .exporter import BenchSettings, ExportSettings, export
+    from .profiler import Protocol
 
     artifact = out / "artifact"
     manifest_path = artifact / "manifest.json"
@@ -350,9 +350,9 @@ def _stage_measure(settings: RunSettings, predictor, subnets: list[SubnetConfig]
     """Measure the full network and the winner as the profile was measured, in turns (`visits`); beside the
     profile's anchor when the predictor learned drift-corrected figures, so they compare like for like."""
     from .concepts import metric
-    from .profile import Protocol, Shapes
-    from .profile.backends import get_backend
-    from .profile.store import kept_figure
+    from .profiler import Protocol, Shapes
+    from .profiler.backends import get_backend
+    from .profiler.store import kept_figure
 
     meta = predictor.metadata_
     stage(6, f"measure: full network and winner with the {meta['backend']} {meta['precision']} backend (the profile's protocol)")
@@ -382,8 +382,8 @@ def _heldout_perplexities(settings: RunSettings, supernet, subnets: list[SubnetC
 def _summary(settings, out, space, supernet, profile, predictor, budget, search, chosen, manifest, measured,
              perplexities, predictor_path, deployed) -> dict:  # fmt: skip
     from .analytics import subnet_stats
-    from .profile.load import was_loaded
-    from .profile.store import kept_figure
+    from .profiler.load import was_loaded
+    from .profiler.store import kept_figure
 
     shape = supernet.shape
     full_cfg = space.largest

@@ -20,10 +20,10 @@ from conftest import make_checkpoint, write_byte_tokenizer, write_space
 from llamanas_deploy.cli import main
 from llamanas_deploy.onnx_model.artifact import MANIFEST, file_hashes
 from llamanas_deploy.errors import BadInputError
-from llamanas_deploy.export import BenchSettings, ExportSettings, export as export_artifact
+from llamanas_deploy.exporter import BenchSettings, ExportSettings, export as export_artifact
 from llamanas_deploy.model.compat import returned_cache
-from llamanas_deploy.profile.base import Shapes
-from llamanas_deploy.profile.stats import Protocol
+from llamanas_deploy.profiler.base import Shapes
+from llamanas_deploy.profiler.stats import Protocol
 from llamanas_deploy.runtime import OrtDecoder, generate, open_artifact, perplexity
 from llamanas_deploy.subnet_config import SubnetConfig
 
@@ -63,7 +63,7 @@ def predictor_file(model_dir, space_file, tmp_path_factory) -> Path:
     from llamanas_deploy.model.families import read_shape
     from llamanas_deploy.predict.estimator import LatencyPredictor
     from llamanas_deploy.predict.features import FeatureBuilder
-    from llamanas_deploy.profile.fingerprint import current_fingerprint
+    from llamanas_deploy.profiler.fingerprint import current_fingerprint
     from llamanas_deploy.space import load_space
 
     space = load_space(str(space_file))

@@ -16,7 +16,7 @@ import torch
 from conftest import make_checkpoint
 
 from llamanas_deploy import corpus
-from llamanas_deploy import finetune as ft
+from llamanas_deploy import finetuning as ft
 from llamanas_deploy.cli import main
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.evaluate import perplexity
@@ -254,7 +254,7 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_trains_like_float32(text_mod
 @pytest.mark.parametrize(("flags", "expected"), [(["avx2", "fma"], "float32"), (["avx512f", "avx512_bf16"], "bfloat16"),
                                                  (["amx_tile", "amx_bf16"], "bfloat16")])  # fmt: skip
 def test_auto_compute_dtype_is_bf16_where_the_cpu_multiplies_it(monkeypatch, flags, expected):
-    from llamanas_deploy.profile import fingerprint
+    from llamanas_deploy.profiler import fingerprint
 
     monkeypatch.setattr(fingerprint, "cpu_isa_flags", lambda: flags)
     assert ft.FinetuneSettings().compute_dtype == expected

@@ -18,7 +18,7 @@ import torch
 from conftest import make_checkpoint
 
 from llamanas_deploy import corpus
-from llamanas_deploy import finetune as ft
+from llamanas_deploy import finetuning as ft
 from llamanas_deploy.distributed import torchrun_command
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig

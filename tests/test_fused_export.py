@@ -14,13 +14,13 @@ import pytest
 import torch
 from conftest import write_space
 
-from llamanas_deploy.export import ExportSettings, export
-from llamanas_deploy.export.verify import torch_reference, verify_fp32
+from llamanas_deploy.exporter import ExportSettings, export
+from llamanas_deploy.exporter.verify import torch_reference, verify_fp32
 from llamanas_deploy.model.supernet import SuperNetwork
 from llamanas_deploy.onnx_model.config import onnx_config_for
 from llamanas_deploy.onnx_model.fused import EMBEDDING, build_fused, export_fused
-from llamanas_deploy.profile.base import Shapes
-from llamanas_deploy.profile.stats import Protocol
+from llamanas_deploy.profiler.base import Shapes
+from llamanas_deploy.profiler.stats import Protocol
 from llamanas_deploy.runtime import OrtDecoder, generate
 from llamanas_deploy.subnet_config import SubnetConfig
 
@@ -254,7 +254,7 @@ def test_fused_export_is_deterministic(small_checkpoint, tmp_path):
 
 
 def test_profiler_exports_each_subnet_once_across_visits(small_checkpoint):
-    from llamanas_deploy.profile.backends import get_backend
+    from llamanas_deploy.profiler.backends import get_backend
 
     backend = get_backend("onnxruntime")(small_checkpoint, "int4", "cpu", 1, weights="random")
     subnets = [SubnetConfig(2, (32, 64)), SubnetConfig(3, (128, 32, 96))]
@@ -285,7 +285,7 @@ def test_weights_stream_to_external_data_as_they_are_made(small_checkpoint, tmp_
 
 
 def test_export_cache_keeps_exports_until_the_disk_needs_room():
-    from llamanas_deploy.profile.backends.onnxruntime_backend import ExportCache
+    from llamanas_deploy.profiler.backends.onnxruntime_backend import ExportCache
 
     roomy, tight = ExportCache(reserve_bytes=0), ExportCache(reserve_bytes=1 << 62)  # never / always short of room
     for cache in (roomy, tight):

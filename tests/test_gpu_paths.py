@@ -17,10 +17,10 @@ from llamanas_deploy.analytics import bandwidth_fraction, count_params, decode_s
 from llamanas_deploy.model.compat import cache_keyword, forward_with_cache, returned_cache
 from llamanas_deploy.model.families import ModelShape
 from llamanas_deploy.model.supernet import random_subnet_model
-from llamanas_deploy.profile.backends import get_backend
-from llamanas_deploy.profile.backends.cuda_graphs import StaticKVCache, decode_step, prefill
-from llamanas_deploy.profile.base import SubnetMeasurement
-from llamanas_deploy.profile.stats import Measurement, Spread
+from llamanas_deploy.profiler.backends import get_backend
+from llamanas_deploy.profiler.backends.cuda_graphs import StaticKVCache, decode_step, prefill
+from llamanas_deploy.profiler.base import SubnetMeasurement
+from llamanas_deploy.profiler.stats import Measurement, Spread
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig
 
@@ -217,7 +217,7 @@ def test_fp16_graph_keeps_the_kv_cache_in_fp16_and_matches_torch(small_checkpoin
 
     from llamanas_deploy.model.build import load_model
     from llamanas_deploy.onnx_model.config import onnx_config_for
-    from llamanas_deploy.export.verify import relative_tolerance
+    from llamanas_deploy.exporter.verify import relative_tolerance
     from llamanas_deploy.onnx_model.fp16 import FP16_RELATIVE_TOLERANCE, export_fp16
     from llamanas_deploy.runtime import OrtDecoder
 
@@ -276,7 +276,7 @@ def fp16_graphs(small_checkpoint, tmp_path_factory):
 )
 def test_each_device_deploys_its_own_precisions(device, precision, fragment):
     from llamanas_deploy.errors import BadInputError
-    from llamanas_deploy.export import ExportSettings
+    from llamanas_deploy.exporter import ExportSettings
 
     assert ExportSettings().precision == "fp32" and ExportSettings(device="cuda").precision == "fp16"
     assert ExportSettings(device="cuda", precision="int4").precision == "int4"
@@ -356,7 +356,7 @@ def test_io_binding_keeps_the_cache_in_ortvalues_and_gives_the_plain_paths_logit
 def test_fp16_verification_uses_relative_tolerances_through_io_binding(fp16_graphs):
     import numpy as np
 
-    from llamanas_deploy.export.verify import torch_reference, verify_fp32
+    from llamanas_deploy.exporter.verify import torch_reference, verify_fp32
     from llamanas_deploy.onnx_model.fp16 import FP16_RELATIVE_TOLERANCE
     from llamanas_deploy.runtime import OrtDecoder
 
@@ -374,9 +374,9 @@ def test_cuda_export_pipeline_end_to_end_on_the_cpu_provider(monkeypatch, tmp_pa
     """`export --device cuda --precision int4` with ONNX Runtime's CPU provider standing in for CUDA:
     the fp16 graph, int4 over it, the checks, genai_config naming CUDA, a bench through IO binding."""
     from llamanas_deploy import runtime
-    from llamanas_deploy.export import BenchSettings, ExportSettings, bench, export
-    from llamanas_deploy.profile.base import Shapes
-    from llamanas_deploy.profile.stats import Protocol
+    from llamanas_deploy.exporter import BenchSettings, ExportSettings, bench, export
+    from llamanas_deploy.profiler.base import Shapes
+    from llamanas_deploy.profiler.stats import Protocol
 
     real = runtime.check_device
     monkeypatch.setattr(runtime, "check_device", lambda device: real("cpu"))

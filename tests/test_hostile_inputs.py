@@ -340,11 +340,11 @@ BAD_JSON = {
 
 
 def build_world(root: Path) -> SimpleNamespace:
-    from llamanas_deploy.export import ExportSettings, export
+    from llamanas_deploy.exporter import ExportSettings, export
     from llamanas_deploy.model.families import read_shape
     from llamanas_deploy.predict.estimator import LatencyPredictor
     from llamanas_deploy.predict.features import FeatureBuilder
-    from llamanas_deploy.profile.fingerprint import current_fingerprint
+    from llamanas_deploy.profiler.fingerprint import current_fingerprint
     from llamanas_deploy.space import load_space
 
     w = SimpleNamespace(root=root)
@@ -735,8 +735,8 @@ def test_3_run_and_profile_refuse_nan(world, capsys):
 
 
 def test_3_no_nan_reaches_a_measurement_file(tmp_path):
-    from llamanas_deploy.profile.stats import Protocol
-    from llamanas_deploy.profile.store import REQUIRED_FIELDS, ProfileWriter, current_fingerprint
+    from llamanas_deploy.profiler.stats import Protocol
+    from llamanas_deploy.profiler.store import REQUIRED_FIELDS, ProfileWriter, current_fingerprint
 
     with pytest.raises(ValueError, match="max_cv > 0"):
         Protocol(max_cv=float("nan"))
@@ -749,8 +749,8 @@ def test_3_no_nan_reaches_a_measurement_file(tmp_path):
 
 def test_4_thread_counts_above_the_logical_cores_are_refused(world, capsys):
     from llamanas_deploy.concepts import check_threads
-    from llamanas_deploy.profile import ProfileSettings
-    from llamanas_deploy.profile.runner import Measurer
+    from llamanas_deploy.profiler import ProfileSettings
+    from llamanas_deploy.profiler.runner import Measurer
     from llamanas_deploy.runtime import session_options
 
     assert_refused(run_cli(capsys, "profile", "--threads", "1000000", "--target", "t"), "--threads", "logical cores")
@@ -796,7 +796,7 @@ def test_6_a_refused_profile_directory_is_left_exactly_as_found(world, capsys, t
 
 
 def test_6_a_refused_new_directory_is_removed_again(tmp_path):
-    from llamanas_deploy.profile.store import ProfileWriter, current_fingerprint
+    from llamanas_deploy.profiler.store import ProfileWriter, current_fingerprint
 
     fingerprint = current_fingerprint()
     with ProfileWriter.open(tmp_path / "held", "t", fingerprint):
@@ -896,7 +896,7 @@ def test_8_profile_and_run_refuse_a_directory_of_unrelated_files(world, capsys):
 
 
 def test_a_resumed_profile_directory_with_other_files_is_allowed(tmp_path):
-    from llamanas_deploy.profile.store import ProfileWriter, current_fingerprint
+    from llamanas_deploy.profiler.store import ProfileWriter, current_fingerprint
 
     with ProfileWriter.open(tmp_path, "t", current_fingerprint()):
         pass
@@ -936,7 +936,7 @@ def test_json_output_is_strict_json_when_a_figure_is_not_finite(world, capsys):
 def test_exporting_twice_gives_byte_identical_artifacts(world, tmp_path):
     import torch
 
-    from llamanas_deploy.export import ExportSettings, export
+    from llamanas_deploy.exporter import ExportSettings, export
 
     threads = torch.get_num_threads()  # an earlier in-process command may have pinned another count
     torch.set_num_threads(world.torch_threads)

@@ -136,7 +136,7 @@ def test_the_search_predicts_the_deployed_format_transferred_from_the_profiled_b
 def test_a_new_device_transfers_another_devices_shipped_predictor(monkeypatch):
     from llamanas_deploy import loop
     from llamanas_deploy.errors import BadInputError
-    from llamanas_deploy.profile import fingerprint
+    from llamanas_deploy.profiler import fingerprint
 
     monkeypatch.setattr(fingerprint, "current_fingerprint", lambda: {"fingerprint_id": "0123456789abcdef", "device": {}})
     settings, space = loop.RunSettings(), load_space("tiny")

@@ -12,9 +12,9 @@ from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.model.families import read_shape
 from llamanas_deploy.predict.dataset import load_profile_data
 from llamanas_deploy.predict.train import FitSettings, fit
-from llamanas_deploy.profile.load import LoadMeter, MachineLoad
-from llamanas_deploy.profile.runner import with_anchors
-from llamanas_deploy.profile.store import ProfileWriter, current_fingerprint, read_profile
+from llamanas_deploy.profiler.load import LoadMeter, MachineLoad
+from llamanas_deploy.profiler.runner import with_anchors
+from llamanas_deploy.profiler.store import ProfileWriter, current_fingerprint, read_profile
 from llamanas_deploy.space import load_space
 from llamanas_deploy.subnet_config import SubnetConfig
 

@@ -17,10 +17,10 @@ from conftest import SMALL_CONFIG, write_space
 from llamanas_deploy.cli import main
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.model.supernet import SuperNetwork
-from llamanas_deploy.profile import ProfileResult, ProfileSettings, Protocol, Shapes, list_targets, profile
-from llamanas_deploy.profile.load import pin_cpus
+from llamanas_deploy.profiler import ProfileResult, ProfileSettings, Protocol, Shapes, list_targets, profile
+from llamanas_deploy.profiler.load import pin_cpus
 from llamanas_deploy.space import load_space
-from llamanas_deploy.profile.weights import subnet_model
+from llamanas_deploy.profiler.weights import subnet_model
 from llamanas_deploy.subnet_config import SubnetConfig
 
 FAST = ["--prompt-len", "8", "--context-len", "8", "--gen-len", "4", "--warmup", "1", "--repeats", "3", "--quiet"]
@@ -308,7 +308,7 @@ def test_profile_api_takes_a_loaded_super_network_and_reports_progress(tmp_path,
                                         ("", "unnamed"), ("run-ok_1.2", "run-ok_1.2")])  # fmt: skip
 def test_a_target_name_made_from_a_directory_name_is_always_valid(text, name):
     """`llamanas run --out "runs/my run"` profiles target run-my-run (the space once broke the run)."""
-    from llamanas_deploy.profile.runner import check_target_name, target_name_from
+    from llamanas_deploy.profiler.runner import check_target_name, target_name_from
 
     assert target_name_from(text) == name == check_target_name(name)
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llamanas_deploy.profile.fingerprint import IDENTITY_KEYS, current_fingerprint, fingerprint_id
-from llamanas_deploy.profile.stats import Measurement, Protocol, measure, summarize
+from llamanas_deploy.profiler.fingerprint import IDENTITY_KEYS, current_fingerprint, fingerprint_id
+from llamanas_deploy.profiler.stats import Measurement, Protocol, measure, summarize
 
 positive = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llamanas_deploy.errors import BadInputError
-from llamanas_deploy.profile.store import (
+from llamanas_deploy.profiler.store import (
     FINGERPRINT_FILE,
     MEASUREMENTS_FILE,
     ProfileWriter,

@@ -20,9 +20,9 @@ import pytest
 
 from conftest import run_cli, write_space
 from llamanas_deploy.cluster import RayNode, RayWorkers
-from llamanas_deploy.profile.runner import ProfileSettings, profile
-from llamanas_deploy.profile.stats import Protocol
-from llamanas_deploy.profile.store import read_profile
+from llamanas_deploy.profiler.runner import ProfileSettings, profile
+from llamanas_deploy.profiler.stats import Protocol
+from llamanas_deploy.profiler.store import read_profile
 from llamanas_deploy.search import LINAS, NSGA2, ModelSize, Perplexity, RandomSearch, SearchProblem, minimize
 
 RESOURCES = {"llamanas-test-a": 1, "llamanas-test-b": 1}  # two "devices" on the one node
@@ -195,7 +195,7 @@ def test_without_ray_installed_ray_flags_fail_in_one_line_naming_the_extra(capsy
 def test_without_ray_flags_nothing_imports_ray():
     script = (
         "import sys; import llamanas_deploy.cli.search_cmd as s, llamanas_deploy.cli.profile_cmd as p;"
-        "import llamanas_deploy.search, llamanas_deploy.profile.runner;"
+        "import llamanas_deploy.search, llamanas_deploy.profiler.runner;"
         "assert s._ray_workers(None, None, None) is None and p._nodes(('a',), None, ()) == {'a': None};"
         "assert 'ray' not in sys.modules, 'ray imported'"
     )

@@ -12,7 +12,7 @@ import pytest
 
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.onnx_model.artifact import KIND, SCHEMA_VERSION, read_manifest, write_manifest
-from llamanas_deploy.export.measure import compare_with_prediction
+from llamanas_deploy.exporter.measure import compare_with_prediction
 from llamanas_deploy.onnx_model.quantize import settings_for
 from llamanas_deploy.runtime import Sampling, _nll, pick_token
 from llamanas_deploy.subnet_config import SubnetConfig
@@ -130,9 +130,9 @@ def _empty_graph() -> bytes:
 
 
 def test_onnxruntime_backend_measures_an_exported_subnet(small_checkpoint):
-    from llamanas_deploy.profile.backends import get_backend
-    from llamanas_deploy.profile.base import Shapes
-    from llamanas_deploy.profile.stats import Protocol
+    from llamanas_deploy.profiler.backends import get_backend
+    from llamanas_deploy.profiler.base import Shapes
+    from llamanas_deploy.profiler.stats import Protocol
     from llamanas_deploy.subnet_config import SubnetConfig
 
     backend_cls = get_backend("onnxruntime")
@@ -160,7 +160,7 @@ CHAT_TEMPLATE = (
 def _chat_artifact(root, template: str | None):
     from conftest import make_checkpoint, write_byte_tokenizer
 
-    from llamanas_deploy.export import ExportSettings, export
+    from llamanas_deploy.exporter import ExportSettings, export
     from llamanas_deploy.subnet_config import SubnetConfig
 
     model = make_checkpoint(root / "model", seed=2)

@@ -144,7 +144,7 @@ def _stack(options: list[Callable]) -> Callable:
 
 def shapes_from(opts: dict[str, Any], base: dict[str, int] | None = None):
     """A `Shapes` from the shape options; unset ones from `base` (e.g. a predictor's shapes), else the defaults."""
-    from ..profile.base import Shapes
+    from ..profiler.base import Shapes
 
     fallback = base or Shapes().to_dict()
     return Shapes(**{k: opts[k] if opts.get(k) is not None else fallback[k] for k in Shapes().to_dict()})
@@ -154,7 +154,7 @@ def protocol_from(opts: dict[str, Any]):
     """A `Protocol` from the protocol options (absent ones keep the dataclass defaults)."""
     from dataclasses import fields
 
-    from ..profile.stats import Protocol
+    from ..profiler.stats import Protocol
 
     return Protocol(**{f.name: opts[f.name] for f in fields(Protocol) if opts.get(f.name) is not None})
 

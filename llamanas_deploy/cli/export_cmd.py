@@ -11,10 +11,10 @@ from typing import Any
 import click
 
 from ..concepts import EXPORT_PRECISIONS
-from ..export.measure import BenchSettings
-from ..profile.base import SHAPE_FIELDS
-from ..export.pipeline import EVAL_SEQ_LEN, ExportSettings
-from ..export.verify import DEFAULT_MAX_PPL_INCREASE_PCT
+from ..exporter.measure import BenchSettings
+from ..profiler.base import SHAPE_FIELDS
+from ..exporter.pipeline import EVAL_SEQ_LEN, ExportSettings
+from ..exporter.verify import DEFAULT_MAX_PPL_INCREASE_PCT
 from ..onnx_model.graphs import DEFAULT_PRECISIONS
 from ..onnx_model.quantize import DEFAULTS as QUANT_DEFAULTS
 from ..runtime import DEFAULT_MAX_NEW_TOKENS, Sampling
@@ -78,7 +78,7 @@ def export(**opts: Any) -> None:
     """Extract a sub-network, export it to ONNX with a KV cache, quantize, verify, measure."""
     from dataclasses import fields
 
-    from ..export import export as export_artifact
+    from ..exporter import export as export_artifact
     from ..space import load_space
 
     space = load_space(opts["space_name"])
@@ -150,7 +150,7 @@ def generate(artifact: Path, prompt: str | None, chat: str | None, max_new_token
 @json_option
 def bench(artifact: Path, as_json: bool, **opts: Any) -> None:
     """Prefill, decode and throughput of an artifact on this device; error of its predicted latency."""
-    from ..export import bench as bench_artifact
+    from ..exporter import bench as bench_artifact
 
     emit(bench_artifact(artifact, _bench_settings(opts)), as_json, _render_bench)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..finetune import COMPUTE_DTYPES, SAVE_DTYPES, STRATEGIES, FinetuneSettings
+from ..finetuning import COMPUTE_DTYPES, SAVE_DTYPES, STRATEGIES, FinetuneSettings
 from .common import (
     POSITIVE, FiniteFloat,
     device_option, emit, json_option, model_option, progress_printer, quiet_option, space_option, table, threads_option,
@@ -61,7 +61,7 @@ def finetune(model, space_name, data, text_field, out, nproc_per_node, threads, 
     Many processes: run this command under torchrun (any number of nodes), or add --nproc-per-node.
     """
     from ..distributed import rank
-    from ..finetune import finetune as run_finetune
+    from ..finetuning import finetune as run_finetune
     from ..space import load_space
 
     settings = FinetuneSettings(**fields)

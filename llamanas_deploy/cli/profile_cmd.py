@@ -8,10 +8,10 @@ import click
 
 from ..concepts import PROFILE_PRECISIONS, WEIGHT_SOURCES
 from ..errors import BadInputError
-from ..profile import runner
-from ..profile.backends import BACKENDS
-from ..profile.base import Shapes
-from ..profile.runner import DEFAULT_PROFILES_DIR, ProfileSettings
+from ..profiler import runner
+from ..profiler.backends import BACKENDS
+from ..profiler.base import Shapes
+from ..profiler.runner import DEFAULT_PROFILES_DIR, ProfileSettings
 from .common import (
     clock_option,
     device_option,

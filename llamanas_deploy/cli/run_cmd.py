@@ -153,7 +153,7 @@ def _row(r: dict) -> tuple:
 
 
 def _kept(figure, statistic: str) -> str:
-    from ..profile.store import kept_figure
+    from ..profiler.store import kept_figure
 
     return f"{kept_figure(figure, statistic):.4g}" if isinstance(figure, dict) else ""
 

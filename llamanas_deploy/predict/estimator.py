@@ -55,10 +55,10 @@ from ..jsonfiles import (
     checked_choice, checked_integer, checked_object, checked_positive_integers, dumps, field_error, is_finite_number,
     is_integer, read_json, write_text,
 )  # fmt: skip
-from ..profile.store import STATISTICS
+from ..profiler.store import STATISTICS
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
-from ..profile.base import SHAPE_FIELDS
+from ..profiler.base import SHAPE_FIELDS
 from .features import FEATURE_SCHEMA_VERSION, FeatureBuilder
 
 FILE_FORMAT = "llamanas-latency-predictor"

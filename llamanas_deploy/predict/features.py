@@ -19,7 +19,7 @@ from ..analytics import subnet_stats
 from ..errors import BadInputError
 from ..jsonfiles import checked_object, checked_positive_integers
 from ..model.families import ModelShape
-from ..profile.base import SHAPE_FIELDS
+from ..profiler.base import SHAPE_FIELDS
 from ..space import SearchSpace, space_from_dict
 from ..subnet_config import SubnetConfig
 

@@ -41,7 +41,7 @@ def predict_subnets(
     """Predict `subnets` (configs, or a sub-network argument: JSON lines file, inline JSON,
     FRONT.json#INDEX, 'largest' / 'smallest') with `predictor` (an object, a file, or a shipped
     name). `space` / `target_profile` (a profile directory) are refused when they are not the predictor's."""
-    from ..profile.store import read_fingerprint
+    from ..profiler.store import read_fingerprint
     from .shipped import load_latency_predictor
 
     if not isinstance(predictor, LatencyPredictor):

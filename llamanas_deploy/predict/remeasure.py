@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..profile.base import Shapes
-from ..profile.stats import Protocol
+from ..profiler.base import Shapes
+from ..profiler.stats import Protocol
 from ..progress import Callback
 from ..subnet_config import SubnetConfig
 from .compare import regression_metrics
@@ -44,7 +44,7 @@ def remeasure(data: ProfileData, configs: Sequence[SubnetConfig], first: np.ndar
               model: "SuperNetwork | str | Path", callback: Callback = None) -> Remeasurement:  # fmt: skip
     """Measure `configs` once more in `data`'s setting; compare `first` (their profile figures) and
     `predicted` with the new figures."""
-    from ..profile.runner import ProfileSettings, profile
+    from ..profiler.runner import ProfileSettings, profile
 
     setting = data.setting
     settings = ProfileSettings(backend=setting["backend"], precision=setting["precision"], device=setting["device"],

@@ -86,7 +86,7 @@ def _source_from_profile(path: Path, data: ProfileData, features: FeatureBuilder
     """Fit the source on every usable sub-network of the profile at `path`: the target's backend and
     precision when it is another device; on the same device, another format (the one with the most
     sub-networks)."""
-    from ..profile.store import MEASUREMENTS_FILE, read_profile
+    from ..profiler.store import MEASUREMENTS_FILE, read_profile
 
     profile = read_profile(path)
     same_device = profile.fingerprint.get("fingerprint_id") == data.fingerprint["fingerprint_id"]

@@ -12,11 +12,11 @@ from ...errors import BadInputError
 from ..base import Backend
 
 BACKENDS = {
-    "torch": "llamanas_deploy.profile.backends.torch_backend:TorchBackend",
-    "torch-eager": "llamanas_deploy.profile.backends.torch_backend:TorchEagerBackend",
-    "torch-compile": "llamanas_deploy.profile.backends.torch_compile_backend:TorchCompileBackend",
-    "ipex": "llamanas_deploy.profile.backends.ipex_backend:IpexBackend",
-    "onnxruntime": "llamanas_deploy.profile.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "torch": "llamanas_deploy.profiler.backends.torch_backend:TorchBackend",
+    "torch-eager": "llamanas_deploy.profiler.backends.torch_backend:TorchEagerBackend",
+    "torch-compile": "llamanas_deploy.profiler.backends.torch_compile_backend:TorchCompileBackend",
+    "ipex": "llamanas_deploy.profiler.backends.ipex_backend:IpexBackend",
+    "onnxruntime": "llamanas_deploy.profiler.backends.onnxruntime_backend:OnnxRuntimeBackend",
 }
 
 

@@ -20,8 +20,8 @@ from typing import Any, Mapping
 from ..concepts import CLOCKS, check_choice, metric
 from ..errors import BadInputError
 from ..jsonfiles import checked_choice, checked_positive_integers, field_error, is_finite_number, is_integer
-from ..profile.base import SHAPE_FIELDS, Shapes
-from ..profile.stats import Protocol
+from ..profiler.base import SHAPE_FIELDS, Shapes
+from ..profiler.stats import Protocol
 from ..subnet_config import SubnetConfig
 
 
@@ -79,8 +79,8 @@ def bench(artifact_dir: str | Path, settings: BenchSettings = BenchSettings()) -
 
 def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSettings = BenchSettings()) -> dict[str, Any]:
     """Measure the artifact in `directory` described by `manifest`; returns the manifest's `measured` block."""
-    from ..profile.backends.onnxruntime_backend import ArtifactBackend
-    from ..profile.fingerprint import current_fingerprint
+    from ..profiler.backends.onnxruntime_backend import ArtifactBackend
+    from ..profiler.fingerprint import current_fingerprint
     from ..runtime import IO_BINDING_DEVICES, Artifact
 
     predicted = checked_prediction(manifest.get("predicted"), f"{directory}/manifest.json")
@@ -118,7 +118,7 @@ def checked_prediction(predicted: Any, source: str) -> dict[str, Any]:
     import os
 
     from ..concepts import METRICS
-    from ..profile.store import STATISTICS
+    from ..profiler.store import STATISTICS
 
     if predicted is None:
         return {}
@@ -151,7 +151,7 @@ def _check_predicted_shapes(shapes: Any, source: str) -> None:
 
 def compare_with_prediction(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:
     """Error of the prediction in % of the measured figure, for the predictor's metric."""
-    from ..profile.store import kept_figure
+    from ..profiler.store import kept_figure
 
     field_name = metric(predicted["metric"]).field
     figure = measured.get(field_name)

@@ -56,7 +56,7 @@ def default_compute_dtype(device: str) -> str:
         import torch
 
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
-    from .profile.fingerprint import cpu_isa_flags
+    from .profiler.fingerprint import cpu_isa_flags
 
     return "bfloat16" if set(FAST_BF16_CPU_FLAGS) & set(cpu_isa_flags()) else "float32"
 
