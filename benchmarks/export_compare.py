@@ -86,7 +86,7 @@ def ort_row(args, subnet, precision, out, shapes, protocol, tokens) -> dict:
     log(f"sub-network, ORT {precision}: exporting, verifying, measuring")
     settings = ExportSettings(precision=precision, max_eval_tokens=args.eval_tokens)
     bench = BenchSettings(shapes=shapes, protocol=protocol, threads=args.threads, clock=args.clock)
-    manifest = export(args.model, args.space, subnet, out, settings, bench=bench).manifest
+    manifest = export(args.model, args.space, subnet, settings, out=out, bench=bench).manifest
     ppl = perplexity(open_artifact(out).decoder(threads=args.threads), tokens, seq_len=128).perplexity
     return row(f"sub-network, ORT {precision}", subnet, manifest["size"]["onnx_bytes"], manifest["measured"], ppl)
 

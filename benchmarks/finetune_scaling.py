@@ -104,7 +104,7 @@ def _worker(args) -> None:
     # one step more than is run: the call stops before gathering the final checkpoint
     settings = FinetuneSettings(steps=args.steps + 1, batch_size=args.batch_size, seq_len=args.seq_len, lr=1e-4,
                                 from_scratch=True, save_every=args.steps + 1, device=args.device)  # fmt: skip
-    finetune(args.model, load_space(args.space), ["pydoc-train"], args.out, settings, callback=timer,
+    finetune(args.model, load_space(args.space), ["pydoc-train"], settings, out=args.out, callback=timer,
              stop_after=args.steps)  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device == "cuda":

@@ -92,7 +92,7 @@ def tiny_rows(work: Path) -> list[dict]:
     for precision in ("fp16", "int4"):
         what = f"ORT {precision}, CUDA provider"
         try:
-            result = export(supernet, space, subnet, work / precision, ExportSettings(precision=precision, device="cuda"),
+            result = export(supernet, space, subnet, ExportSettings(precision=precision, device="cuda"), out=work / precision,
                             bench=BenchSettings(shapes=shapes, protocol=Protocol(visits=1)))  # fmt: skip
             text = generate_text(result.directory, "The", max_new_tokens=16)
         except Exception as err:  # noqa: BLE001  (reported in the table, the check goes on)

@@ -68,12 +68,12 @@ def main() -> None:
         save_every=50,
     )  # fmt: skip
     start = f"{args.work}/start-standard-p{args.pretrain_steps}-b{args.batch_size}-lr{args.pretrain_lr:g}-seed{args.seed}"
-    ft.finetune("tiny", space, ["pydoc-train"], start, pretrain)
+    ft.finetune("tiny", space, ["pydoc-train"], pretrain, out=start)
 
     supernet = SuperNetwork.load(start)
     results = {"start point (trained, sliced)": measure(supernet)}
     ids = ft.training_rows(start, ["pydoc-train"], "text", pretrain.seq_len)
-    reorder_neurons_(supernet.model, [ft._batch(ids, pretrain, s) for s in range(4)])
+    reorder_neurons_(supernet.model, [ft.step_batch(ids, pretrain, s) for s in range(4)])
     results["start point, neurons reordered"] = measure(supernet)
 
     # another seed: the fine-tuning arms read batches in another order than the pre-training did
@@ -84,7 +84,7 @@ def main() -> None:
     for name, settings in arms.items():
         slug = name.replace(" (continued)", "").replace(" ", "-")
         out = f"{start}-then-{slug}-s{args.steps}-lr{args.lr:g}"
-        ft.finetune(start, space, ["pydoc-train"], out, settings)
+        ft.finetune(start, space, ["pydoc-train"], settings, out=out)
         results[name] = measure(SuperNetwork.load(out))
     _report(results, subnets, heldout, args, table)
 

@@ -1,16 +1,20 @@
 """llamanas-deploy: hardware-aware LLaMA-NAS, from device profile to ONNX Runtime artifact.
 
-The public API, one function per stage (typed settings in, a typed result out, an optional
-progress `callback`), each taking a loaded `SuperNetwork` so that a script loads it once::
+The public API, one function per stage, each called what its command is called (`profile`,
+`fit`, `minimize` for `search`, `export`, `bench`, `finetune`, `run`): the super-network and
+space first where the stage uses them (a loaded object, or its name), then typed settings,
+then keyword-only `out` and `callback` (progress); a typed result out. With a shipped
+predictor and a loaded super-network::
 
     import llamanas_deploy as ln
 
     space, supernet = ln.load_space("tiny"), ln.SuperNetwork.load("tiny")
-    profiled = ln.profile_target(supernet, space, ln.ProfileSettings(samples=12), target="laptop")
-    predictor = ln.fit_predictor(profiled.dir, "decode_ms").predictor
-    problem = ln.SearchProblem(supernet, space, [ln.Perplexity(), ln.PredictedLatency(predictor)])
-    result = ln.minimize(problem, ln.NSGA2(population=10), evaluations=20, out="runs/search")
-    artifact = ln.export_artifact(supernet, space, result.front[0]["subnet"], "runs/artifact")
+    predictor = ln.load_latency_predictor("amd-epyc-2c-torch-fp32-decode_ms")
+    problem = ln.SearchProblem(supernet, space, [ln.Perplexity(max_tokens=256), ln.PredictedLatency(predictor)])
+    result = ln.minimize(problem, ln.RandomSearch(), evaluations=8, out="runs/search")
+    artifact = ln.export(supernet, space, result.front[0], out="runs/artifact", bench=None)
+    measured = ln.bench(artifact, ln.BenchSettings(protocol=ln.Protocol(visits=1)))
+    print(measured.subnet_id, measured.measured["decode_ms"]["median"], "ms per token")
 
 Names are imported on first use, so `import llamanas_deploy` (and `llamanas --help`) stays instant.
 """
@@ -35,12 +39,12 @@ _API = {
     "LatencyPredictor": "predict", "list_latency_predictors": "predict", "load_latency_predictor": "predict",
     "predict_subnets": "predict",
     # job 2: search
-    "minimize": "search", "SearchProblem": "search", "SearchResult": "search",
+    "minimize": "search", "SearchProblem": "search", "SearchResult": "search", "FrontMember": "search",
     "NSGA2": "search", "LINAS": "search", "RandomSearch": "search",
     "Perplexity": "search", "TaskAccuracy": "search", "PredictedLatency": "search", "ModelSize": "search",
     # job 3: export, measure, run
-    "export": "exporter", "ExportSettings": "exporter", "ExportResult": "exporter",
-    "bench": "exporter", "BenchSettings": "exporter",
+    "export": "exporter", "ExportSettings": "exporter", "Artifact": "runtime",
+    "bench": "exporter", "BenchSettings": "exporter", "BenchResult": "exporter",
     "open_artifact": "runtime", "generate_text": "runtime", "Sampling": "runtime",
     # fine-tuning and accuracy
     "finetune": "finetuning", "FinetuneSettings": "finetuning", "FinetuneResult": "finetuning",
@@ -57,7 +61,7 @@ _API = {
 # the names of release 0.1, kept one release: each stage is now called what its command is called
 _DEPRECATED = {
     "profile_target": "profile", "fit_predictor": "fit", "export_artifact": "export", "bench_artifact": "bench",
-    "finetune_supernet": "finetune", "run_loop": "run",
+    "finetune_supernet": "finetune", "run_loop": "run", "ExportResult": "Artifact",
 }  # fmt: skip
 
 __all__ = sorted(_API)

@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from .errors import BadInputError, LlamanasError
 from .jsonfiles import dumps
+from .profiler.runner import Measurer, ProfileSettings
+from .search.objectives import ModelSize, Objective
+from .search.problem import SearchProblem
 from .subnet_config import SubnetConfig
-
-if TYPE_CHECKING:
-    from .profiler.runner import ProfileSettings
-    from .search.objectives import Objective
-    from .search.problem import SearchProblem
 
 RAY_EXTRA = "pip install 'llamanas-deploy[ray]'"
 MAX_RESTARTS = 3  # times Ray restarts a worker that died; its task is retried as often
@@ -118,9 +116,6 @@ class SearchWorker:
     def __init__(self, model: str, space, objectives: list, cwd: str, device: str):
         if os.path.isdir(cwd):
             os.chdir(cwd)  # relative paths read as on the driver
-        from .search.objectives import ModelSize
-        from .search.problem import SearchProblem
-
         problem = SearchProblem(model, space, [*objectives, ModelSize()])
         self.measures = [m for m in problem.objectives if m.expensive]
         if device == "cuda":  # identities above were taken on the CPU copy
@@ -214,8 +209,6 @@ class RayNode:
     @contextmanager
     def open(self, source: str, settings: ProfileSettings):
         """A measurer (`fingerprint()`, `records(todo, common)`) living on the node, for the block."""
-        from .profiler.runner import Measurer
-
         with connected(self.address) as ray:
             need = {self.resource: 1.0, "GPU": 1.0 if settings.device == "cuda" else 0.0}
             _check_fits(ray, need, f"resource {self.resource!r}", "node_resource")

@@ -17,8 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from .corpus import heldout_topics, pydoc_topics, train_topics
 from .errors import BadInputError
 from .jsonfiles import check_regular_file, parse_json
+from .model.families import resolve_model_path
 
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task{with_input}. "
@@ -47,8 +49,6 @@ def read_texts(source: str | Path, text_field: str = "text") -> list[str]:
 
 
 def _builtin_texts(name: str) -> list[str]:
-    from .corpus import heldout_topics, pydoc_topics, train_topics
-
     pick = {"pydoc": pydoc_topics, "pydoc-train": train_topics, "pydoc-heldout": heldout_topics}[name]
     return list(pick().values())
 
@@ -105,8 +105,6 @@ def format_alpaca(record: Any, source: str) -> str:
 def load_tokenizer(model_dir: str | Path):
     """The `tokenizers.Tokenizer` of a model directory (or built-in name) from its `tokenizer.json`."""
     from tokenizers import Tokenizer
-
-    from .model.families import resolve_model_path
 
     path = resolve_model_path(model_dir)
     file = (path if path.is_dir() else path.parent) / "tokenizer.json"

@@ -25,12 +25,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from .data import chunk, load_tokenizer, read_texts, tokenize
 from .errors import BadInputError
 from .jsonfiles import parse_json
+from .model.families import resolve_model_path
 from .progress import Callback, report
+from .space import SearchSpace, load_space
 from .subnet_config import SubnetConfig
+
+if TYPE_CHECKING:
+    from .model.supernet import SuperNetwork
 
 HELDOUT_FILE = "heldout.txt"
 TASK_FILE = "mc_task.jsonl"
@@ -75,8 +81,6 @@ def perplexity(
     """Held-out perplexity of `subnet`; `token_ids` is a flat id list or a `[rows, seq_len]` tensor."""
     import torch
     import torch.nn.functional as F
-
-    from .data import chunk
 
     rows = token_ids if isinstance(token_ids, torch.Tensor) and token_ids.dim() == 2 else chunk(token_ids, seq_len)
     if max_tokens is not None:
@@ -252,8 +256,6 @@ def _argmax(values: Sequence[float]) -> int:
 
 def load_heldout(model: str | Path = "tiny", max_tokens: int | None = None) -> list[int]:
     """Token ids of a model directory's shipped held-out text (`heldout.txt`)."""
-    from .data import load_tokenizer, tokenize
-
     text = heldout_file(model).read_text(encoding="utf-8")
     tokenizer = load_tokenizer(model)
     ids = tokenize([text], tokenizer, eos_id=None)
@@ -262,8 +264,6 @@ def load_heldout(model: str | Path = "tiny", max_tokens: int | None = None) -> l
 
 def load_task(model: str | Path = "tiny", path: str | Path | None = None, max_examples: int | None = None) -> TokenizedTask:
     """A multiple-choice task (default: the model's shipped `mc_task.jsonl`), tokenized for `model`."""
-    from .data import load_tokenizer
-
     file = Path(path) if path is not None else _model_file(model, TASK_FILE)
     examples = read_task(file)[:max_examples]
     return tokenize_task(examples, load_tokenizer(model), str(file))
@@ -275,8 +275,6 @@ def heldout_file(model: str | Path) -> Path:
 
 
 def _model_file(model: str | Path, name: str) -> Path:
-    from .model.families import resolve_model_path
-
     path = resolve_model_path(model)
     file = (path if path.is_dir() else path.parent) / name
     return file if file.is_file() else SHIPPED_DIR / name
@@ -309,25 +307,29 @@ class EvalSettings:
 
 
 def evaluate_subnet(
-    model, space, subnet: SubnetConfig | str, settings: EvalSettings = EvalSettings(), *, callback: Callback = None
+    supernet: SuperNetwork | str | Path,
+    space: SearchSpace | str | Path,
+    subnet: SubnetConfig | str,
+    settings: EvalSettings = EvalSettings(),
+    *,
+    callback: Callback = None,
 ) -> EvalResult:
     """Perplexity or multiple-choice accuracy of one sub-network inside the super-network.
 
-    `model`: a `SuperNetwork`, or its directory / built-in name; `space`: a `SearchSpace` or its
-    name / file; `subnet`: a `SubnetConfig` or what `SearchSpace.resolve` takes ('largest', ...).
+    `supernet`: a `SuperNetwork`, or its directory / built-in name; `space`: a `SearchSpace` or its
+    name / file; `subnet`: what `SearchSpace.resolve` takes (a `SubnetConfig`, a search's `FrontMember`,
+    'largest', ...).
     """
-    from .model.supernet import SuperNetwork
-    from .space import SearchSpace, load_space
+    from .model.supernet import SuperNetwork, load_supernet
 
-    space = space if isinstance(space, SearchSpace) else load_space(space)
-    subnet = space.resolve(subnet, "subnet") if isinstance(subnet, str) else space.validate(subnet, "subnet")
-    source = model.source if isinstance(model, SuperNetwork) else model
+    space = load_space(space)
+    subnet = space.resolve(subnet, "subnet")
+    source = supernet.source if isinstance(supernet, SuperNetwork) else supernet
     if settings.task is not None:
         inputs = load_task(source, settings.task, settings.max_examples)
     else:
         inputs = _text_ids(source, settings.data, settings.text_field) if settings.data else load_heldout(source)
-    supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
-    supernet.check_space(space)
+    supernet = load_supernet(supernet, space)
     report(callback, "evaluate", message=f"evaluating sub-network {subnet.id} ({subnet.num_layers} layers) of {supernet.source}")
     if settings.task is not None:
         result = multiple_choice(supernet, subnet, inputs, metric=settings.metric)
@@ -337,7 +339,5 @@ def evaluate_subnet(
 
 
 def _text_ids(model, data: str | Path, text_field: str) -> list[int]:
-    from .data import load_tokenizer, read_texts, tokenize
-
     tokenizer = load_tokenizer(model)
     return tokenize(read_texts(str(data), text_field), tokenizer, tokenizer.token_to_id("</s>"))

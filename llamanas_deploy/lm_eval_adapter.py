@@ -17,7 +17,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
+from .data import load_tokenizer
 from .errors import BadInputError
+from .evaluate import inference, score_continuations
+from .model.compat import forward_with_cache, returned_cache
 from .progress import Callback, report
 from .subnet_config import SubnetConfig
 
@@ -34,13 +37,11 @@ def evaluate_lm_eval(model, space, subnet: SubnetConfig, tasks: Sequence, limit:
     lm_eval = require_lm_eval()
     if not tasks:
         raise BadInputError("no lm-eval tasks given (expected names such as arc_easy,winogrande)", param="tasks")
-    from .data import load_tokenizer
-    from .model.supernet import SuperNetwork
+    from .model.supernet import load_supernet
 
     names = ", ".join(t if isinstance(t, str) else str(t.get("task", t)) for t in tasks)
     report(callback, "evaluate", message=f"evaluating sub-network {subnet.id} ({subnet.num_layers} layers) on lm-eval tasks {names}")
-    supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
-    supernet.check_space(space)
+    supernet = load_supernet(model, space)
     subnet = space.validate(subnet, "subnet")
     lm = subnet_lm(supernet, subnet, load_tokenizer(supernet.source), batch_size=batch_size)
     results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit)
@@ -106,8 +107,6 @@ class _SubnetScoring:
         return totals
 
     def generate_until(self, requests) -> list[str]:
-        from .evaluate import inference
-
         with inference(self.supernet, self.subnet) as model:
             return [self._greedy(model, *req.args) for req in requests]
 
@@ -128,8 +127,6 @@ class _SubnetScoring:
 
     def _score(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(summed log-probability, is greedy) of each continuation."""
-        from .evaluate import score_continuations
-
         for _, cont in pairs:
             if not cont or len(cont) > self.max_length:
                 raise BadInputError(f"lm-eval request: continuation of {len(cont)} tokens (expected 1..{self.max_length})")
@@ -138,8 +135,6 @@ class _SubnetScoring:
 
     def _greedy(self, model, context: str, gen_kwargs: dict | None) -> str:
         import torch
-
-        from .model.compat import forward_with_cache, returned_cache
 
         kwargs = dict(gen_kwargs or {})
         until = kwargs.get("until") or []

@@ -19,18 +19,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .concepts import CLOCKS, DEVICES, EXPORT_PRECISIONS, check_choice
+from .concepts import CLOCKS, DEVICES, EXPORT_PRECISIONS, check_choice, metric
 from .errors import BadInputError
+from .evaluate import load_heldout, perplexity
+from .exporter import BenchSettings, ExportSettings, export
 from .jsonfiles import check_out_dir, read_json, write_json
+from .onnx_model.artifact import read_manifest
 from .onnx_model.graphs import check_precision
+from .profiler import (
+    ProfileSettings, Protocol, Shapes, find_matching_profile, measure_subnets, profile, target_name_from
+)  # fmt: skip
+from .profiler.store import kept_figure
 from .progress import Callback, report
+from .run_summary import Measured, SearchOutcome, summarize
+from .search import ALGORITHMS, Perplexity, PredictedLatency, SearchProblem, minimize
+from .search.results import choose
+from .space import load_space
 from .subnet_config import SubnetConfig
 
-PROFILE_DIRS = (Path("hardware_profiles"), Path(__file__).resolve().parent.parent / "hardware_profiles")
 LATENCY_METRIC = "decode_ms"
 STAGES = 7
 DEPLOYED_BACKEND = "onnxruntime"  # the profiler backend that times what `export` deploys
-UNRELIABLE_MAPE_PCT = 25.0  # a predictor's held-out error beyond this: its latencies are noise, and the summary says so
 HELDOUT_TOKENS = 4096  # the export's verification data: full, winner and artifact share one perplexity
 RUN_FILE, SUMMARY_FILE = "run.json", "summary.json"
 
@@ -89,31 +98,32 @@ class RunResult:
         return self.summary
 
 
-def run(settings: RunSettings, out: str | Path, callback: Callback = None) -> RunResult:
+def run(settings: RunSettings, *, out: str | Path, callback: Callback = None) -> RunResult:
     """Run every stage in `out` (resuming what a previous run with the same settings left there)."""
-    from .model.supernet import SuperNetwork
-    from .space import load_space
+    from .model.supernet import load_supernet
 
     out = Path(out)
     space = load_space(settings.space)
     _check_run_dir(settings, out)
     stage = _Stages(callback)
     profile = _stage_profile(settings, out, space, stage)
-    supernet = SuperNetwork.load(settings.model)
-    supernet.check_space(space)
+    supernet = load_supernet(settings.model, space)
     backend_predictor = _stage_fit(settings, out, space, supernet, profile, stage)
     deployed = _stage_deployed(settings, out, space, supernet, backend_predictor, stage)
     predictor_path = Path(deployed["predictor"]) if deployed else backend_predictor
     predictor = _load_predictor(predictor_path, space)
     budget = settings.max_latency_ms or float(predictor.predict([space.largest])[0]) / settings.speedup
     search = _stage_search(settings, out, space, supernet, predictor_path, budget, stage)
-    chosen = choose(search.front, search.accuracy_name, search.accuracy_direction, predictor.metadata_["metric"], budget)
+    latency = predictor.metadata_["metric"]
+    chosen = choose(search.front, search.accuracy_name, search.accuracy_direction, latency, budget).subnet
     manifest = _stage_export(settings, out, space, supernet, chosen, predictor_path, stage)
     measured = _stage_measure(settings, predictor, [space.largest, chosen], space.anchor, stage)
     perplexities = _heldout_perplexities(settings, supernet, [space.largest, chosen])
     stage(7, "summary")
-    summary = _summary(settings, out, space, supernet, profile, predictor, budget, search, chosen, manifest, measured,
-                       perplexities, predictor_path, deployed)  # fmt: skip
+    summary = summarize(out, asdict(settings), space=space, supernet=supernet, profile=profile, deployed=deployed,
+                        predictor=predictor, predictor_path=predictor_path, budget_ms=budget, search=search,
+                        chosen=chosen, manifest=manifest, measured=measured, heldout_tokens=HELDOUT_TOKENS,
+                        perplexities=perplexities)  # fmt: skip
     write_json(out / SUMMARY_FILE, summary)
     return RunResult(out, summary)
 
@@ -136,11 +146,15 @@ def _stage_profile(settings: RunSettings, out: Path, space, stage: _Stages) -> d
     """A profile of this device for the backend: a shipped/earlier one if it matches; else, when another
     device's predictor of the same space and backend exists, `transfer_samples` measured now to transfer
     it; else `samples` measured now. Returns {dir, reused, samples, transfer_from}."""
-    shipped = find_matching_profile(settings, space)
+    from .predict.transfer import find_transfer_source
+
+    setup = {"backend": settings.backend, "precision": settings.backend_precision, "device": settings.device,
+             "threads": settings.threads, "clock": settings.clock}  # fmt: skip
+    shipped = find_matching_profile(space, LATENCY_METRIC, **setup, min_subnets=settings.min_profile_subnets)
     if shipped is not None:
         stage(1, f"profile: reusing {shipped} (same device fingerprint, backend, shapes)")
         return {"dir": str(shipped), "reused": True, "samples": None, "transfer_from": None}
-    source = find_transfer_source(settings, space)
+    source = find_transfer_source(space, LATENCY_METRIC, **setup)
     profile_dir = out / "profile"
     samples = settings.transfer_samples if source else settings.samples
     why = f"; transferring {source['name']} ({source['target']})" if source else ""
@@ -152,9 +166,6 @@ def _stage_profile(settings: RunSettings, out: Path, space, stage: _Stages) -> d
 
 def _measure_profile(settings: RunSettings, out: Path, space, backend: str, precision: str, samples: int, profile_dir: Path,
                      stage: _Stages) -> None:  # fmt: skip
-    from .profiler import ProfileSettings, Protocol, profile
-    from .profiler.runner import target_name_from
-
     profile_settings = ProfileSettings(
         backend=backend,
         precision=precision,
@@ -169,55 +180,6 @@ def _measure_profile(settings: RunSettings, out: Path, space, backend: str, prec
     profile(settings.model, space, profile_settings, target=target, out=profile_dir, callback=stage.callback)
 
 
-def find_matching_profile(settings: RunSettings, space, backend: str | None = None, precision: str | None = None,
-                          min_subnets: int | None = None) -> Path | None:  # fmt: skip
-    """The first profile directory measured on this device with enough usable records for the run
-    (default: of the run's backend and precision, at least `min_profile_subnets`)."""
-    from .predict.dataset import load_profile_data
-    from .profiler.fingerprint import current_fingerprint
-
-    backend, precision = backend or settings.backend, precision or settings.backend_precision
-    minimum = settings.min_profile_subnets if min_subnets is None else min_subnets
-    here = current_fingerprint()["fingerprint_id"]
-    for root in PROFILE_DIRS:
-        for candidate in sorted(root.glob("*/fingerprint.json")) if root.is_dir() else []:
-            try:
-                data = load_profile_data(candidate.parent, LATENCY_METRIC, space, backend, precision, min_subnets=1)
-            except BadInputError:
-                continue
-            setting = data.setting
-            if (
-                data.fingerprint["fingerprint_id"] == here
-                and setting["device"] == settings.device
-                and setting["threads"] == settings.threads
-                and setting["clock"] == settings.clock
-                and len(data.y) >= minimum
-            ):
-                return candidate.parent
-    return None
-
-
-def find_transfer_source(settings: RunSettings, space) -> dict[str, Any] | None:
-    """A shipped predictor of another device for the run's space, backend, precision, device, threads,
-    clock and default lengths (the one with the lowest held-out MAPE), or None."""
-    from dataclasses import asdict as as_dict
-
-    from .predict import list_latency_predictors
-    from .profiler import Shapes
-    from .profiler.fingerprint import current_fingerprint
-
-    here = current_fingerprint()["fingerprint_id"]
-    wanted = {"space_id": space.id, "backend": settings.backend, "precision": settings.backend_precision,
-              "metric": LATENCY_METRIC, "device": settings.device, "threads": settings.threads, "clock": settings.clock,
-              "shapes": as_dict(Shapes())}  # fmt: skip
-    try:
-        rows = list_latency_predictors()
-    except BadInputError:
-        return None
-    fits = [r for r in rows if r["fingerprint_id"] != here and all(r.get(k) == v for k, v in wanted.items())]
-    return min(fits, key=lambda r: (r["test_mape_pct"] is None, r["test_mape_pct"] or 0.0, r["name"]), default=None)
-
-
 def _stage_fit(settings: RunSettings, out: Path, space, supernet, profile: dict[str, Any], stage: _Stages) -> Path:
     path = out / f"predictor-{LATENCY_METRIC}.json"
     if path.is_file():
@@ -229,7 +191,7 @@ def _stage_fit(settings: RunSettings, out: Path, space, supernet, profile: dict[
     via = f" with transfer from {profile['transfer_from_name']}" if source else ""
     stage(2, f"fit: XGBoost {LATENCY_METRIC} predictor on {profile['dir']}{via}")
     result = fit(profile["dir"], LATENCY_METRIC, FitSettings(seed=settings.seed, learning_curve=False), space=space,
-                 model=supernet, backend=settings.backend, precision=settings.backend_precision, transfer_from=source,
+                 supernet=supernet, backend=settings.backend, precision=settings.backend_precision, transfer_from=source,
                  callback=stage.callback)  # fmt: skip
     _log_fit(stage, result)
     return result.predictor.save(path)
@@ -269,7 +231,7 @@ def _stage_deployed(settings: RunSettings, out: Path, space, supernet, backend_p
              f"into {profile_dir}, then fitting with transfer from {backend_predictor.name}")  # fmt: skip
     _measure_profile(settings, out, space, DEPLOYED_BACKEND, precision, settings.deployed_samples, profile_dir, stage)
     result = fit(profile_dir, LATENCY_METRIC, FitSettings(seed=settings.seed, learning_curve=False), space=space,
-                 model=supernet, backend=DEPLOYED_BACKEND, precision=precision, transfer_from=backend_predictor,
+                 supernet=supernet, backend=DEPLOYED_BACKEND, precision=precision, transfer_from=backend_predictor,
                  callback=stage.callback)  # fmt: skip
     _log_fit(stage, result)
     result.predictor.save(path)
@@ -280,20 +242,8 @@ def _stage_deployed(settings: RunSettings, out: Path, space, supernet, backend_p
     return info
 
 
-@dataclass
-class SearchOutcome:
-    front: list[dict[str, Any]]
-    full: dict[str, Any]
-    accuracy_name: str
-    accuracy_direction: str
-    out_dir: Path
-    evaluations: int
-
-
 def _stage_search(settings: RunSettings, out: Path, space, supernet, predictor_path: Path, budget_ms: float,
                   stage: _Stages) -> SearchOutcome:  # fmt: skip
-    from .search import ALGORITHMS, Perplexity, PredictedLatency, SearchProblem, minimize
-
     stage(4, f"search: {settings.algorithm}, {settings.evaluations} evaluations, latency budget {budget_ms:.2f} ms")
     accuracy = Perplexity(max_tokens=settings.eval_tokens)
     problem = SearchProblem(supernet, space, [accuracy, PredictedLatency(predictor_path)], max_latency_ms=budget_ms)
@@ -301,30 +251,14 @@ def _stage_search(settings: RunSettings, out: Path, space, supernet, predictor_p
     result = minimize(problem, algorithm, evaluations=settings.evaluations, seed=settings.seed, out=out / "search",
                       callback=stage.callback)  # fmt: skip
     measure = problem.accuracy
-    return SearchOutcome(result.front, result.full, measure.name, measure.direction, result.out_dir, result.evaluations)
-
-
-def choose(front: list[dict[str, Any]], accuracy: str, direction: str, latency: str, budget_ms: float) -> SubnetConfig:
-    """The most accurate front member whose predicted latency is within the budget."""
-    feasible = [e for e in front if e["objectives"][latency] <= budget_ms]
-    if not feasible:
-        raise BadInputError(f"no sub-network found within the latency budget of {budget_ms:.3f} ms",
-                            param="max_latency_ms")  # fmt: skip
-    sign = -1.0 if direction == "max" else 1.0
-    best = min(feasible, key=lambda e: (sign * e["objectives"][accuracy], e["objectives"][latency]))
-    return SubnetConfig.from_dict(best["subnet"], "front")
+    return SearchOutcome(result.front, result.full, measure.name, measure.direction, result.directory, result.evaluations)
 
 
 def _stage_export(settings: RunSettings, out: Path, space, supernet, chosen: SubnetConfig, predictor_path: Path,
                   stage: _Stages) -> dict[str, Any]:  # fmt: skip
-    from .exporter import BenchSettings, ExportSettings, export
-    from .profiler import Protocol
-
     artifact = out / "artifact"
     manifest_path = artifact / "manifest.json"
     if manifest_path.is_file():
-        from .onnx_model.artifact import read_manifest
-
         manifest = read_manifest(artifact)  # the one check every artifact reader makes
         if manifest.get("subnet_id") == chosen.id and manifest.get("precision") == settings.export_precision:
             stage(5, f"export: reusing {artifact}")
@@ -334,36 +268,23 @@ def _stage_export(settings: RunSettings, out: Path, space, supernet, chosen: Sub
     export_settings = ExportSettings(precision=settings.export_precision, device=settings.device,
                                      max_eval_tokens=HELDOUT_TOKENS)  # fmt: skip
     bench = BenchSettings(protocol=Protocol(visits=settings.visits), threads=settings.threads, clock=settings.clock)
-    result = export(supernet, space, chosen, artifact, export_settings, predictor=predictor_path, bench=bench,
+    result = export(supernet, space, chosen, export_settings, out=artifact, predictor=predictor_path, bench=bench,
                     callback=stage.callback)  # fmt: skip
     return result.manifest
-
-
-@dataclass(frozen=True)
-class Measured:
-    figures: list[dict[str, Any]]  # one record's figures per sub-network
-    speed_factor: float | None  # the predictor's anchor scale / the anchor now: figures x this = at the profile's speed
 
 
 def _stage_measure(settings: RunSettings, predictor, subnets: list[SubnetConfig], anchor: SubnetConfig,
                    stage: _Stages) -> Measured:  # fmt: skip
     """Measure the full network and the winner as the profile was measured, in turns (`visits`); beside the
     profile's anchor when the predictor learned drift-corrected figures, so they compare like for like."""
-    from .concepts import metric
-    from .profiler import Protocol, Shapes
-    from .profiler.backends import get_backend
-    from .profiler.store import kept_figure
-
     meta = predictor.metadata_
     stage(6, f"measure: full network and winner with the {meta['backend']} {meta['precision']} backend (the profile's protocol)")
-    backend = get_backend(meta["backend"])(
-        settings.model, meta["precision"], meta["device"], meta["threads"], "auto", settings.seed, meta["clock"]
-    )
-    shapes = Shapes(**meta["shapes"])
-    backend.warm_up(subnets[0], shapes)
+    how = ProfileSettings(backend=meta["backend"], precision=meta["precision"], device=meta["device"],
+                          threads=meta["threads"], seed=settings.seed, clock=meta["clock"], shapes=Shapes(**meta["shapes"]),
+                          protocol=Protocol(visits=settings.visits))  # fmt: skip
     corrected = meta.get("drift_corrected_by")
     measured = subnets + [anchor] if corrected else subnets
-    figures = [m.to_dict() for m in backend.measure_visits(measured, shapes, Protocol(visits=settings.visits))]
+    figures = [m.to_dict() for m in measure_subnets(settings.model, measured, how)]
     if not corrected:
         return Measured(figures, None)
     anchor_now = kept_figure(figures[-1][metric(meta["metric"]).field], meta.get("statistic") or "median")
@@ -372,104 +293,8 @@ def _stage_measure(settings: RunSettings, predictor, subnets: list[SubnetConfig]
 
 def _heldout_perplexities(settings: RunSettings, supernet, subnets: list[SubnetConfig]) -> list[float]:
     """Perplexity on the same held-out tokens the export verified the artifact on."""
-    from .evaluate import load_heldout, perplexity
-
     tokens = load_heldout(settings.model, HELDOUT_TOKENS)
     return [perplexity(supernet, cfg, tokens).value for cfg in subnets]
-
-
-# ---- summary ---------------------------------------------------------------------------------
-def _summary(settings, out, space, supernet, profile, predictor, budget, search, chosen, manifest, measured,
-             perplexities, predictor_path, deployed) -> dict:  # fmt: skip
-    from .analytics import subnet_stats
-    from .profiler.load import was_loaded
-    from .profiler.store import kept_figure
-
-    shape = supernet.shape
-    full_cfg = space.largest
-    predicted = predictor.predict([full_cfg, chosen])
-    shapes = predictor.metadata_["shapes"]
-    statistic = predictor.metadata_.get("statistic") or "median"  # predictors older than the fast end learned medians
-    rows = []
-    for cfg, pred, meas, ppl in zip([full_cfg, chosen], predicted, measured.figures, perplexities):
-        stats = subnet_stats(shape, cfg, shapes["prompt_len"], shapes["context_len"])
-        decode = kept_figure(meas["decode_ms"], statistic)
-        like_for_like = decode * (measured.speed_factor or 1.0)
-        rows.append(
-            {
-                "name": "full super-network" if cfg.id == full_cfg.id else f"sub-network {cfg.id}",
-                "subnet": cfg.to_dict(),
-                "subnet_id": cfg.id,
-                "params": stats.params,
-                "fp16_gib": stats.fp16_gib,
-                "predicted_decode_ms": float(pred),
-                "measured_decode_ms": decode,
-                "measured_decode_ms_at_profile_speed": like_for_like,
-                "prediction_error_pct": 100.0 * (float(pred) - like_for_like) / like_for_like,
-                "measured_prefill_ms": kept_figure(meas["prefill_ms"], statistic),
-                "throughput_tok_s": kept_figure(meas["throughput_tok_s"], statistic),
-                "heldout_perplexity": ppl,
-                "measured_under_load": was_loaded(meas),
-                f"search_{search.accuracy_name}": _search_value(search, cfg),
-            }
-        )
-    full, sub = rows
-    return {
-        "schema_version": 1,
-        "run_dir": str(out),
-        "request": {"out": str(out), **asdict(settings)},
-        "profile": profile,
-        "deployed": deployed,
-        "predictor": {"file": str(predictor_path), **_predictor_info(predictor)},
-        "latency_budget_ms": budget,
-        "speed_factor": measured.speed_factor,
-        "search": {"dir": str(search.out_dir), "evaluations": search.evaluations, "front_size": len(search.front)},
-        "search_accuracy_metric": search.accuracy_name,
-        "heldout_tokens": HELDOUT_TOKENS,
-        "rows": rows,
-        "ratios": {
-            "smaller_params": full["params"] / sub["params"],
-            "faster_measured": full["measured_decode_ms"] / sub["measured_decode_ms"],
-            "faster_predicted": full["predicted_decode_ms"] / sub["predicted_decode_ms"],
-            "throughput": sub["throughput_tok_s"] / full["throughput_tok_s"],
-            "heldout_perplexity_delta": sub["heldout_perplexity"] - full["heldout_perplexity"],
-        },
-        "artifact": _artifact_info(out / "artifact", manifest),
-        "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()),
-    }
-
-
-def _search_value(search: SearchOutcome, cfg: SubnetConfig) -> float:
-    if cfg.id == search.full["subnet_id"]:
-        return search.full["values"][search.accuracy_name]
-    return next(e["objectives"][search.accuracy_name] for e in search.front if e["subnet_id"] == cfg.id)
-
-
-def _predictor_info(predictor) -> dict[str, Any]:
-    meta = predictor.metadata_
-    keys = ("target", "backend", "precision", "metric", "statistic", "shapes", "test_metrics", "n_train", "n_test")
-    info = {k: meta.get(k) for k in keys}
-    mape = (meta.get("test_metrics") or {}).get("mape_pct")
-    info["reliable"] = None if mape is None else mape <= UNRELIABLE_MAPE_PCT
-    transfer = meta.get("transfer")
-    info["transfer"] = None if not transfer else {
-        "kind": transfer.get("kind"), "target_samples": transfer["target_samples"],
-        **{k: transfer["source"].get(k) for k in ("name", "sha256", "target", "backend", "precision")},
-    }  # fmt: skip
-    return info
-
-
-def _artifact_info(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    measured = manifest.get("measured") or {}
-    size = sum(p.stat().st_size for p in path.iterdir() if p.name.startswith("model.onnx"))
-    return {
-        "dir": str(path),
-        "precision": manifest.get("precision"),
-        "onnx_mib": size / 2**20,
-        "measured": {k: measured.get(k) for k in ("backend", "decode_ms", "prefill_ms", "throughput_tok_s")},
-        "verification": manifest.get("verification"),
-        "predicted": manifest.get("predicted"),
-    }
 
 
 # ---- helpers -----------------------------------------------------------------------------------

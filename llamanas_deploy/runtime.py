@@ -24,6 +24,9 @@ import numpy as np
 
 from .concepts import DEVICES, check_choice, check_threads
 from .errors import BadInputError
+from .jsonfiles import checked_object, field_error, read_json
+from .onnx_model.artifact import GENAI_CONFIG, MANIFEST, inside, read_manifest
+from .onnx_model.fp16 import kv_dtype
 
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PROVIDERS = {device: _PROVIDER_NAMES[device] for device in DEVICES}  # ORT execution provider of each device
@@ -70,8 +73,6 @@ class OrtDecoder:
     def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None,
                  io_binding: bool | None = None):  # fmt: skip
         import onnxruntime as ort
-
-        from .onnx_model.fp16 import kv_dtype
 
         provider = check_device(device)
         self.path = Path(onnx_path)
@@ -261,10 +262,14 @@ def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
 # ---- artifacts -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Artifact:
-    """An artifact directory whose files matched its manifest when opened."""
+    """An artifact directory whose files matched its manifest when opened (or that `export` just made)."""
 
     directory: Path
     manifest: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `llamanas export --json` prints."""
+        return {"artifact": str(self.directory), **self.manifest}
 
     @property
     def onnx_path(self) -> Path:
@@ -273,8 +278,6 @@ class Artifact:
     def _path(self, name: str) -> Path:
         """A file the manifest lists, inside the directory (`onnx_model.artifact.inside`); a manifest
         without a `files` table is one the export is still building (it measures before sealing)."""
-        from .onnx_model.artifact import MANIFEST, inside
-
         if "files" in self.manifest and name not in self.manifest["files"]:
             raise BadInputError(f"{self.directory / MANIFEST}: '{name}' is not covered by a sha256 in 'files'")
         return inside(self.directory, name)
@@ -289,9 +292,6 @@ class Artifact:
     def context_length(self) -> int:
         """Positions the model holds, prompt and generated tokens together (its genai_config.json,
         checked against the allowlist when the artifact was opened)."""
-        from .jsonfiles import read_json
-        from .onnx_model.artifact import GENAI_CONFIG
-
         return int(read_json(self._path(GENAI_CONFIG), "genai config")["model"]["context_length"])
 
     def decoder(self, device: str | None = None, threads: int | None = None) -> OrtDecoder:
@@ -305,8 +305,6 @@ class Artifact:
         """
         from jinja2.exceptions import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        from .jsonfiles import checked_object, field_error, read_json
 
         name = "tokenizer_config.json"
         source = str(self.directory / name)
@@ -336,8 +334,6 @@ class Artifact:
 def open_artifact(directory: str | Path) -> Artifact:
     """Open an artifact; `BadInputError` when its manifest or a file changed since export, a file is
     missing, or a path it names leads out of the directory (`onnx_model.artifact.read_manifest`)."""
-    from .onnx_model.artifact import read_manifest
-
     directory = Path(directory)
     return Artifact(directory, read_manifest(directory))
 

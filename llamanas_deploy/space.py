@@ -37,7 +37,7 @@ import numpy as np
 from .concepts import check_choice
 from .errors import BadInputError
 from .jsonfiles import read_json
-from .subnet_config import SubnetConfig
+from .subnet_config import SubnetConfig, read_subnet_arg, read_subnets
 
 SPACE_SCHEMA_VERSION = 1
 BUILTIN_DIR = Path(__file__).parent / "spaces"
@@ -143,11 +143,12 @@ class SearchSpace:
         return tuple(int(round(i * (self.max_layers - 1) / (depth - 1))) for i in range(depth))
 
     # ---- validation -----------------------------------------------------------------
-    def resolve(self, value: str, source: str | None = None) -> SubnetConfig:
-        """The sub-network `value` names, validated: 'largest', 'smallest', inline JSON, a config
-        file, or `FRONT.json#INDEX` (`source` names it in errors; default: the value itself)."""
-        from .subnet_config import read_subnet_arg
-
+    def resolve(self, value: str | SubnetConfig | Any, source: str | None = None) -> SubnetConfig:
+        """The sub-network `value` is or names, validated: a `SubnetConfig` (or a record carrying one,
+        see `validate`), 'largest', 'smallest', inline JSON, a config file, or `FRONT.json#INDEX`
+        (`source` names it in errors; default: the value itself, or "sub-network")."""
+        if not isinstance(value, str):
+            return self.validate(value, source or "sub-network")
         named = {"largest": self.largest, "smallest": self.smallest}
         if value in named:
             return named[value]
@@ -155,18 +156,18 @@ class SearchSpace:
 
     def resolve_many(self, value: str, source: str | None = None) -> list[SubnetConfig]:
         """Like `resolve`, but a file may hold many configs (JSON lines, as `llamanas space sample` prints)."""
-        from .subnet_config import read_subnets
-
         if value in ("largest", "smallest") or "#" in value or value.lstrip().startswith("{"):
             return [self.resolve(value, source)]
         return [self.validate(c, source or value) for c in read_subnets(value)]
 
-    def validate(self, cfg: SubnetConfig, source: str = "sub-network") -> SubnetConfig:
+    def validate(self, cfg: SubnetConfig | Any, source: str = "sub-network") -> SubnetConfig:
         """Return `cfg` (canonical) if it belongs to this space, else raise `BadInputError`.
 
         A config that does not list its `layers` keeps the layers this space keeps at its depth
-        (`kept_layers`: the first L in a `first` space, not in an `importance` one).
+        (`kept_layers`: the first L in a `first` space, not in an `importance` one). A record that
+        carries one as its `subnet` (a search's `FrontMember`) stands for that config.
         """
+        cfg = getattr(cfg, "subnet", cfg)
         if cfg.num_layers not in self.depth_choices:
             raise BadInputError(
                 f"{source}: num_layers {cfg.num_layers} is not in {_set(self.depth_choices)} (space {self.name})"
@@ -307,8 +308,12 @@ def builtin_spaces() -> list[str]:
     return sorted(p.stem for p in BUILTIN_DIR.glob("*.json"))
 
 
-def load_space(name_or_path: str | Path) -> SearchSpace:
-    """A built-in space by name (`tiny`, `llama2-7b-paper`) or a space JSON file."""
+def load_space(name_or_path: SearchSpace | str | Path) -> SearchSpace:
+    """A built-in space by name (`tiny`, `llama2-7b-paper`) or a space JSON file; a `SearchSpace` as is.
+
+    The one place a stage turns "a space or its name" into a space."""
+    if isinstance(name_or_path, SearchSpace):
+        return name_or_path
     path = BUILTIN_DIR / f"{name_or_path}.json"
     if not path.is_file():
         path = Path(name_or_path)

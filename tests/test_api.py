@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -26,6 +27,48 @@ def test_readme_example_runs_as_written(tmp_path):
     assert (tmp_path / "runs/api/artifact/manifest.json").is_file()
     assert (tmp_path / "runs/api/search/front.json").is_file()
     assert done.stdout.strip(), "the example prints the generated text"
+
+
+def docstring_example() -> str:
+    """The `::` block of the package's docstring, dedented."""
+    import textwrap
+
+    import llamanas_deploy
+
+    block = llamanas_deploy.__doc__.split("::\n", 1)[1].split("\nNames are imported", 1)[0]
+    return textwrap.dedent(block)
+
+
+@pytest.mark.slow
+def test_docstring_example_runs_as_written(tmp_path):
+    done = subprocess.run([sys.executable, "-c", docstring_example()], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "runs/artifact/manifest.json").read_text())
+    subnet_id, decode_ms = done.stdout.split()[:2]
+    assert subnet_id == manifest["subnet_id"] and float(decode_ms) > 0
+
+
+def test_deprecated_stage_names_warn_and_forward():
+    import llamanas_deploy as ln
+
+    for old, new in {"profile_target": "profile", "fit_predictor": "fit", "export_artifact": "export",
+                     "bench_artifact": "bench", "finetune_supernet": "finetune", "run_loop": "run",
+                     "ExportResult": "Artifact"}.items():  # fmt: skip
+        with pytest.warns(DeprecationWarning, match=f"use llamanas_deploy.{new}$"):
+            assert getattr(ln, old) is getattr(ln, new)
+
+
+def test_each_stage_takes_out_and_callback_by_keyword_only():
+    import inspect
+
+    import llamanas_deploy as ln
+
+    for stage in (ln.profile, ln.export, ln.bench, ln.finetune, ln.run, ln.minimize, ln.fit, ln.evaluate_subnet):
+        params = inspect.signature(stage).parameters
+        assert params["callback"].kind is inspect.Parameter.KEYWORD_ONLY, stage.__name__
+        if "out" in params:
+            assert params["out"].kind is inspect.Parameter.KEYWORD_ONLY, stage.__name__
 
 
 def test_readme_example_is_short():

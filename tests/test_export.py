@@ -49,7 +49,7 @@ def space_file(tmp_path_factory) -> Path:
 
 
 def export(model, space_file: Path, out: Path, precision: str, bench: BenchSettings | None = None, **kw) -> dict:
-    result = export_artifact(model, str(space_file), SUBNET, out, ExportSettings(precision=precision), bench=bench, **kw)
+    result = export_artifact(model, str(space_file), SUBNET, ExportSettings(precision=precision), out=out, bench=bench, **kw)
     assert result.directory == out and result.to_dict() == {"artifact": str(out), **result.manifest}
     return result.manifest
 
@@ -278,7 +278,7 @@ TRAINED_TINY = Path(__file__).resolve().parent.parent / "llamanas_deploy" / "ass
 @pytest.mark.parametrize("precision,max_increase_pct", [("int8", 2.0), ("int4", 5.0)])
 def test_quantized_tiny_stays_within_stated_perplexity_change(tmp_path, precision, max_increase_pct):
     settings = ExportSettings(precision=precision, max_eval_tokens=2048, max_ppl_increase_pct=max_increase_pct)
-    result = export_artifact("tiny", "tiny", SubnetConfig(5, (768, 576, 384, 576, 768)), tmp_path / "a", settings, bench=None)
+    result = export_artifact("tiny", "tiny", SubnetConfig(5, (768, 576, 384, 576, 768)), settings, out=tmp_path / "a", bench=None)
     check = result.manifest["verification"]["quantized_vs_fp32"]
     assert check["perplexity_change_pct"] <= max_increase_pct
     assert check["greedy_agreement"] >= 0.5

@@ -61,12 +61,12 @@ def test_a_few_steps_lower_the_loss_of_full_and_subnetwork(text_model, space, st
     settings = replace(SETTINGS, strategy=strategy, distill=distill)
     torch.manual_seed(0)
     ids = ft.training_rows(text_model, ["pydoc-heldout"], "text", settings.seq_len)
-    rows = ft._batch(ids, settings, 0)
+    rows = ft.step_batch(ids, settings, 0)
     supernet = SuperNetwork.load(text_model)
     before = _losses(supernet, rows)
     optimizer = ft.make_optimizer(supernet.model.train(), settings)
     for step in range(settings.steps):
-        losses = ft.train_step(supernet, space, ft._batch(ids, settings, step), optimizer, settings, step)
+        losses = ft.train_step(supernet, space, ft.step_batch(ids, settings, step), optimizer, settings, step)
     after = _losses(supernet, rows)
     assert after[0] < 0.8 * before[0] and after[1] < 0.8 * before[1]
     assert set(losses) == {"step", "loss_full", "loss_sub"}
@@ -82,7 +82,7 @@ def test_sandwich_trains_the_smallest_and_paper_samples_from_the_space(space):
 
 def test_reordering_neurons_keeps_the_function_and_puts_important_neurons_first(text_model):
     ids = ft.training_rows(text_model, ["pydoc-heldout"], "text", 32)
-    batches = [ft._batch(ids, SETTINGS, s) for s in range(2)]
+    batches = [ft.step_batch(ids, SETTINGS, s) for s in range(2)]
     supernet = SuperNetwork.load(text_model)
     with torch.no_grad():
         before = supernet.model(input_ids=batches[0]).logits
@@ -123,7 +123,7 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one
     assert not (out / ft.CHECKPOINT_DIR).exists()
 
     settings = ft.FinetuneSettings(steps=steps, batch_size=8, seq_len=32, lr=3e-3)
-    ft.finetune(text_model, load_space(small_space_file), ["pydoc-heldout"], tmp_path / "straight", settings)
+    ft.finetune(text_model, load_space(small_space_file), ["pydoc-heldout"], settings, out=tmp_path / "straight")
     resumed = SuperNetwork.load(out).model.state_dict()
     straight = SuperNetwork.load(tmp_path / "straight").model.state_dict()
     assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in straight)
@@ -132,24 +132,24 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one
 def test_stopped_run_continues_in_process_exactly(text_model, space, tmp_path):
     settings = ft.FinetuneSettings(steps=6, batch_size=4, seq_len=32, lr=3e-3, strategy="sandwich", distill=True,
                                    save_every=2)  # fmt: skip
-    first = ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings, stop_after=3)
+    first = ft.finetune(text_model, space, ["pydoc-heldout"], settings, out=tmp_path / "a", stop_after=3)
     assert first.status == "stopped" and first.steps == 3
-    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings)
-    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "b", settings)
+    ft.finetune(text_model, space, ["pydoc-heldout"], settings, out=tmp_path / "a")
+    ft.finetune(text_model, space, ["pydoc-heldout"], settings, out=tmp_path / "b")
     a = SuperNetwork.load(tmp_path / "a").weights_sha256()
     assert a == SuperNetwork.load(tmp_path / "b").weights_sha256()
     # rerunning a finished run changes nothing; other settings on the same --out are refused
-    again = ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", settings)
+    again = ft.finetune(text_model, space, ["pydoc-heldout"], settings, out=tmp_path / "a")
     assert again.status == "finished" and SuperNetwork.load(tmp_path / "a").weights_sha256() == a
     with pytest.raises(BadInputError, match="other settings .*lr"):
-        ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "a", replace(settings, lr=1e-3))
+        ft.finetune(text_model, space, ["pydoc-heldout"], replace(settings, lr=1e-3), out=tmp_path / "a")
 
 
 def test_output_is_a_checkpoint_transformers_loads_as_it_is(text_model, space, tmp_path):
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     settings = ft.FinetuneSettings(steps=2, batch_size=4, seq_len=32, save_dtype="float16")
-    ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "out", settings)
+    ft.finetune(text_model, space, ["pydoc-heldout"], settings, out=tmp_path / "out")
     hf = LlamaForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
     ours = SuperNetwork.load(tmp_path / "out").model
     ids = torch.arange(40).view(2, 20)
@@ -161,7 +161,7 @@ def test_output_is_a_checkpoint_transformers_loads_as_it_is(text_model, space, t
 def test_non_empty_out_without_checkpoint_is_left_alone(text_model, space, tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(BadInputError, match="not empty and holds no checkpoint"):
-        ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path, SETTINGS)
+        ft.finetune(text_model, space, ["pydoc-heldout"], SETTINGS, out=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
@@ -184,12 +184,12 @@ def test_the_library_is_silent_and_reports_through_the_callback(text_model, spac
     events = []
     supernet = SuperNetwork.load(text_model)
     settings = ft.FinetuneSettings(steps=2, batch_size=4, seq_len=32, save_every=1)
-    result = ft.finetune(supernet, space, ["pydoc-heldout"], tmp_path / "run", settings, callback=events.append)
+    result = ft.finetune(supernet, space, ["pydoc-heldout"], settings, out=tmp_path / "run", callback=events.append)
     assert capsys.readouterr() == ("", "")
     assert [e.done for e in events if e.total] == [0, 1, 2] and "loss=" in events[-1].status
     assert result.to_dict()["run"]["model"] == str(text_model) and "history" not in result.to_dict()
     assert result.to_dict() == json.loads(json.dumps(result.to_dict()))
-    again = ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / "run", settings, callback=events.append)
+    again = ft.finetune(text_model, space, ["pydoc-heldout"], settings, out=tmp_path / "run", callback=events.append)
     assert again.to_dict() == result.to_dict() and events[-1].message.endswith("already finished")
 
 
@@ -208,7 +208,7 @@ def test_activation_checkpointing_and_micro_batches_change_nothing_but_memory(te
     settings = ft.FinetuneSettings(steps=2, batch_size=4, seq_len=32, lr=3e-3, compute_dtype="float32")
     variants = {"plain": settings, "recomputed": replace(settings, activation_checkpointing=True, micro_batch_size=2)}
     for name, variant in variants.items():
-        ft.finetune(text_model, space, ["pydoc-heldout"], tmp_path / name, variant)
+        ft.finetune(text_model, space, ["pydoc-heldout"], variant, out=tmp_path / name)
     plain, other = (SuperNetwork.load(tmp_path / name).model.state_dict() for name in variants)
     assert all(torch.allclose(plain[k], other[k], atol=1e-5) for k in plain)
 
@@ -218,7 +218,7 @@ def test_a_corrupted_checkpoint_shard_is_bad_input_naming_its_directory(text_mod
     from conftest import run_cli
 
     out = tmp_path / "run"
-    ft.finetune(text_model, space, ["pydoc-heldout"], out, replace(SETTINGS, save_every=2), stop_after=2)
+    ft.finetune(text_model, space, ["pydoc-heldout"], replace(SETTINGS, save_every=2), out=out, stop_after=2)
     shards = sorted((out / ft.CHECKPOINT_DIR).rglob("*.safetensors"))
     assert shards
     shards[0].write_bytes(b"\x00" * 64)
@@ -239,7 +239,7 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_trains_like_float32(text_mod
         supernet.model.lm_head.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
         run = replace(settings, compute_dtype=dtype)
         optimizer = ft.make_optimizer(supernet.model, run)
-        losses = [ft.train_step(supernet, space, ft._batch(rows, run, step), optimizer, run, step) for step in range(2)]
+        losses = [ft.train_step(supernet, space, ft.step_batch(rows, run, step), optimizer, run, step) for step in range(2)]
         assert seen == {getattr(torch, dtype)} and next(supernet.model.parameters()).dtype == torch.float32
         results[dtype] = (losses, supernet.model.state_dict())
     (loss32, weights32), (loss16, weights16) = results["float32"], results["bfloat16"]
@@ -265,6 +265,6 @@ def test_auto_compute_dtype_is_bf16_where_the_cpu_multiplies_it(monkeypatch, fla
 
 def test_a_run_recorded_before_compute_dtype_existed_resumes_in_float32(tmp_path):
     run = {"model": "m", "steps": 3, "compute_dtype": "float32"}
-    ft._check_same_run({"model": "m", "steps": 3}, run, tmp_path / "training.json")
+    ft.check_same_run({"model": "m", "steps": 3}, run, tmp_path / "training.json")
     with pytest.raises(BadInputError, match="compute_dtype"):
-        ft._check_same_run({"model": "m", "steps": 3}, run | {"compute_dtype": "bfloat16"}, tmp_path / "training.json")
+        ft.check_same_run({"model": "m", "steps": 3}, run | {"compute_dtype": "bfloat16"}, tmp_path / "training.json")

@@ -46,7 +46,7 @@ def one_process(text_model, small_space_file, tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     settings = ft.FinetuneSettings(steps=STEPS, batch_size=8, seq_len=32, lr=3e-3, save_every=2, compute_dtype="float32")
     out = tmp_path_factory.mktemp("one") / "run"
-    ft.finetune(text_model, load_space(small_space_file), ["pydoc-heldout"], out, settings)
+    ft.finetune(text_model, load_space(small_space_file), ["pydoc-heldout"], settings, out=out)
     return out
 
 

@@ -50,7 +50,7 @@ def artifacts(small_checkpoint, space_file, tmp_path_factory) -> dict[str, Path]
     for precision in ("fp32", "int8", "int4"):
         out[precision] = root / precision
         settings = ExportSettings(precision=precision, max_eval_tokens=512)
-        export(small_checkpoint, space_file, HETERO, out[precision], settings, bench=None)
+        export(small_checkpoint, space_file, HETERO, settings, out=out[precision], bench=None)
     return out
 
 

@@ -382,7 +382,7 @@ def test_cuda_export_pipeline_end_to_end_on_the_cpu_provider(monkeypatch, tmp_pa
     monkeypatch.setattr(runtime, "check_device", lambda device: real("cpu"))
     quick = BenchSettings(shapes=Shapes(1, 8, 8, 4), protocol=Protocol(warmup=1, repeats=3, max_attempts=1))
     settings = ExportSettings(device="cuda", precision="int4", max_eval_tokens=512)
-    result = export(small_checkpoint, small_space_file, SMALL_SUBNET, tmp_path / "a", settings, bench=quick)
+    result = export(small_checkpoint, small_space_file, SMALL_SUBNET, settings, out=tmp_path / "a", bench=quick)
     m = result.manifest
     assert m["device"] == "cuda" and m["precision"] == "int4" and m["onnx"]["dtype"] == "float16"
     assert m["quantization"]["method"] == "MatMulNBits" and m["quantization"]["block_size"] == 32
@@ -394,5 +394,5 @@ def test_cuda_export_pipeline_end_to_end_on_the_cpu_provider(monkeypatch, tmp_pa
     assert genai["model"]["decoder"]["session_options"]["provider_options"] == [{"cuda": {}}]
     assert genai["search"]["past_present_share_buffer"] is False
     assert runtime.open_artifact(tmp_path / "a").decoder().io_binding  # generate runs it bound
-    again = bench(tmp_path / "a", quick)
+    again = bench(tmp_path / "a", quick).measured
     assert again["io_binding"] is True and again["device"] == "cuda"

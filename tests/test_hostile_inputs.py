@@ -279,7 +279,7 @@ MODEL_CONFIGS = {  # config.json fields that int() or bool() would silently trun
 
 def predictor_variant(good: Path, path: Path, change: Callable[[dict], None]) -> Path:
     """A copy of the good predictor file, changed by `change(body)`, its sha256 recomputed as an editor would."""
-    from llamanas_deploy.predict.estimator import _digest
+    from llamanas_deploy.predict.predictor_file import _digest
 
     body = json.loads(good.read_text())
     del body["sha256"]
@@ -354,7 +354,7 @@ def build_world(root: Path) -> SimpleNamespace:
     w.space = write_space(root / "space.json")
     w.artifact = root / "artifact"
     w.torch_threads = __import__("torch").get_num_threads()  # the figures in the manifest depend on it
-    export(w.model, str(w.space), SUBNET, w.artifact, ExportSettings(precision="fp32", max_eval_tokens=128), bench=None)
+    export(w.model, str(w.space), SUBNET, ExportSettings(precision="fp32", max_eval_tokens=128), out=w.artifact, bench=None)
     space = load_space(str(w.space))
     configs = space.sample_random(16, seed=0)
     y = [0.05 + 0.1 * c.num_layers + 0.001 * sum(c.intermediate_sizes) for c in configs]
@@ -942,7 +942,7 @@ def test_exporting_twice_gives_byte_identical_artifacts(world, tmp_path):
     torch.set_num_threads(world.torch_threads)
     again = tmp_path / "again"
     try:
-        export(world.model, str(world.space), SUBNET, again, ExportSettings(precision="fp32", max_eval_tokens=128), bench=None)
+        export(world.model, str(world.space), SUBNET, ExportSettings(precision="fp32", max_eval_tokens=128), out=again, bench=None)
     finally:
         torch.set_num_threads(threads)
     names = sorted(p.name for p in again.iterdir())

@@ -134,32 +134,33 @@ def test_the_search_predicts_the_deployed_format_transferred_from_the_profiled_b
 
 
 def test_a_new_device_transfers_another_devices_shipped_predictor(monkeypatch):
-    from llamanas_deploy import loop
     from llamanas_deploy.errors import BadInputError
-    from llamanas_deploy.profiler import fingerprint
+    from llamanas_deploy.loop import RunSettings
+    from llamanas_deploy.predict.transfer import find_transfer_source
+    from llamanas_deploy.profiler import find_matching_profile, fingerprint
 
     monkeypatch.setattr(fingerprint, "current_fingerprint", lambda: {"fingerprint_id": "0123456789abcdef", "device": {}})
-    settings, space = loop.RunSettings(), load_space("tiny")
-    assert loop.find_matching_profile(settings, space) is None
-    source = loop.find_transfer_source(settings, space)
+    space = load_space("tiny")
+    setup = {"backend": "torch", "precision": "fp32", "device": "cpu", "threads": 1, "clock": "cpu"}  # RunSettings()'s
+    assert find_matching_profile(space, "decode_ms", **setup, min_subnets=RunSettings().min_profile_subnets) is None
+    source = find_transfer_source(space, "decode_ms", **setup)
     assert source is not None and source["backend"] == "torch" and source["metric"] == "decode_ms"
-    assert loop.find_transfer_source(loop.RunSettings(threads=2), space) is None  # no predictor at 2 threads
+    assert find_transfer_source(space, "decode_ms", **(setup | {"threads": 2})) is None  # no predictor at 2 threads
     with pytest.raises(BadInputError) as err:
-        loop.RunSettings(deployed_samples=3)
+        RunSettings(deployed_samples=3)
     assert err.value.param == "deployed_samples"
 
 
 def test_choose_takes_the_most_accurate_member_within_the_budget():
     from llamanas_deploy.errors import BadInputError
-    from llamanas_deploy.loop import choose
+    from llamanas_deploy.search import FrontMember, choose
 
-    def member(layers: int, ppl: float, ms: float) -> dict:
-        return {"subnet": {"num_layers": layers, "intermediate_sizes": [64] * layers},
-                "objectives": {"perplexity": ppl, "decode_ms": ms}}  # fmt: skip
+    def member(layers: int, ppl: float, ms: float) -> FrontMember:
+        return FrontMember(SubnetConfig(layers, (64,) * layers), {"perplexity": ppl, "decode_ms": ms})
 
     front = [member(4, 10.0, 2.0), member(3, 12.0, 1.0), member(2, 15.0, 0.5)]
-    assert choose(front, "perplexity", "min", "decode_ms", 1.5).num_layers == 3
-    assert choose(front, "perplexity", "min", "decode_ms", 2.0).num_layers == 4
+    assert choose(front, "perplexity", "min", "decode_ms", 1.5).subnet.num_layers == 3
+    assert choose(front, "perplexity", "min", "decode_ms", 2.0).subnet.num_layers == 4
     with pytest.raises(BadInputError, match="latency budget of 0.400 ms") as err:
         choose(front, "perplexity", "min", "decode_ms", 0.4)
     assert err.value.param == "max_latency_ms"

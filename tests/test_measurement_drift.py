@@ -112,11 +112,11 @@ def test_a_profile_without_anchors_is_fitted_as_measured(tmp_path):
 
 def test_fit_says_what_it_corrected_and_what_was_measured_under_load(drifting):
     path, _ = drifting
-    result = fit(path, "decode_ms", FitSettings(learning_curve=False), space=SPACE, model="tiny")
+    result = fit(path, "decode_ms", FitSettings(learning_curve=False), space=SPACE, supernet="tiny")
     summary, metadata = result.to_dict()["data"], result.predictor.metadata_
     assert summary["drift_corrected_by"]["n"] == 9 and summary["n_loaded"] == load_profile_data(path, "decode_ms", SPACE).n_loaded
     assert metadata["drift_corrected_by"] == summary["drift_corrected_by"]
-    plain = fit(path, "decode_ms", FitSettings(learning_curve=False, drift="none"), space=SPACE, model="tiny")
+    plain = fit(path, "decode_ms", FitSettings(learning_curve=False, drift="none"), space=SPACE, supernet="tiny")
     assert plain.predictor.metadata_["drift_corrected_by"] is None
     with pytest.raises(BadInputError, match="drift"):
         FitSettings(drift="sometimes")

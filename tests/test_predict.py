@@ -324,7 +324,7 @@ def test_predict_refuses_another_space_or_target(capsys, cli_predictor, tmp_path
 
 
 def test_another_feature_schema_is_refused(cli_predictor, tmp_path):
-    from llamanas_deploy.predict.estimator import _digest
+    from llamanas_deploy.predict.predictor_file import _digest
 
     body = json.loads(cli_predictor.read_text())
     del body["sha256"]

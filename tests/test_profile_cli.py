@@ -288,7 +288,7 @@ def test_profile_api_takes_a_loaded_super_network_and_reports_progress(tmp_path,
     events = []
     out = tmp_path / "profiles" / "api"
     result = profile(supernet, load_space(small_space_file), settings, target="api", out=out, callback=events.append)
-    assert isinstance(result, ProfileResult) and result.dir == out and result.settings == settings
+    assert isinstance(result, ProfileResult) and result.directory == out and result.settings == settings
     # the plan's 2 visits between the anchor's first and last
     assert [(e.stage, e.done, e.total, e.unit) for e in events] == [("profile", i, 4, "visit") for i in range(5)]
     assert events[0].status == "warming up" and events[-1].status.startswith("anchor ") and "decode" in events[-1].status

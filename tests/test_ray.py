@@ -74,10 +74,10 @@ def _ledger(out) -> list[dict]:
 def _same_search(result, reference) -> None:
     assert result.front == reference.front
     assert result.history == reference.history
-    assert (result.out_dir / "evaluations.csv").read_text() == (reference.out_dir / "evaluations.csv").read_text()
-    ledger = _ledger(result.out_dir)
+    assert (result.directory / "evaluations.csv").read_text() == (reference.directory / "evaluations.csv").read_text()
+    ledger = _ledger(result.directory)
     assert len(ledger) == len({r["subnet_id"] for r in ledger}) == reference.evaluations
-    by_id = {r["subnet_id"]: r["values"] for r in _ledger(reference.out_dir)}
+    by_id = {r["subnet_id"]: r["values"] for r in _ledger(reference.directory)}
     assert {r["subnet_id"]: r["values"] for r in ledger} == by_id
 
 
@@ -150,8 +150,8 @@ def test_profile_on_a_node_resource_writes_what_a_local_profile_would(cluster, s
     there = profile(small_checkpoint, space_file, QUICK, target="dev", out=tmp_path / "there",
                     node=RayNode("llamanas-test-a"))  # fmt: skip
     assert there.measured_now == here.measured_now == 3
-    assert [_comparable(r) for r in _records(there.dir)] == [_comparable(r) for r in _records(here.dir)]
-    assert read_profile(there.dir).fingerprint["fingerprint_id"] == here.fingerprint_id  # same machine here
+    assert [_comparable(r) for r in _records(there.directory)] == [_comparable(r) for r in _records(here.directory)]
+    assert read_profile(there.directory).fingerprint["fingerprint_id"] == here.fingerprint_id  # same machine here
     again = profile(small_checkpoint, space_file, QUICK, target="dev", out=tmp_path / "there", node=RayNode("llamanas-test-a"))
     assert again.measured_now == 0  # resumes from the driver's files
 

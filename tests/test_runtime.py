@@ -171,8 +171,8 @@ def _chat_artifact(root, template: str | None):
     space.write_text(json.dumps({"schema_version": 1, "name": "s", "super_network": {"num_hidden_layers": 4,
                      "intermediate_size": 128}, "depth": {"choices": [2, 4]},
                      "layer_dims": {"intermediate_sizes": {"choices": [64, 128]}}}))  # fmt: skip
-    export(model, str(space), SubnetConfig(2, (64, 128)), root / "artifact",
-           ExportSettings(precision="fp32", max_eval_tokens=128), bench=None)  # fmt: skip
+    export(model, str(space), SubnetConfig(2, (64, 128)), ExportSettings(precision="fp32", max_eval_tokens=128),
+           out=root / "artifact", bench=None)  # fmt: skip
     return root / "artifact"
 
 

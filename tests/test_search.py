@@ -108,7 +108,7 @@ def test_enumeration_matches_the_space():
 def test_search_finds_the_known_front(search, true_front, algorithm):
     true_ids, true_hv = true_front
     result = search(algorithm)
-    found = {e["subnet_id"] for e in result.front}
+    found = {m.subnet_id for m in result.front}
     assert result.evaluations == 120
     assert len(found & true_ids) >= 0.8 * len(true_ids)
     assert result.history[-1]["hypervolume"] >= 0.99 * true_hv
@@ -119,7 +119,7 @@ def test_search_finds_the_known_front(search, true_front, algorithm):
 
 def test_guided_search_beats_random_at_equal_budget(search, true_front):
     true_ids, _ = true_front
-    found = {a: {e["subnet_id"] for e in search(a, name=a).front} & true_ids for a in ("nsga2", "random")}
+    found = {a: {m.subnet_id for m in search(a, name=a).front} & true_ids for a in ("nsga2", "random")}
     assert len(found["nsga2"]) > len(found["random"])
 
 
@@ -139,9 +139,9 @@ def test_constraints_are_never_violated_by_returned_solutions(tmp_path, search, 
     limit_ms, limit_gib = 0.6 * full, 0.8 * SIZE.evaluate([SPACE.largest])[0]
     result = search(algorithm, objectives, evaluations=60, max_latency_ms=limit_ms, max_size_gib=limit_gib)
     assert result.front, "some feasible sub-networks exist and were found"
-    for entry in result.front:
-        assert entry["objectives"]["decode_ms"] <= limit_ms
-        assert entry["objectives"]["fp16_gib"] <= limit_gib
+    for member in result.front:
+        assert member.objectives["decode_ms"] <= limit_ms
+        assert member.objectives["fp16_gib"] <= limit_gib
     # the limits were binding: the archive holds infeasible sub-networks too
     rows = (tmp_path / "out" / "evaluations.csv").read_text().splitlines()
     assert any(row.endswith("False,False") for row in rows[1:])
@@ -153,9 +153,10 @@ def test_front_file_feeds_read_subnet_arg(tmp_path, search):
     data = json.loads(front_file.read_text())
     assert data["space_id"] == SPACE.id and data["schema_version"] == 1
     assert [o["name"] for o in data["objectives"]] == ["error", "fp16_gib"]
-    for i, entry in enumerate(result.front):
+    assert data["front"] == [member.to_dict() for member in result.front]
+    for i, member in enumerate(result.front):
         cfg = read_subnet_arg(f"{front_file}#{i}")
-        assert cfg.id == entry["subnet_id"] == SPACE.validate(cfg).id
+        assert cfg == member.subnet and cfg.id == member.subnet_id == SPACE.validate(member).id
     # fastest / smallest first
     sizes = [e["objectives"]["fp16_gib"] for e in data["front"]]
     assert sizes == sorted(sizes)
@@ -176,7 +177,7 @@ def test_resume_after_interruption_spends_no_evaluation_twice(tmp_path, search, 
     assert len(first.calls) + len(second.calls) == 70 == resumed.evaluations
     assert resumed.measured_now == 37
     # the resumed search is the search that was never interrupted
-    assert [e["subnet_id"] for e in resumed.front] == [e["subnet_id"] for e in reference.front]
+    assert [m.subnet_id for m in resumed.front] == [m.subnet_id for m in reference.front]
     assert resumed.history == reference.history
 
 
@@ -290,7 +291,7 @@ REFERENCE_FRONTS = {
 def test_algorithm_objects_give_the_same_front_as_before(tmp_path, model_config, algorithm):
     problem = SearchProblem(model_config, SPACE, [SyntheticError(), ModelSize()])
     result = minimize(problem, algorithm, evaluations=40, seed=3, out=tmp_path / "out")
-    assert [e["subnet_id"] for e in result.front] == REFERENCE_FRONTS[algorithm.name].split()
+    assert [m.subnet_id for m in result.front] == REFERENCE_FRONTS[algorithm.name].split()
     assert result.settings["algorithm"] == algorithm.name and result.settings["population"] == 10
 
 

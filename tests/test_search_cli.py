@@ -91,7 +91,7 @@ def test_front_entry_feeds_subnet_commands(tmp_path, tiny_random_model, tiny_pre
     args = ["search", "--model", tiny_random_model, "--space", "tiny", "--objective", f"latency:{tiny_predictor}",
             "--algorithm", "random", "--population", "4", "--evaluations", "4", "--eval-tokens", "128", "--out", out]  # fmt: skip
     assert llamanas(*args).returncode == 0
-    stats = llamanas("subnet", "stats", "--config", tiny_random_model, "--space", "tiny",
+    stats = llamanas("subnet", "stats", "--model", tiny_random_model, "--space", "tiny",
                       "--subnet", f"{out}/front.json#0", "--json")  # fmt: skip
     assert stats.returncode == 0, stats.stderr
     front = json.loads((out / "front.json").read_text())["front"]

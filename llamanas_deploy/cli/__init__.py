@@ -105,7 +105,7 @@ def _flag_for(param: str, args: list[str]) -> str | None:
 
 
 def _fail(err: Exception, code: int, debug: bool) -> None:
-    from .common import close_progress
+    from .common import close_progress  # only on failure: at module level it would slow `llamanas --help`
 
     close_progress()
     if os.environ.get("RANK", "0") != "0":  # under torchrun every rank fails alike; rank 0 says it once

@@ -10,21 +10,28 @@ from typing import Any
 
 import click
 
-from ..concepts import EXPORT_PRECISIONS
+from ..concepts import EXPORT_PRECISIONS, GGUF_PRECISIONS
+from ..errors import BadInputError
+from ..exporter.gguf import GGUFSettings, export_gguf
 from ..exporter.measure import BenchSettings
-from ..profiler.base import SHAPE_FIELDS
+from ..exporter.measure import bench as bench_artifact
 from ..exporter.pipeline import EVAL_SEQ_LEN, ExportSettings
+from ..exporter.pipeline import export as export_artifact
 from ..exporter.verify import DEFAULT_MAX_PPL_INCREASE_PCT
 from ..onnx_model.graphs import DEFAULT_PRECISIONS
 from ..onnx_model.quantize import DEFAULTS as QUANT_DEFAULTS
-from ..runtime import DEFAULT_MAX_NEW_TOKENS, Sampling
-from .common import (
-    FiniteFloat, clock_option, device_option, emit, json_option, log, model_option, progress_printer, protocol_from,
-    protocol_options, quiet_option, shape_options, space_option, table, threads_option,
+from ..profiler.base import SHAPE_FIELDS
+from ..profiler.stats import Protocol
+from ..runtime import DEFAULT_MAX_NEW_TOKENS, Artifact, Sampling, generate_text
+from ..space import load_space
+from .common import emit, log, progress_printer, table
+from .options import (
+    ARTIFACT, CLOCK, DATA, DEVICE, EXPORT_PRECISION, JSON, MODEL, NEW_DIRECTORY, OUT, PREDICTOR, QUIET, SEED, SPACE,
+    SUBNET, THREADS, FiniteFloat, default_of, protocol_options, settings_from, shape_options, stack,
 )  # fmt: skip
-from .subnet_cmd import SUBNET_HELP, resolve_subnet
+from .subnet_cmd import resolve_subnet
 
-ARTIFACT_HELP = "Artifact directory from `llamanas export`."
+FORMATS = ("onnx", "gguf")
 DEFAULTS_BY_DEVICE = ", ".join(f"{device}: {precision}" for device, precision in DEFAULT_PRECISIONS.items())
 
 
@@ -32,36 +39,34 @@ def _quant_defaults(index: int) -> str:
     return ", ".join(f"{precision} {device}: {values[index]}" for (precision, device), values in QUANT_DEFAULTS.items())
 
 
-def _bench_options(func):
-    """How to measure (defaults: the predictor's shapes, threads and clock, else the profiler's)."""
-    options = [
-        threads_option(None, "Intra-op threads [the predictor's, else 1]."),
-        shape_options(None),
-        protocol_options(BenchSettings().protocol, noise=False),
-        clock_option(None),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+# how to measure (defaults: the predictor's shapes, threads and clock, else the profiler's)
+_bench_options = stack(
+    THREADS(note="[the predictor's, else 1]"),
+    shape_options(note="[the predictor's, else the profiler's]"),
+    protocol_options(default_of(BenchSettings, "protocol"), noise=False),
+    CLOCK(note="[the predictor's, else wall]"),
+)
 
 
 def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
     shapes = {k: opts[k] for k in SHAPE_FIELDS if opts[k] is not None}
-    return BenchSettings(shapes=shapes or None, protocol=protocol_from(opts), threads=opts["threads"], clock=opts["clock"])
+    return settings_from(BenchSettings, opts, shapes=shapes or None, protocol=settings_from(Protocol, opts))
 
 
 # ---- export -----------------------------------------------------------------------------------
 @click.command()
-@model_option()
-@space_option
-@click.option("--subnet", required=True, help=SUBNET_HELP)
-@click.option("--precision", type=click.Choice(EXPORT_PRECISIONS),
-              help=f"cpu: fp32, int8, int4; cuda: fp16, int4 (MatMulNBits over fp16) [{DEFAULTS_BY_DEVICE}].")
-@device_option(ExportSettings().device)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="New artifact directory (must not exist or be empty).")
-@click.option("--predictor", type=click.Path(dir_okay=False, path_type=Path), help="Latency predictor JSON: record its prediction.")
-@click.option("--data", help="Held-out text for the accuracy checks [the model's heldout.txt].")
-@click.option("--max-eval-tokens", default=ExportSettings().max_eval_tokens, show_default=True,
+@MODEL()
+@SPACE()
+@SUBNET(required=True)
+@click.option("--format", "export_format", type=click.Choice(FORMATS), default="onnx", show_default=True,
+              help="onnx: an ONNX Runtime artifact. gguf: a GGUF file llama.cpp runs (the llamacpp extra).")
+@EXPORT_PRECISION(ExportSettings, flag="--precision", type=click.Choice(EXPORT_PRECISIONS + GGUF_PRECISIONS),
+                  note=f"gguf: {', '.join(GGUF_PRECISIONS)}. [{DEFAULTS_BY_DEVICE}; gguf: f16]")
+@DEVICE(ExportSettings)
+@OUT(required=True, note=NEW_DIRECTORY)
+@PREDICTOR(type=click.Path(dir_okay=False, path_type=Path), note="Its prediction is recorded.")
+@DATA(ExportSettings, note="Held out, for the accuracy checks [the model's heldout.txt].")
+@click.option("--max-eval-tokens", default=default_of(ExportSettings, "max_eval_tokens"), show_default=True,
               type=click.IntRange(min=EVAL_SEQ_LEN))
 @click.option("--block-size", type=int, help=f"int8 / int4: MatMulNBits block size [{_quant_defaults(0)}].")
 @click.option("--accuracy-level", type=int,
@@ -70,24 +75,45 @@ def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
 @click.option("--max-ppl-increase", "max_ppl_increase_pct", type=FiniteFloat(min=0),
               help="Fail a quantized export whose held-out perplexity rises by more (%) "
                    f"[{', '.join(f'{p}: {v:g}' for p, v in DEFAULT_MAX_PPL_INCREASE_PCT.items())}].")
-@click.option("--bench/--no-bench", default=True, show_default=True, help="Measure the artifact on this device.")
+@click.option("--bench/--no-bench", default=None, help="Measure the artifact on this device [onnx: yes].")
 @_bench_options
-@quiet_option
-@json_option
+@QUIET()
+@JSON()
 def export(**opts: Any) -> None:
-    """Extract a sub-network, export it to ONNX with a KV cache, quantize, verify, measure."""
-    from dataclasses import fields
-
-    from ..exporter import export as export_artifact
-    from ..space import load_space
-
+    """Extract a sub-network, export it to ONNX with a KV cache (or to GGUF), quantize, verify, measure."""
     space = load_space(opts["space_name"])
-    settings = ExportSettings(**{f.name: opts[f.name] for f in fields(ExportSettings)})
+    subnet = resolve_subnet(space, opts["subnet_arg"])
+    if opts["export_format"] == "gguf":
+        emit(_export_gguf(opts, space, subnet).to_dict(), opts["as_json"], _render_gguf_export)
+        return
     result = export_artifact(
-        opts["model"], space, resolve_subnet(space, opts["subnet"]), opts["out"], settings, predictor=opts["predictor"],
-        bench=_bench_settings(opts) if opts["bench"] else None, callback=progress_printer(opts["quiet"]),
+        opts["model"], space, subnet, settings_from(ExportSettings, opts), out=opts["out"], predictor=opts["predictor"],
+        bench=_bench_settings(opts) if opts["bench"] is not False else None, callback=progress_printer(opts["quiet"]),
     )  # fmt: skip
     emit(result.to_dict(), opts["as_json"], _render_export)
+
+
+def _export_gguf(opts: dict[str, Any], space, subnet) -> Artifact:
+    onnx_only = {"--predictor": opts["predictor"], "--block-size": opts["block_size"], "--bench": opts["bench"],
+                 "--accuracy-level": opts["accuracy_level"], "--device cuda": opts["device"] == "cuda"}  # fmt: skip
+    given = [name for name, value in onnx_only.items() if value]
+    if given:  # a GGUF artifact is not measured or predicted yet, and llama.cpp runs it on the CPU
+        raise BadInputError(f"{', '.join(given)}: ONNX exports only, not with --format gguf")
+    settings = settings_from(GGUFSettings, opts, precision=opts["precision"] or "f16")
+    return export_gguf(opts["model"], space, subnet, settings, out=opts["out"], callback=progress_printer(opts["quiet"]))
+
+
+def _render_gguf_export(m: dict[str, Any]) -> str:
+    v = m["verification"]
+    logits, quality = v["logits_vs_torch"], v["quality_vs_torch"]
+    return "\n".join([
+        f"artifact {m['artifact']}: sub-network {m['subnet_id']} ({m['subnet']['num_layers']} layers), "
+        f"GGUF {m['precision']} ({m['gguf']['architecture']}), llama.cpp",
+        f"size: {m['size']['params']:,} params, GGUF {m['size']['gguf_bytes'] / 2**20:.1f} MiB",
+        f"verified: llama.cpp vs torch, logits max diff {logits['relative_max_diff']:.2e} of the largest, "
+        f"perplexity {quality['perplexity_change_pct']:+.2f}%, next-token agreement {quality['next_token_agreement']:.0%} "
+        f"({v['data']})",
+    ])  # fmt: skip
 
 
 def _render_export(m: dict[str, Any]) -> str:
@@ -118,22 +144,20 @@ def _render_export(m: dict[str, Any]) -> str:
 
 # ---- generate ---------------------------------------------------------------------------------
 @click.command()
-@click.option("--artifact", required=True, type=click.Path(path_type=Path), help=ARTIFACT_HELP)
+@ARTIFACT()
 @click.option("--prompt", help="Prompt text (continued as it is).")
 @click.option("--chat", help="A user's message, put in the artifact's chat template (an instruct model's reply).")
 @click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=click.IntRange(min=1))
-@click.option("--temperature", default=Sampling().temperature, show_default=True, type=FiniteFloat(min=0),
+@click.option("--temperature", default=default_of(Sampling, "temperature"), show_default=True, type=FiniteFloat(min=0),
               help="0 = greedy.")
-@click.option("--top-k", default=Sampling().top_k, show_default=True, type=click.IntRange(min=0),
+@click.option("--top-k", default=default_of(Sampling, "top_k"), show_default=True, type=click.IntRange(min=0),
               help="Sample among the k best (0: all).")
-@click.option("--seed", default=Sampling().seed, show_default=True, help="Sampling seed.")
-@threads_option(None, "Intra-op threads [ORT's default].")
-@json_option
+@SEED(Sampling, note="of the sampling.")
+@THREADS(note="[ONNX Runtime's choice]")
+@JSON()
 def generate(artifact: Path, prompt: str | None, chat: str | None, max_new_tokens: int, temperature: float, top_k: int,
              seed: int, threads: int | None, as_json: bool) -> None:  # fmt: skip
     """Generate text from an artifact through ONNX Runtime alone (no torch)."""
-    from ..runtime import generate_text
-
     if (prompt is None) == (chat is None):
         raise click.UsageError("give --prompt (text to continue) or --chat (a message to answer), one of them")
     r = generate_text(artifact, prompt or chat, max_new_tokens, Sampling(temperature, top_k, seed), threads, chat is not None)
@@ -145,14 +169,12 @@ def generate(artifact: Path, prompt: str | None, chat: str | None, max_new_token
 
 # ---- bench ------------------------------------------------------------------------------------
 @click.command()
-@click.option("--artifact", required=True, type=click.Path(path_type=Path), help=ARTIFACT_HELP)
+@ARTIFACT()
 @_bench_options
-@json_option
+@JSON()
 def bench(artifact: Path, as_json: bool, **opts: Any) -> None:
     """Prefill, decode and throughput of an artifact on this device; error of its predicted latency."""
-    from ..exporter import bench as bench_artifact
-
-    emit(bench_artifact(artifact, _bench_settings(opts)), as_json, _render_bench)
+    emit(bench_artifact(artifact, _bench_settings(opts)).to_dict(), as_json, _render_bench)
 
 
 def _load_line(load: dict[str, Any] | None) -> str:

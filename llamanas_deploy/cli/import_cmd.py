@@ -6,19 +6,18 @@ from pathlib import Path
 
 import click
 
-from .common import emit, json_option, progress_printer, quiet_option
+from .common import emit, progress_printer
+from .options import JSON, NEW_DIRECTORY, OUT, QUIET
 
 
 @click.command("import-gguf")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="New model directory (must not exist or be empty).")  # fmt: skip
-@quiet_option
-@json_option
+@OUT(required=True, note=NEW_DIRECTORY)
+@QUIET()
+@JSON()
 def import_gguf(file: Path, out: Path, quiet: bool, as_json: bool) -> None:
     """Dequantize a GGUF LLaMA file to float32 safetensors, with its config and tokenizer."""
-    from ..model.gguf_import import import_gguf as run_import
-    from ..model.gguf_import import summarize
+    from ..model.gguf_import import import_gguf as run_import, summarize  # imports torch
 
     emit(summarize(run_import(file, out, progress_printer(quiet))), as_json, _render)
 

@@ -2,70 +2,79 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import click
 
 from ..concepts import METRICS
 from ..errors import BadInputError
+from ..jsonfiles import read_json
 from ..predict.dataset import DRIFT_CORRECTIONS
+from ..predict.predictor_file import FILE_FORMAT
+from ..predict.query import predict_subnets
 from ..predict.train import FitSettings
-from .common import FiniteFloat, emit, json_option, model_option, progress_printer, table
+from ..predict.train import fit as fit_predictor
+from .common import emit, progress_printer, table
+from .options import (
+    JSON, MANY_SUBNETS, MODEL, OUT, PREDICTOR, PROFILE_PRECISION, SEED, SPACE, SUBNET, FiniteFloat, default_of,
+    settings_from,
+)  # fmt: skip
+from .registry_options import BACKEND
 
-DEFAULTS = FitSettings()
+WHEN_SEVERAL = "The one to fit on, when the profile holds several."  # the note of the options that choose among its records
 
 
 @click.command()
 @click.option("--profile", required=True, help="Hardware profile directory (hardware_profiles/<target>).")
-@click.option("--metric", type=click.Choice(sorted(METRICS)), default="decode_ms", show_default=True)
-@click.option("--backend", default=None, help="Backend to fit on, when the profile holds several.")
-@click.option("--precision", default=None, help="Precision to fit on, when the profile holds several.")
-@click.option("--space", default=None, help="Space name or JSON file [default: the profile's built-in space].")
-@model_option(None, "Super-network dir or config.json [default: the built-in model the profile names].")
-@click.option("--out", "out_path", required=True, help="Predictor file to write, e.g. predictors/<name>.json.")
+@click.option("--metric", type=click.Choice(sorted(METRICS)), default=default_of(fit_predictor, "metric"),
+              show_default=True)  # fmt: skip
+@BACKEND(note=WHEN_SEVERAL)
+@PROFILE_PRECISION(note=WHEN_SEVERAL, old=("--precision",))
+@SPACE(default=None, note="[the profile's built-in space]")
+@MODEL(default=None, note="[the built-in model the profile names]")
+@OUT(required=True, type=click.Path(path_type=Path), note="the predictor file to write, e.g. predictors/<name>.json.")
 @click.option("--plot", "plot_path", default=None, help="PNG: predicted vs measured on the held-out split.")
-@click.option("--test-fraction", default=DEFAULTS.test_fraction, show_default=True, type=FiniteFloat(0.05, 0.5))
-@click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed of the train/test split and of XGBoost.")
+@click.option("--test-fraction", default=default_of(FitSettings, "test_fraction"), show_default=True,
+              type=FiniteFloat(0.05, 0.5))  # fmt: skip
+@SEED(FitSettings, note="of the train/test split and of XGBoost.")
 @click.option("--transfer-from", "transfer_from", default=None, metavar="PREDICTOR_OR_PROFILE",
               help="Source to transfer from: a predictor file or shipped name, or a profile directory, of the same space, "
                    "measured on another device with the same backend and precision, or on this device with another one.")
 @click.option("--samples", "train_samples", type=click.IntRange(min=2), default=None,
               help="Fit on only the first K sub-networks of the training split, in measuring order [default: all].")
-@click.option("--drift", type=click.Choice(DRIFT_CORRECTIONS), default=DEFAULTS.drift, show_default=True,
+@click.option("--drift", type=click.Choice(DRIFT_CORRECTIONS), default=default_of(FitSettings, "drift"), show_default=True,
               help="anchor: correct each timing by the profile's anchor measured around it (the machine's change in "
                    "speed over the profile); none: the timings as measured.")  # fmt: skip
 @click.option("--remeasure", is_flag=True,
               help="Measure the held-out sub-networks once more (needs the profile's model): shows whether the "
                    "predictor or the machine's own noise limits the accuracy.")  # fmt: skip
-@json_option
+@JSON()
 def fit(**opts) -> None:
     """Fit an XGBoost predictor of METRIC on a profile; compare it with baselines on a held-out split.
 
     With --transfer-from, the source's prediction is the prior and a few of this profile's
     sub-networks fit the rest (5 usable sub-networks suffice: 3 to fit, 2 held out).
     """
-    from ..predict.train import fit as fit_predictor
-
-    _check_out(opts["out_path"], ".json", "--out")
-    _check_replaces_a_predictor(Path(opts["out_path"]))
+    _check_out(opts["out"], ".json", "--out")
+    _check_replaces_a_predictor(opts["out"])
     if opts["plot_path"]:
         _check_out(opts["plot_path"], ".png", "--plot")
-    settings = FitSettings(test_fraction=opts["test_fraction"], seed=opts["seed"], train_samples=opts["train_samples"],
-                           drift=opts["drift"], remeasure=opts["remeasure"])  # fmt: skip
+    settings = settings_from(FitSettings, opts)
     printer = progress_printer(quiet=False)
     try:
-        result = fit_predictor(opts["profile"], opts["metric"], settings, space=opts["space"], model=opts["model"],
+        result = fit_predictor(opts["profile"], opts["metric"], settings, space=opts["space_name"], supernet=opts["model"],
                                backend=opts["backend"], precision=opts["precision"], transfer_from=opts["transfer_from"],
                                callback=printer)  # fmt: skip
     finally:
         printer.close()
-    saved = result.predictor.save(opts["out_path"])
+    saved = result.predictor.save(opts["out"])
     if opts["plot_path"]:
         result.plot(opts["plot_path"])
     emit(result.to_dict() | {"predictor": str(saved), "plot": opts["plot_path"]}, opts["as_json"], _render_fit)
 
 
-def _check_out(path: str, suffix: str, option: str) -> None:
+def _check_out(path: str | Path, suffix: str, option: str) -> None:
     p = Path(path)
     if p.suffix != suffix:
         raise BadInputError(f"{option} {path}: expected a {suffix} file name")
@@ -76,9 +85,6 @@ def _check_out(path: str, suffix: str, option: str) -> None:
 
 def _check_replaces_a_predictor(path: Path) -> None:
     """`--out` may replace a predictor file, never another file (a search's front, a profile's record)."""
-    from ..jsonfiles import read_json
-    from ..predict.estimator import FILE_FORMAT
-
     if not path.exists():
         return
     try:
@@ -92,8 +98,6 @@ def _check_replaces_a_predictor(path: Path) -> None:
 def _check_writable(path: Path, option: str) -> None:
     """Refuse, before the slow fit, a file that could not be written: a temporary file in the nearest
     existing folder (where the atomic write creates its own) must be creatable."""
-    import tempfile
-
     folder = path.absolute().parent
     while not folder.exists():
         folder = folder.parent
@@ -161,17 +165,14 @@ def _metric_cells(row: dict) -> list[str]:
 
 
 @click.command()
-@click.option("--predictor", required=True, help="Predictor file written by `llamanas fit`, or a shipped predictor's name.")
-@click.option("--subnet", "subnets", required=True,
-              help="Sub-network JSON file (one or many lines), inline JSON or FRONT.json#INDEX.")  # fmt: skip
-@click.option("--space", default=None, help="Space the sub-networks come from; refused if not the predictor's.")
+@PREDICTOR(required=True, note="Or a shipped predictor's name.")
+@SUBNET(required=True, note=MANY_SUBNETS)
+@SPACE(default=None, note="The sub-networks' space; refused if not the predictor's.")
 @click.option("--target-profile", default=None, help="Profile directory of the device you mean; refused if not the predictor's.")
-@json_option
-def predict(predictor: str, subnets: str, space: str | None, target_profile: str | None, as_json: bool) -> None:
+@JSON()
+def predict(predictor: str, subnet_arg: str, space_name: str | None, target_profile: str | None, as_json: bool) -> None:
     """Predict a figure of sub-networks with a fitted predictor."""
-    from ..predict.query import predict_subnets
-
-    result = predict_subnets(predictor, subnets, space=space, target_profile=target_profile)
+    result = predict_subnets(predictor, subnet_arg, space=space_name, target_profile=target_profile)
     emit(result.to_dict(), as_json, _render_predict)
 
 

@@ -6,29 +6,27 @@ from pathlib import Path
 
 import click
 
-from .common import emit, json_option, model_option, progress_printer, quiet_option
+from .common import emit, progress_printer
+from .options import DATA, JSON, MAX_TOKENS, MODEL, NEW_DIRECTORY, OUT, QUIET, SEQ_LEN
 
 
+# the defaults are `prepare_supernet`'s, restated: reading them would import torch (`model.importance`)
 @click.command()
-@model_option(default=None)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="New model directory (must not exist or be empty).")  # fmt: skip
-@click.option("--data", default="pydoc-train", show_default=True,
-              help="Calibration text: a file or a built-in corpus (pydoc, pydoc-train, pydoc-heldout).")  # fmt: skip
-@click.option("--max-tokens", default=4096, show_default=True, type=click.IntRange(min=2))
-@click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2))
-@quiet_option
-@json_option
+@MODEL(default=None, required=True)
+@OUT(required=True, note=NEW_DIRECTORY)
+@DATA(default="pydoc-train", note="For calibration.")
+@MAX_TOKENS(default=4096)
+@SEQ_LEN(default=256)
+@QUIET()
+@JSON()
 def prepare(model: str, out: Path, data: str, max_tokens: int, seq_len: int, quiet: bool, as_json: bool) -> None:
     """Order every MLP's neurons by importance and measure which layers to drop first (block influence).
 
     Writes a new super-network directory with `importance.json`; its `drop_order` is what a space's
     `importance` depth policy lists.
     """
-    from ..model.importance import prepare_supernet
+    from ..model.importance import prepare_supernet  # imports torch
 
-    if model is None:
-        raise click.UsageError("--model is required (a checkpoint directory or a model name)")
     out, importance = prepare_supernet(model, out, data, max_tokens, seq_len, progress_printer(quiet))
     emit({"out": str(out), **importance.to_dict()}, as_json, _render)
 

@@ -6,63 +6,50 @@ from pathlib import Path
 
 import click
 
-from ..concepts import PROFILE_PRECISIONS, WEIGHT_SOURCES
+from ..cluster import RayNode
+from ..concepts import WEIGHT_SOURCES
 from ..errors import BadInputError
 from ..profiler import runner
-from ..profiler.backends import BACKENDS
 from ..profiler.base import Shapes
 from ..profiler.runner import DEFAULT_PROFILES_DIR, ProfileSettings
-from .common import (
-    clock_option,
-    device_option,
-    emit,
-    json_option,
-    model_option,
-    progress_printer,
-    protocol_options,
-    protocol_from,
-    quiet_option,
-    shape_options,
-    shapes_from,
-    space_option,
-    table,
-    threads_option,
-)
-
-DEFAULTS = ProfileSettings()
+from ..profiler.stats import Protocol
+from .common import emit, progress_printer, table
+from .options import (
+    CLOCK, DEVICE, JSON, MODEL, OUT, PROFILE_PRECISION, QUIET, RAY, SAMPLES, SEED, SPACE, THREADS, default_of,
+    protocol_options, settings_from, shape_options,
+)  # fmt: skip
+from .registry_options import BACKEND
 
 
 @click.command()
-@model_option()
-@space_option
-@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default=DEFAULTS.backend, show_default=True)
-@click.option("--precision", type=click.Choice(PROFILE_PRECISIONS), default=DEFAULTS.precision, show_default=True,
-              help="fp32 / bf16 (torch); fp32 / int8 / int4 (onnxruntime).")  # fmt: skip
-@device_option(DEFAULTS.device)
-@click.option("--samples", default=DEFAULTS.samples, show_default=True, type=click.IntRange(min=1),
-              help="Sub-networks in the plan.")  # fmt: skip
+@MODEL()
+@SPACE()
+@BACKEND(ProfileSettings)
+@PROFILE_PRECISION(ProfileSettings, flag="--precision")
+@DEVICE(ProfileSettings)
+@SAMPLES(ProfileSettings, note="in the plan.")
 @click.option("--target", "target", required=True, multiple=True,
               help="Name of the hardware target (the profile's directory name); repeat with --ray to profile a fleet.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Profile dir [hardware_profiles/TARGET]; with several --target, the folder of their profiles.")
-@click.option("--ray", "address", metavar="auto|ADDRESS",
-              help="Measure on a node of this Ray cluster (the one advertising --node-resource), not here.")
+@OUT(note="the profile directory [hardware_profiles/TARGET]; with several --target, the folder of their profiles.")
+@RAY(note="Measures on the node advertising --node-resource, not here.")
 @click.option("--node-resource", "node_resource", multiple=True, metavar="NAME",
               help="Custom Ray resource of the target's node, one per --target in order [the target's name].")
-@shape_options(Shapes())
-@threads_option(DEFAULTS.threads, here=False)
-@click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed of the sampling plan and of random weights.")
-@click.option("--weights", type=click.Choice(WEIGHT_SOURCES), default=DEFAULTS.weights, show_default=True,
+@shape_options(Shapes)
+@THREADS(ProfileSettings, type=click.IntRange(min=1))  # checked on the machine that measures (--ray: a node)
+@SEED(ProfileSettings, note="of the sampling plan and of random weights.")
+@click.option("--weights", type=click.Choice(WEIGHT_SOURCES), default=default_of(ProfileSettings, "weights"),
+              show_default=True,
               help="auto: the checkpoint's weights when --model has them, else random from config.json.")  # fmt: skip
-@clock_option(DEFAULTS.clock)
-@protocol_options(DEFAULTS.protocol)
-@click.option("--anchor-every", default=DEFAULTS.anchor_every, show_default=True, type=click.IntRange(min=0),
+@CLOCK(ProfileSettings)
+@protocol_options(default_of(ProfileSettings, "protocol"))
+@click.option("--anchor-every", default=default_of(ProfileSettings, "anchor_every"), show_default=True,
+              type=click.IntRange(min=0),
               help="Measure the space's anchor sub-network after every N visits (and first and last), so a fit "
                    "can cancel the machine's drift in speed; 0: never.")  # fmt: skip
 @click.option("--pin-cpus", "pin_cpus", metavar="CPUS", callback=lambda ctx, param, value: _cpu_list(value),
               help="Fix the measuring process to these CPUs (e.g. 1 or 0,1), where the OS allows it.")
-@quiet_option
-@json_option
+@QUIET()
+@JSON()
 def profile(**opts) -> None:
     """Measure sampled sub-networks on this device and append them to hardware_profiles/TARGET/.
 
@@ -71,12 +58,8 @@ def profile(**opts) -> None:
     (`ray start --address ... --resources '{"TARGET": 1}'`) and stream back here; several
     --target profile a fleet at once, each into its own directory.
     """
-    settings = ProfileSettings(
-        **{k: opts[k] for k in ("backend", "precision", "device", "samples", "seed", "threads", "weights", "clock",
-                                "anchor_every", "pin_cpus")},
-        shapes=shapes_from(opts),
-        protocol=protocol_from(opts),
-    )
+    shapes, protocol = settings_from(Shapes, opts), settings_from(Protocol, opts)
+    settings = settings_from(ProfileSettings, opts, shapes=shapes, protocol=protocol)
     nodes = _nodes(opts["target"], opts["address"], opts["node_resource"])
     printer = progress_printer(opts["quiet"])
     try:
@@ -87,7 +70,7 @@ def profile(**opts) -> None:
             emit(result.to_dict(), opts["as_json"], _render_profile)
             return
         results = runner.profile_fleet(opts["model"], opts["space_name"], settings, targets=nodes,
-                                       directory=opts["out"] or DEFAULT_PROFILES_DIR, callback=printer)  # fmt: skip
+                                       out=opts["out"] or DEFAULT_PROFILES_DIR, callback=printer)  # fmt: skip
     finally:
         printer.close()
     emit({"targets": [r.to_dict() for r in results]}, opts["as_json"],
@@ -119,8 +102,6 @@ def _nodes(targets: tuple[str, ...], address: str | None, resources: tuple[str, 
     if resources and len(resources) != len(targets):
         raise BadInputError(f"{len(resources)} resources for {len(targets)} targets; give one per --target",
                             param="node_resource")  # fmt: skip
-    from ..cluster import RayNode
-
     return {t: RayNode(r, address) for t, r in zip(targets, resources or targets)}
 
 
@@ -142,11 +123,12 @@ def _drift(pct: float | None) -> str:
 
 
 @click.command()
-@click.option("--dir", "directory", default=str(DEFAULT_PROFILES_DIR), show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Folder holding one directory per target.")  # fmt: skip
-@json_option
-def targets(directory: Path, as_json: bool) -> None:
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding one directory per target [hardware_profiles if present, else the shipped ones].")
+@JSON()
+def targets(directory: Path | None, as_json: bool) -> None:
     """List the hardware profiles present: target, device, backends and record counts."""
+    directory = directory or runner.profiles_dir()
     emit({"dir": str(directory), "targets": runner.list_targets(directory)}, as_json, _render_targets)
 
 

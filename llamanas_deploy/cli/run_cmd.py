@@ -7,66 +7,54 @@ from pathlib import Path
 
 import click
 
-from ..concepts import EXPORT_PRECISIONS, PROFILE_PRECISIONS
 from ..loop import RunSettings
-from .common import (
-    POSITIVE, AliasedOption, FiniteFloat, clock_option, device_option, emit, json_option, model_option,
-    progress_printer, quiet_option, space_option, table, threads_option,
+from ..loop import run as run_loop
+from ..profiler.store import kept_figure
+from .common import emit, progress_printer, table
+from .options import (
+    CLOCK, DEVICE, EVAL_TOKENS, EVALUATIONS, EXPORT_PRECISION, JSON, MAX_LATENCY, MODEL, OUT, POPULATION,
+    PROFILE_PRECISION, QUIET, SAMPLES, SEED, SPACE, THREADS, VISITS, FiniteFloat, default_of, settings_from,
 )  # fmt: skip
-
-D = RunSettings()
-
-
-def _algorithms() -> list[str]:
-    from ..search.algorithms import ALGORITHMS
-
-    return sorted(ALGORITHMS)
+from .registry_options import ALGORITHM, BACKEND
 
 
 @click.command()
-@model_option(D.model)
-@space_option
-@click.option("--backend", default=D.backend, show_default=True, help="Profiler backend the predictor models.")
-@click.option("--profile-precision", "--backend-precision", "backend_precision", cls=AliasedOption,
-              type=click.Choice(PROFILE_PRECISIONS), default=D.backend_precision, show_default=True,
-              help="Precision of the profiled backend (what the latency predictor models).")
-@click.option("--export-precision", "--precision", "export_precision", cls=AliasedOption,
-              type=click.Choice(EXPORT_PRECISIONS), default=D.export_precision, show_default=True,
-              help="Precision of the exported ONNX artifact.")
-@device_option(D.device)
-@click.option("--max-latency", "max_latency_ms", type=POSITIVE, help="Predicted decode ms budget.")
-@click.option("--speedup", default=D.speedup, show_default=True, type=FiniteFloat(min=1),
+@MODEL(RunSettings)
+@SPACE(RunSettings, name="space")
+@BACKEND(RunSettings, note="The latency predictor models it.")
+@PROFILE_PRECISION(RunSettings, name="backend_precision", old=("--backend-precision",))
+@EXPORT_PRECISION(RunSettings, name="export_precision", old=("--precision",))
+@DEVICE(RunSettings)
+@MAX_LATENCY(note="[full network's predicted latency / SPEEDUP]")
+@click.option("--speedup", default=default_of(RunSettings, "speedup"), show_default=True, type=FiniteFloat(min=1),
               help="Without --max-latency: budget = full network's predicted latency / SPEEDUP.")
-@click.option("--samples", default=D.samples, show_default=True, type=click.IntRange(min=10),
-              help="Sub-networks to profile when no matching profile of this device exists.")
-@click.option("--transfer-samples", default=D.transfer_samples, show_default=True, type=click.IntRange(min=5),
+@SAMPLES(RunSettings, type=click.IntRange(min=10), note="when no matching profile of this device exists.")
+@click.option("--transfer-samples", default=default_of(RunSettings, "transfer_samples"), show_default=True,
+              type=click.IntRange(min=5),
               help="... when a predictor of another device for the same space and backend exists: this many are "
                    "profiled (2 held out) and that predictor transferred.")
-@click.option("--deployed-samples", default=D.deployed_samples, show_default=True, type=click.IntRange(min=0),
+@click.option("--deployed-samples", default=default_of(RunSettings, "deployed_samples"), show_default=True,
+              type=click.IntRange(min=0),
               help="Sub-networks profiled in the deployed format (onnxruntime at the export precision) in the run "
                    "directory; its predictor is transferred from the backend's. 0: search on the backend's latency.")
-@click.option("--visits", default=D.visits, show_default=True, type=click.IntRange(min=1),
-              help="Passes over that profile's plan; turns measuring the full network and the winner.")
-@click.option("--algorithm", type=click.Choice(_algorithms()), default=D.algorithm, show_default=True)
-@click.option("--population", default=D.population, show_default=True, type=click.IntRange(min=2))
-@click.option("--evaluations", default=D.evaluations, show_default=True, type=click.IntRange(min=2))
-@click.option("--eval-tokens", default=D.eval_tokens, show_default=True, type=click.IntRange(min=64),
-              help="Held-out tokens per perplexity evaluation.")
-@threads_option(D.threads)
-@clock_option(D.clock)
-@click.option("--seed", default=D.seed, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory [runs/DATE-TIME].")
-@quiet_option
-@json_option
-def run(out: Path | None, as_json: bool, quiet: bool, space_name: str, **settings) -> None:
+@VISITS(RunSettings, note="Also the turns measuring the full network and the winner.")
+@ALGORITHM(RunSettings)
+@POPULATION(RunSettings)
+@EVALUATIONS(RunSettings)
+@EVAL_TOKENS(RunSettings, type=click.IntRange(min=64))
+@THREADS(RunSettings)
+@CLOCK(RunSettings)
+@SEED(RunSettings, note="of every stage.")
+@OUT(note="the run directory [runs/DATE-TIME].")
+@QUIET()
+@JSON()
+def run(out: Path | None, as_json: bool, quiet: bool, **opts) -> None:
     """Profile -> fit -> search -> export -> verify and measure, on this device, in one run directory.
 
     Rerunning with the same --out resumes: finished stages are reused.
     """
-    from ..loop import run as run_loop
-
     out = out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    result = run_loop(RunSettings(space=space_name, **settings), out, progress_printer(quiet))
+    result = run_loop(settings_from(RunSettings, opts), out=out, callback=progress_printer(quiet))
     emit(result.to_dict(), as_json, render_summary)
 
 
@@ -153,8 +141,6 @@ def _row(r: dict) -> tuple:
 
 
 def _kept(figure, statistic: str) -> str:
-    from ..profiler.store import kept_figure
-
     return f"{kept_figure(figure, statistic):.4g}" if isinstance(figure, dict) else ""
 
 

@@ -2,45 +2,47 @@
 
 from __future__ import annotations
 
-import inspect
+from pathlib import Path
 
 import click
 
+from ..cluster import RayWorkers
 from ..errors import BadInputError
+from ..search import SearchProblem, objectives_from_specs
 from ..search.algorithms import ALGORITHMS, NSGA2
 from ..search.objectives import Perplexity, TaskAccuracy
 from ..search.run import minimize
-from .common import POSITIVE, FiniteFloat, emit, json_option, model_option, progress_printer, space_option, table
-
-_MINIMIZE = {name: p.default for name, p in inspect.signature(minimize).parameters.items()}
+from .common import emit, progress_printer, table
+from .options import (
+    EVAL_TOKENS, EVALUATIONS, JSON, MAX_LATENCY, MODEL, OUT, POPULATION, POSITIVE, RAY, SEED, SPACE, FiniteFloat,
+    default_of,
+)  # fmt: skip
+from .registry_options import ALGORITHM
 
 
 @click.command()
-@model_option()
-@space_option
+@MODEL()
+@SPACE()
 @click.option(
     "--objective",
     "objectives",
     multiple=True,
     help="accuracy[:TASK_OR_DATA] | latency:PREDICTOR_FILE | size (repeat; default accuracy = held-out perplexity).",
 )
-@click.option("--max-latency", "max_latency_ms", type=POSITIVE, help="Constraint: predicted latency <= MS.")
+@MAX_LATENCY()
 @click.option("--max-size", "max_size_gib", type=POSITIVE, help="Constraint: fp16 size <= GIB.")
-@click.option("--algorithm", type=click.Choice(list(ALGORITHMS)), default=NSGA2.name, show_default=True)
-@click.option("--population", default=NSGA2().population, show_default=True, type=click.IntRange(min=2))
-@click.option("--evaluations", default=_MINIMIZE["evaluations"], show_default=True, type=click.IntRange(min=2),
-              help="Real evaluations.")  # fmt: skip
-@click.option("--seed", default=_MINIMIZE["seed"], show_default=True, type=int)
-@click.option("--eval-tokens", default=Perplexity().max_tokens, show_default=True, type=click.IntRange(min=1),
-              help="Perplexity tokens.")  # fmt: skip
-@click.option("--eval-examples", default=TaskAccuracy().max_examples, show_default=True, type=click.IntRange(min=1),
-              help="Task examples.")  # fmt: skip
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output dir (resumes if same).")
-@click.option("--ray", "address", metavar="auto|ADDRESS",
-              help="Measure accuracy on Ray actors: auto (this machine's cluster, else a local one) or a cluster address.")
+@ALGORITHM(default=NSGA2.name)
+@POPULATION(NSGA2)
+@EVALUATIONS(minimize)
+@SEED(minimize, note="of the search (same seed, same front).")
+@EVAL_TOKENS(default=default_of(Perplexity, "max_tokens"))
+@click.option("--eval-examples", default=default_of(TaskAccuracy, "max_examples"), show_default=True,
+              type=click.IntRange(min=1), help="Task examples per accuracy evaluation.")  # fmt: skip
+@OUT(required=True, note="the search directory; the same settings resume in it.")
+@RAY(note="Measures accuracy on Ray actors.")
 @click.option("--workers", type=click.IntRange(min=1), help="Ray actors measuring accuracy, each holding the model [1].")
 @click.option("--gpus-per-worker", type=FiniteFloat(min=0), help="GPUs of each Ray actor [0].")
-@json_option
+@JSON()
 def search(
     model: str,
     space_name: str,
@@ -53,7 +55,7 @@ def search(
     seed: int,
     eval_tokens: int,
     eval_examples: int,
-    out: str,
+    out: Path,
     address: str | None,
     workers: int | None,
     gpus_per_worker: float | None,
@@ -66,8 +68,6 @@ def search(
     again with the same settings to resume an interrupted search. With --ray the accuracy of
     each generation's sub-networks is measured in parallel on a Ray cluster; same seed, same front.
     """
-    from ..search import SearchProblem, objectives_from_specs
-
     pool = _ray_workers(address, workers, gpus_per_worker)
 
     chosen = ALGORITHMS[algorithm](population=population)
@@ -85,8 +85,6 @@ def _ray_workers(address: str | None, workers: int | None, gpus: float | None):
             if value is not None:
                 raise BadInputError("applies to a search on Ray only; add --ray auto or --ray ADDRESS", param=param)
         return None
-    from ..cluster import RayWorkers
-
     return RayWorkers(workers or 1, gpus or 0.0, address)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..space import SAMPLING_STRATEGIES, load_space
-from .common import emit, json_option
+from ..space import SAMPLING_STRATEGIES, SearchSpace, load_space
+from .common import emit
+from .options import JSON, SEED, default_of
 
 
 @click.group()
@@ -15,7 +16,7 @@ def space() -> None:
 
 @space.command()
 @click.argument("name")
-@json_option
+@JSON()
 def show(name: str, as_json: bool) -> None:
     """Show space NAME (built-in name or space JSON file)."""
     s = load_space(name)
@@ -48,11 +49,11 @@ def _count(n: int) -> str:
 @space.command()
 @click.argument("name")
 @click.option("-n", "--num", "n", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--seed", default=0, show_default=True)
+@SEED(SearchSpace.sample, note="of the sampling.")
 @click.option(
     "--strategy",
     type=click.Choice(SAMPLING_STRATEGIES),
-    default="stratified",
+    default=default_of(SearchSpace.sample, "strategy"),
     show_default=True,
     help="stratified: smallest and largest first, then depth x total-width strata.",
 )

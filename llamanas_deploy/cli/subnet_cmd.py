@@ -8,11 +8,11 @@ import click
 
 from ..analytics import compare_with_full
 from ..model.families import read_shape
+from ..profiler.base import Shapes
 from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
-from .common import emit, json_option, model_option, progress_printer, space_option, table
-
-SUBNET_HELP = "Sub-network: 'largest', 'smallest', inline JSON, a config file, or FRONT.json#INDEX."
+from .common import emit, progress_printer, table
+from .options import CONTEXT_LEN, JSON, MANY_SUBNETS, MODEL, NEW_DIRECTORY, OUT, PROMPT_LEN, SPACE, SUBNET
 
 
 def resolve_subnet(space: SearchSpace, value: str, many: bool = False) -> SubnetConfig | list[SubnetConfig]:
@@ -28,12 +28,12 @@ def subnet() -> None:
 
 
 @subnet.command()
-@model_option(aliases=("--config",))
-@space_option
-@click.option("--subnet", "subnet_arg", required=True, help=SUBNET_HELP + " A file may hold many (JSON lines).")
-@click.option("--prompt-len", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--context-len", default=128, show_default=True, type=click.IntRange(min=0))
-@json_option
+@MODEL(old=("--config",))
+@SPACE()
+@SUBNET(required=True, note=MANY_SUBNETS)
+@PROMPT_LEN(Shapes)
+@CONTEXT_LEN(Shapes, type=click.IntRange(min=0))
+@JSON()
 def stats(model: str, space_name: str, subnet_arg: str, prompt_len: int, context_len: int, as_json: bool) -> None:
     """Parameters, fp16 size, FLOPs and KV-cache bytes of sub-networks, against the full network."""
     shape = read_shape(model)
@@ -63,13 +63,13 @@ def _render(r: dict) -> str:
 
 
 @subnet.command()
-@model_option()
-@space_option
-@click.option("--subnet", "subnet_arg", required=True, help=SUBNET_HELP)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="New directory to write.")
+@MODEL()
+@SPACE()
+@SUBNET(required=True)
+@OUT(required=True, note=NEW_DIRECTORY)
 def extract(model: str, space_name: str, subnet_arg: str, out: Path) -> None:
     """Slice a sub-network out of the super-network and save it as a standalone model directory."""
-    from ..model.supernet import extract_subnet
+    from ..model.supernet import extract_subnet  # imports torch
 
     space = load_space(space_name)
     click.echo(str(extract_subnet(model, space, resolve_subnet(space, subnet_arg), out, progress_printer(False))))

@@ -1,10 +1,10 @@
 """Export stage: sub-network -> verified, quantized, measured ONNX Runtime artifact.
 
-- `export(model, space, subnet, out, ExportSettings(...), predictor=..., bench=BenchSettings(...))`
+- `export(supernet, space, subnet, ExportSettings(...), out=..., predictor=..., bench=BenchSettings(...))`
   runs it end to end (`pipeline`) from the ONNX pieces in `onnx_model/` (I/O config, exporter,
-  quantizer, artifact files) and returns an `ExportResult`;
+  quantizer, artifact files) and returns the `runtime.Artifact` it made;
 - `verify` checks ORT against torch and the quantized model against fp32;
-- `bench(artifact_dir, BenchSettings(...))` measures an artifact with the profiler's protocol (`measure`).
+- `bench(artifact, BenchSettings(...))` measures an artifact with the profiler's protocol (`measure`) into a `BenchResult`.
 
 Names are imported on first use: importing this package imports nothing heavy.
 """
@@ -15,8 +15,9 @@ import importlib
 from typing import Any
 
 _API = {
-    "export": "pipeline", "ExportSettings": "pipeline", "ExportResult": "pipeline",
-    "bench": "measure", "BenchSettings": "measure",
+    "export": "pipeline", "ExportSettings": "pipeline",
+    "bench": "measure", "BenchSettings": "measure", "BenchResult": "measure",
+    "export_gguf": "gguf", "GGUFSettings": "gguf",
 }  # fmt: skip
 
 __all__ = sorted(_API)

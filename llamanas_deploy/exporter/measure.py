@@ -17,11 +17,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..concepts import CLOCKS, check_choice, metric
+from ..concepts import CLOCKS, METRICS, check_choice, metric
 from ..errors import BadInputError
 from ..jsonfiles import checked_choice, checked_positive_integers, field_error, is_finite_number, is_integer
+from ..profiler.backends.onnxruntime_backend import ArtifactBackend
 from ..profiler.base import SHAPE_FIELDS, Shapes
+from ..profiler.fingerprint import current_fingerprint
 from ..profiler.stats import Protocol
+from ..profiler.store import STATISTICS, kept_figure
+from ..progress import Callback, report
+from ..runtime import IO_BINDING_DEVICES, Artifact, open_artifact
 from ..subnet_config import SubnetConfig
 
 
@@ -68,21 +73,32 @@ def _check_partial_shapes(shapes: Any) -> None:
             raise BadInputError(f"must be a positive integer, got {value!r}", param=name)
 
 
-def bench(artifact_dir: str | Path, settings: BenchSettings = BenchSettings()) -> dict[str, Any]:
-    """Measure the artifact in `artifact_dir` on this device; returns what `llamanas bench` prints."""
-    from ..runtime import open_artifact
+@dataclass(frozen=True)
+class BenchResult:
+    """The artifact at `directory` measured on this device: `measured` is the block `export` writes
+    into its manifest (figures, where and how they were taken, `vs_predicted` when it has a prediction)."""
 
-    opened = open_artifact(artifact_dir)
+    directory: Path
+    subnet_id: str
+    measured: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What `llamanas bench --json` prints."""
+        return {"artifact": str(self.directory), "subnet_id": self.subnet_id, **self.measured}
+
+
+def bench(artifact: Artifact | str | Path, settings: BenchSettings = BenchSettings(), *,
+          callback: Callback = None) -> BenchResult:  # fmt: skip
+    """Measure an artifact (an opened `Artifact`, or its directory: opened and checked) on this device."""
+    opened = artifact if isinstance(artifact, Artifact) else open_artifact(artifact)
+    report(callback, "bench", 0, 1, "artifact", message=f"measuring {opened.directory}")
     measured = bench_decoder(opened.directory, opened.manifest, settings)
-    return {"artifact": str(artifact_dir), "subnet_id": opened.manifest["subnet_id"], **measured}
+    report(callback, "bench", 1, 1, "artifact", status="done")
+    return BenchResult(opened.directory, opened.manifest["subnet_id"], measured)
 
 
 def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSettings = BenchSettings()) -> dict[str, Any]:
     """Measure the artifact in `directory` described by `manifest`; returns the manifest's `measured` block."""
-    from ..profiler.backends.onnxruntime_backend import ArtifactBackend
-    from ..profiler.fingerprint import current_fingerprint
-    from ..runtime import IO_BINDING_DEVICES, Artifact
-
     predicted = checked_prediction(manifest.get("predicted"), f"{directory}/manifest.json")
     shapes = settings.shapes_for(predicted)
     threads = settings.threads or predicted.get("threads") or 1
@@ -117,9 +133,6 @@ def checked_prediction(predicted: Any, source: str) -> dict[str, Any]:
     option: an artifact is content anyone may have edited and re-sealed."""
     import os
 
-    from ..concepts import METRICS
-    from ..profiler.store import STATISTICS
-
     if predicted is None:
         return {}
     if not isinstance(predicted, dict):
@@ -151,8 +164,6 @@ def _check_predicted_shapes(shapes: Any, source: str) -> None:
 
 def compare_with_prediction(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:
     """Error of the prediction in % of the measured figure, for the predictor's metric."""
-    from ..profiler.store import kept_figure
-
     field_name = metric(predicted["metric"]).field
     figure = measured.get(field_name)
     value = None if figure is None else kept_figure(figure, predicted.get("statistic") or "median")

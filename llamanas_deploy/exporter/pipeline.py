@@ -23,18 +23,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..analytics import subnet_stats
 from ..concepts import DEVICES, EXPORT_PRECISIONS, check_choice
+from ..data import load_tokenizer, read_texts, tokenize
 from ..errors import BadInputError
-from ..onnx_model.quantize import QuantSettings, check_blocks
+from ..evaluate import heldout_file
+from ..jsonfiles import check_out_dir, new_directory, write_json
+from ..onnx_model.artifact import GENAI_CONFIG, copy_tokenizer, genai_config, write_manifest
+from ..onnx_model.config import ONNX_NAME, onnx_config_for
+from ..onnx_model.graphs import (
+    DEFAULT_PRECISIONS, check_precision, export_graph, export_quantized, graph_dtype, graph_for
+)  # fmt: skip
+from ..onnx_model.quantize import QuantSettings, check_blocks, settings_for
 from ..progress import Callback, report
+from ..runtime import PROVIDERS, Artifact, OrtDecoder
+from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
-from .measure import BenchSettings
-from .verify import DEFAULT_MAX_PPL_INCREASE_PCT
+from .measure import BenchSettings, bench_decoder, checked_prediction
+from .verify import DEFAULT_MAX_PPL_INCREASE_PCT, quality_reference, torch_reference, verify_fp32, verify_quantized
 
 if TYPE_CHECKING:
     from ..model.supernet import SuperNetwork
     from ..predict.estimator import LatencyPredictor
-    from ..space import SearchSpace
+    from ..search.results import FrontMember
 
 EVAL_SEQ_LEN = 128
 QUANTIZED = ("int8", "int4")
@@ -64,70 +75,60 @@ class ExportSettings:
     max_ppl_increase_pct: float | None = None
 
     def __post_init__(self) -> None:
-        from ..onnx_model.graphs import DEFAULT_PRECISIONS, check_precision
-
         check_choice(self.device, DEVICES, "device")
         if self.precision is None:
             object.__setattr__(self, "precision", DEFAULT_PRECISIONS[self.device])
         check_choice(self.precision, EXPORT_PRECISIONS, "precision")
         check_precision(self.device, self.precision)
-        tokens = self.max_eval_tokens
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < EVAL_SEQ_LEN:
-            raise BadInputError(f"must be an integer >= {EVAL_SEQ_LEN}, got {tokens!r}", param="max_eval_tokens")
+        check_eval_tokens(self.max_eval_tokens)
         check_blocks(self.block_size, self.accuracy_level)
-        limit = self.max_ppl_increase_pct
-        if limit is None and self.precision in DEFAULT_MAX_PPL_INCREASE_PCT:
-            object.__setattr__(self, "max_ppl_increase_pct", DEFAULT_MAX_PPL_INCREASE_PCT[self.precision])
-        elif limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit)
-                                    or limit < 0):  # fmt: skip
-            raise BadInputError(f"must be a finite number >= 0 (percent), got {limit!r}", param="max_ppl_increase_pct")
+        limit = checked_ppl_limit(self.max_ppl_increase_pct, DEFAULT_MAX_PPL_INCREASE_PCT.get(self.precision))
+        object.__setattr__(self, "max_ppl_increase_pct", limit)
 
 
-@dataclass(frozen=True)
-class ExportResult:
-    """The artifact now at `directory`, and its manifest (as written in `manifest.json`)."""
+def check_eval_tokens(tokens: Any) -> None:
+    """`max_eval_tokens` of an export's settings: an integer of at least one evaluation window."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < EVAL_SEQ_LEN:
+        raise BadInputError(f"must be an integer >= {EVAL_SEQ_LEN}, got {tokens!r}", param="max_eval_tokens")
 
-    directory: Path
-    manifest: dict[str, Any]
 
-    def to_dict(self) -> dict[str, Any]:
-        """What `llamanas export --json` prints."""
-        return {"artifact": str(self.directory), **self.manifest}
+def checked_ppl_limit(limit: Any, default: float | None) -> float | None:
+    """`max_ppl_increase_pct` of an export's settings: a finite percentage >= 0, else the precision's `default`."""
+    if limit is None:
+        return default
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit < 0:
+        raise BadInputError(f"must be a finite number >= 0 (percent), got {limit!r}", param="max_ppl_increase_pct")
+    return limit
 
 
 def export(
-    model: SuperNetwork | str | Path,
+    supernet: SuperNetwork | str | Path,
     space: SearchSpace | str | Path,
-    subnet: SubnetConfig | str,
-    out: str | Path,
+    subnet: SubnetConfig | FrontMember | str,
     settings: ExportSettings = ExportSettings(),
     *,
+    out: str | Path,
     predictor: LatencyPredictor | str | Path | None = None,
     bench: BenchSettings | None = BenchSettings(),
     callback: Callback = None,
-) -> ExportResult:
-    """Export `subnet` of `model` as a verified ONNX Runtime artifact in the new directory `out`.
+) -> Artifact:
+    """Export `subnet` of `supernet` as a verified ONNX Runtime artifact in the new directory `out`.
 
-    `model`: a loaded `SuperNetwork` (used as is) or its checkpoint directory / built-in name.
+    `supernet`: a loaded `SuperNetwork` (used as is) or its checkpoint directory / built-in name.
     `space`: a `SearchSpace` or its name / file; `subnet` a `SubnetConfig` or anything
     `SearchSpace.resolve` reads. `predictor`: a `LatencyPredictor` or its file, whose prediction
     for `subnet` is recorded. `bench`: how to measure the artifact on this device, `None` for no
-    measurement. Every input is checked before anything slow starts.
+    measurement. Every input is checked before anything slow starts. Returns the artifact, as
+    `runtime.open_artifact` opens it.
     """
-    from ..analytics import subnet_stats
-    from ..jsonfiles import check_out_dir, new_directory, write_json
-    from ..model.supernet import SuperNetwork
-    from ..onnx_model.artifact import GENAI_CONFIG, copy_tokenizer, genai_config, write_manifest
-    from ..onnx_model.exporter import ONNX_NAME
-    from ..runtime import PROVIDERS, check_device
-    from ..space import load_space
-    from .measure import bench_decoder, checked_prediction
+    from ..model.supernet import load_supernet
+    from ..runtime import check_device  # looked up when called: tests patch it
 
     out = Path(out)
     check_out_dir(out)
     provider = check_device(settings.device)
-    space = load_space(space) if isinstance(space, (str, Path)) else space
-    subnet = space.resolve(subnet) if isinstance(subnet, str) else space.validate(subnet)
+    space = load_space(space)
+    subnet = space.resolve(subnet)
     predicted = _predicted(*_load_predictor(predictor, space), subnet) if predictor is not None else None
     if predicted is not None and bench is not None:  # what bench will read of it, refused now naming the predictor
         checked_prediction(predicted, f"{predicted['predictor']} (the prediction it gives)")
@@ -137,8 +138,7 @@ def export(
     stage = _Stages(callback, steps + (["bench"] if bench is not None else []))
     with new_directory(out) as artifact_dir:
         stage("load")
-        supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
-        supernet.check_space(space)
+        supernet = load_supernet(supernet, space)
         origin = _Origin(supernet.source, supernet.weights_sha256(), subnet_stats(supernet.shape, subnet))
         graphs = _write_graphs(supernet, subnet, settings, artifact_dir, stage)
         del supernet  # every weight is in the graphs now: freed here, unless the caller holds it
@@ -155,7 +155,7 @@ def export(
             manifest["measured"] = bench_decoder(artifact_dir, manifest, bench)
         manifest = write_manifest(artifact_dir, manifest)
         stage.finish()
-    return ExportResult(out, manifest)
+    return Artifact(out, manifest)
 
 
 class _Stages:
@@ -200,10 +200,6 @@ def _write_graphs(supernet, subnet: SubnetConfig, settings: ExportSettings, arti
                   stage: Callable[[str], None]) -> _Graphs:  # fmt: skip
     """Write the graphs from views of the super-network's weights (no copy of them is made), and
     take the torch outputs the checks compare with; `artifact_dir`'s parent is scratch space."""
-    from ..onnx_model.config import onnx_config_for
-    from ..onnx_model.graphs import export_graph, export_quantized, graph_dtype, graph_for
-    from .verify import torch_reference
-
     stage("export")
     model = supernet.extract(subnet, copy=False)
     model_config = model.config.to_dict() | {"intermediate_sizes": list(subnet.intermediate_sizes)}
@@ -226,9 +222,6 @@ def _write_graphs(supernet, subnet: SubnetConfig, settings: ExportSettings, arti
 
 def _verify(graphs: _Graphs, settings: ExportSettings, artifact_dir: Path, stage: Callable[[str], None]) -> dict[str, Any]:
     """The unquantized graph against torch, then the quantized one against it; one session open at a time."""
-    from ..onnx_model.exporter import ONNX_NAME
-    from ..runtime import OrtDecoder
-    from .verify import quality_reference, verify_fp32, verify_quantized
 
     stage("verify")
     base = BASE_PRECISIONS[graphs.dtype]
@@ -247,8 +240,6 @@ def _verify(graphs: _Graphs, settings: ExportSettings, artifact_dir: Path, stage
 
 
 def _quant_settings(settings: ExportSettings) -> QuantSettings | None:
-    from ..onnx_model.quantize import settings_for
-
     return settings_for(settings.precision, settings.device, settings.block_size, settings.accuracy_level)
 
 
@@ -260,9 +251,6 @@ def eval_tokens(model_dir: Path, data: str | None, max_tokens: int, vocab_size: 
     weights, as the profiler's) gets a deterministic sample of random token ids (enough to check
     agreement, not accuracy).
     """
-    from ..data import load_tokenizer, read_texts, tokenize
-    from ..evaluate import heldout_file
-
     heldout = heldout_file(model_dir)
     has_tokenizer = (model_dir / "tokenizer.json").is_file()
     if data is not None and not has_tokenizer:

@@ -30,6 +30,7 @@ from ..errors import VerificationError
 from ..model.compat import cache_tensors, forward_with_cache, returned_cache
 from ..onnx_model.config import DecoderOnnxConfig
 from ..onnx_model.fp16 import FP16_RELATIVE_TOLERANCE
+from ..runtime import generate, host, perplexity
 
 FP32_RELATIVE_TOLERANCE = 3e-4
 # the quality gate's default per precision (held-out perplexity change against the unquantized graph,
@@ -154,8 +155,6 @@ def _compare(name: str, ort_out: np.ndarray, reference: np.ndarray, checks: Chec
 def _compare_step(label: str, decoder, config, ort_logits, ort_present, ref: TorchStep, past_len: int, checks: Checks,
                   fp16: bool) -> dict[str, float]:  # fmt: skip
     """Limits relative to torch's values (`relative_tolerance`), at the graph dtype's share."""
-    from ..runtime import host
-
     batch, seq = ort_logits.shape[:2]
     shapes = config.output_shapes(batch, seq, past_len)
     logits = _compare(f"{label} logits", ort_logits, ref.logits, checks, shapes["logits"])
@@ -184,8 +183,6 @@ class QualityReference:
 
 def quality_reference(unquantized, tokens: Sequence[int], seq_len: int) -> QualityReference:
     """Perplexity (windows of `seq_len`) and greedy generations of the `OrtDecoder` `unquantized`."""
-    from ..runtime import generate, perplexity
-
     greedy = tuple(tuple(generate(unquantized, prompt, GREEDY_NEW_TOKENS).tokens) for prompt in _greedy_prompts(tokens))
     return QualityReference(perplexity(unquantized, tokens, seq_len), greedy, seq_len)
 
@@ -196,8 +193,6 @@ def verify_quantized(
 ) -> dict[str, Any]:  # fmt: skip
     """Perplexity change and greedy agreement of the `OrtDecoder` `quantized` against the unquantized
     graph's `reference`; `base_precision` names that one in the figures (fp16 for the CUDA graph)."""
-    from ..runtime import generate, perplexity
-
     checks = Checks("quantized model")
     base, mine = reference.perplexity, perplexity(quantized, tokens, reference.seq_len)
     change = (mine.perplexity / base.perplexity - 1) * 100

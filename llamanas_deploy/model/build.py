@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import BadInputError
+from ..jsonfiles import write_json
 from .families import ModelShape, family_for, read_config_dict
 
 WEIGHTS_NAME = "model.safetensors"
@@ -219,8 +220,6 @@ def save_model(
     sharded model's weights gathered into full tensors), keyed as `model.state_dict()`.
     """
     from safetensors.torch import save_file
-
-    from ..jsonfiles import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import BadInputError
 from ..jsonfiles import checked_integer, field_error, read_json
+from .packaged import PACKAGED_MODELS, packaged_model_dir
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUILTIN_MODELS = {"tiny": ASSETS_DIR / "tiny"}
@@ -121,8 +122,6 @@ class ModelShape:
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """A built-in model name (`tiny`), a packaged model's name (`smollm2-135m`: imported on first use,
     see `packaged.py`), or a path to a checkpoint directory or a `config.json`."""
-    from .packaged import PACKAGED_MODELS, packaged_model_dir
-
     name = str(name_or_path)
     if name in PACKAGED_MODELS:
         return packaged_model_dir(name)

@@ -25,9 +25,13 @@ import torch
 from torch import nn
 
 from ..concepts import SUPERNET_FILES
+from ..data import chunk, load_tokenizer, read_texts, tokenize
 from ..errors import BadInputError
 from ..jsonfiles import check_out_dir, new_directory, read_json, write_json
 from ..progress import Callback, report
+from .build import save_model
+from .families import resolve_model_path
+from .supernet import SuperNetwork
 
 IMPORTANCE_FILE = "importance.json"
 SCHEMA_VERSION = 1
@@ -149,8 +153,6 @@ def _accumulate(total: torch.Tensor):
 
 def calibration_batches(model_dir: str | Path, data: str, max_tokens: int, seq_len: int) -> list[torch.Tensor]:
     """Rows of `seq_len` tokens of `data` (a file or a built-in corpus), tokenized for the model, 8 rows a batch."""
-    from ..data import chunk, load_tokenizer, read_texts, tokenize
-
     rows = chunk(tokenize(read_texts(data), load_tokenizer(model_dir), eos_id=None), seq_len, max_tokens)
     return list(rows.split(8))
 
@@ -165,10 +167,6 @@ def prepare_supernet(
 ) -> tuple[Path, Importance]:
     """Reorder `model`'s neurons by importance, measure its layers' block influence, and write the
     prepared super-network to `out` (new or empty) with `importance.json` and the model's other files."""
-    from .build import save_model
-    from .families import resolve_model_path
-    from .supernet import SuperNetwork
-
     out = Path(out)
     check_out_dir(out)  # before the slow load
     supernet = SuperNetwork.load(model)

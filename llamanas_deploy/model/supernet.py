@@ -175,6 +175,16 @@ class SuperNetwork:
         return Path(out_dir)
 
 
+def load_supernet(supernet: SuperNetwork | str | Path, space: SearchSpace) -> SuperNetwork:
+    """`supernet` as is when loaded, else loaded from its directory or built-in name; refused unless it
+    is the super-network `space` was made for (`SuperNetwork.check_space`).
+
+    The one place a stage turns "a super-network or its name" into a checked super-network."""
+    loaded = supernet if isinstance(supernet, SuperNetwork) else SuperNetwork.load(supernet)
+    loaded.check_space(space)
+    return loaded
+
+
 def extract_subnet(
     model: SuperNetwork | str | Path,
     space: SearchSpace,
@@ -185,9 +195,8 @@ def extract_subnet(
     """Save `subnet` of `model` (checked against `space`; a string goes through `space.resolve`)
     as a standalone model directory `out`, which must be new or empty."""
     check_out_dir(Path(out))  # before the slow load
-    subnet = space.resolve(subnet) if isinstance(subnet, str) else space.validate(subnet)
-    supernet = model if isinstance(model, SuperNetwork) else SuperNetwork.load(model)
-    supernet.check_space(space)
+    subnet = space.resolve(subnet)
+    supernet = load_supernet(model, space)
     report(callback, "extract", message=f"extracting {subnet.id} ({subnet.num_layers} layers) from {supernet.source}")
     return supernet.save_subnet(subnet, out, space)
 

@@ -18,6 +18,10 @@ Runtime opens external data next to the model) and no link leading out of it; an
 listed file must match its sha256. Then the content itself (`allowlist`): `genai_config.json` holds only
 what the toolkit writes (no custom-op library, no provider option that loads code or writes files),
 and the graph only ops the toolkit emits, its external data only in listed files.
+
+A GGUF artifact (`kind` `GGUF_KIND`, written by `exporter.gguf`) holds `model.gguf` and the manifest
+alone; the same checks apply (`gguf.file` is its named path), and its content check is that the file
+reads as a GGUF of an architecture and with tensor types the toolkit writes. `KINDS` holds what differs.
 """
 
 from __future__ import annotations
@@ -27,25 +31,68 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ..concepts import DEVICES, EXPORT_PRECISIONS, TOKENIZER_FILES
+from ..concepts import DEVICES, EXPORT_PRECISIONS, GGUF_PRECISIONS, TOKENIZER_FILES
 from ..errors import BadInputError
 from ..jsonfiles import (
     checked_choice, checked_integer, checked_object, dumps, field_error, is_integer, parse_json, sha256_file, write_text
 )  # fmt: skip
 from ..subnet_config import SubnetConfig
 from .allowlist import check_genai_config, check_graph
+from .config import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 
 SCHEMA_VERSION = 2  # 2: manifest.sha256 covers the manifest; every named path is checked
 KIND = "llamanas-onnx-artifact"
+GGUF_KIND = "llamanas-gguf-artifact"
+GGUF_TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
+GGUF_ARCHITECTURES = ("llama", "deci")  # llama.cpp's graph for uniform MLP widths; for per-layer widths
 MANIFEST = "manifest.json"
 MANIFEST_HASH = "manifest.sha256"
 SEALED = (MANIFEST, MANIFEST_HASH)  # the files `files` does not list: they cover it
 MAX_MANIFEST_BYTES = 16 << 20
 GENAI_CONFIG = "genai_config.json"
-REQUIRED_KEYS = ("subnet", "subnet_id", "precision", "device", "onnx", "size", "verification")
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """What a manifest of one `kind` must hold: its fields, its precisions, the block naming the model
+    file (`<model>.file`) and its size (`size.<model>_bytes`), and the check of that file's content."""
+
+    required: tuple[str, ...]
+    precisions: tuple[str, ...]
+    model: str
+    check_content: Callable[[Path, str, dict[str, str]], None]
+
+
+def _check_gguf(directory: Path, name: str, files: dict[str, str]) -> None:
+    """`BadInputError` unless the file reads as a GGUF of an architecture and with tensor types the
+    toolkit writes (`GGUF_ARCHITECTURES`, `GGUF_TENSOR_TYPES`)."""
+    from gguf import GGUFReader
+
+    path = Path(directory) / name
+    try:
+        reader = GGUFReader(path)
+    except Exception as err:  # noqa: BLE001 - the reader raises ValueError, struct and numpy errors alike
+        raise BadInputError(f"{path}: not a readable GGUF file ({type(err).__name__})") from None
+    field = reader.fields.get("general.architecture")
+    architecture = None if field is None else field.contents()
+    if architecture not in GGUF_ARCHITECTURES:
+        raise BadInputError(f"{path}: general.architecture is {architecture!r}, expected one of {list(GGUF_ARCHITECTURES)}")
+    for tensor in reader.tensors:
+        if tensor.tensor_type.name not in GGUF_TENSOR_TYPES:
+            raise BadInputError(f"{path}: tensor {tensor.name} has type {tensor.tensor_type.name}, not one the "
+                                f"toolkit writes {list(GGUF_TENSOR_TYPES)}")  # fmt: skip
+
+
+KINDS = {
+    KIND: ArtifactKind(("subnet", "subnet_id", "precision", "device", "onnx", "size", "verification"),
+                       EXPORT_PRECISIONS, "onnx", check_graph),
+    GGUF_KIND: ArtifactKind(("subnet", "subnet_id", "precision", "device", "gguf", "size", "verification"),
+                            GGUF_PRECISIONS, "gguf", _check_gguf),
+}  # fmt: skip
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
@@ -70,8 +117,6 @@ def genai_config(onnx_config, model_config: dict[str, Any], provider: str, onnx_
     The fused graph's GroupQueryAttention updates a preallocated cache in place, so onnxruntime-genai
     shares one past/present buffer; the dynamo graph concatenates, so its present grows each step.
     """
-    from .config import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
-
     eos = model_config.get("eos_token_id", 0)
     provider_options = [] if provider == "CPUExecutionProvider" else [{"cuda": {}}]
     decoder = {
@@ -123,9 +168,9 @@ def genai_config(onnx_config, model_config: dict[str, Any], provider: str, onnx_
     return {"model": model, "search": search}
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(directory: Path, manifest: dict[str, Any], kind: str = KIND) -> dict[str, Any]:
     """Add the sha256 of every file, write `manifest.json` and its hash `manifest.sha256`; returns the manifest."""
-    manifest = {"schema_version": SCHEMA_VERSION, "kind": KIND, **manifest, "files": file_hashes(directory)}
+    manifest = {"schema_version": SCHEMA_VERSION, "kind": kind, **manifest, "files": file_hashes(directory)}
     text = dumps(manifest, sort_keys=True) + "\n"
     write_text(directory / MANIFEST, text)
     write_text(directory / MANIFEST_HASH, f"{hashlib.sha256(text.encode()).hexdigest()}  {MANIFEST}\n")
@@ -141,29 +186,32 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = directory / MANIFEST
     text = _read_manifest_text(directory, root)
     manifest = parse_json(text, str(path))
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND or not isinstance(manifest.get("files"), dict):
-        raise BadInputError(f"{path}: not a llamanas artifact manifest (kind '{KIND}' with a 'files' table expected)")
+    if not isinstance(manifest, dict) or manifest.get("kind") not in KINDS or not isinstance(manifest.get("files"), dict):
+        raise BadInputError(f"{path}: not a llamanas artifact manifest (kind one of {list(KINDS)} with a 'files' "
+                            "table expected)")  # fmt: skip
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BadInputError(f"{path}: schema_version {manifest.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    kind = KINDS[manifest["kind"]]
+    missing = [key for key in kind.required if key not in manifest]
     if missing:
         raise BadInputError(f"{path}: missing field(s) {missing}")
-    _check_fields(manifest, str(path))
+    _check_fields(manifest, kind, str(path))
     check_named_paths(directory, manifest)
     check_files(directory, manifest["files"])
-    check_graph(directory, manifest["onnx"]["file"], manifest["files"])
+    kind.check_content(directory, manifest[kind.model]["file"], manifest["files"])
     return manifest
 
 
-def _check_fields(manifest: dict[str, Any], source: str) -> None:
+def _check_fields(manifest: dict[str, Any], kind: ArtifactKind, source: str) -> None:
     """The fields `generate` and `bench` read, checked like a CLI option: whoever edits an artifact can re-seal it."""
     checked_choice(manifest["device"], DEVICES, source, "device")
-    checked_choice(manifest["precision"], EXPORT_PRECISIONS, source, "precision")
+    checked_choice(manifest["precision"], kind.precisions, source, "precision")
     subnet = SubnetConfig.from_dict(manifest["subnet"], f"{source}: subnet")
     if manifest["subnet_id"] != subnet.id:
         raise field_error(source, "subnet_id", f"{subnet.id!r} (the id of its subnet)", manifest["subnet_id"])
+    checked_object(manifest[kind.model], source, kind.model)
     size = checked_object(manifest["size"], source, "size")
-    checked_integer(size.get("onnx_bytes"), source, "size.onnx_bytes", minimum=0)
+    checked_integer(size.get(f"{kind.model}_bytes"), source, f"size.{kind.model}_bytes", minimum=0)
     eos = checked_object(manifest.get("tokens", {}), source, "tokens").get("eos_token_id")
     if not (eos is None or is_integer(eos) or isinstance(eos, list) and all(map(is_integer, eos))):
         raise field_error(source, "tokens.eos_token_id", "an integer, a list of integers or null", eos)
@@ -237,8 +285,9 @@ def _resolve(path: Path) -> Path:
 
 def named_paths(manifest: dict[str, Any]) -> list[Any]:
     """Every file name the manifest points readers at, besides the `files` table itself."""
-    onnx = manifest.get("onnx")
-    names = [onnx.get("file") if isinstance(onnx, dict) else None]
+    kind = KINDS.get(manifest.get("kind"), KINDS[KIND])
+    model = manifest.get(kind.model)
+    names = [model.get("file") if isinstance(model, dict) else None]
     tokenizer = manifest.get("tokenizer_files", [])
     names += tokenizer if isinstance(tokenizer, list) else [tokenizer]
     return names

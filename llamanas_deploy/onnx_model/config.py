@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from ..errors import BadInputError
 from ..model.families import ModelShape
 
+ONNX_NAME = "model.onnx"  # the artifact's graph file
 BATCH = "batch_size"
 SEQUENCE = "sequence_length"
 PAST = "past_sequence_length"

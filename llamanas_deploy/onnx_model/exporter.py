@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from ..model.compat import cache_tensors, forward_with_cache, returned_cache
-from .config import PAST, DecoderOnnxConfig
+from .config import ONNX_NAME, PAST, DecoderOnnxConfig
 
-ONNX_NAME = "model.onnx"
 # protobuf cannot hold more than 2 GiB: bigger models keep their weights in `model.onnx.data`
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
 # dummy sizes for tracing: distinct and > 1, so no axis is specialized to a constant

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .config import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, DecoderOnnxConfig
+from .config import ONNX_NAME, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, DecoderOnnxConfig
 from .quantize import QuantSettings, quantize_blocks
 
 MS_DOMAIN = "com.microsoft"
@@ -324,7 +324,6 @@ def export_fused(model, config: DecoderOnnxConfig, out_dir: Path, fuse_gate_up: 
     made (`quant`: quantized as they are made); returns the model's path."""
     import onnx
 
-    from .exporter import ONNX_NAME
 
     data_name = f"{ONNX_NAME}.data"
     with open(out_dir / data_name, "wb") as data:

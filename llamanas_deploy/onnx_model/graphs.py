@@ -26,8 +26,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import BadInputError
-from .config import DecoderOnnxConfig
-from .quantize import QuantSettings
+from .config import ONNX_NAME, DecoderOnnxConfig
+from .fp16 import export_fp16
+from .fused import export_fused, quantization_note
+from .quantize import QuantSettings, quantize
 
 FUSED_DEVICES = ("cpu",)
 FUSED_HEAD_MULTIPLE = 16
@@ -66,12 +68,8 @@ def export_graph(model, config: DecoderOnnxConfig, out_dir: Path, graph: str, pr
     the `precision` it will be deployed at (quantized later, or not); returns its path. `model`
     is not changed (a float16 graph is exported from a copy)."""
     if dtype == "float16":  # always the dynamo graph (the fused ops' CUDA kernels are not used)
-        from .fp16 import export_fp16
-
         return export_fp16(copy.deepcopy(model), config, out_dir)
     if graph == "fused":
-        from .fused import export_fused
-
         return export_fused(model, config, out_dir, fuse_gate_up=precision != "fp32")
     from .exporter import export_onnx
 
@@ -87,12 +85,8 @@ def export_quantized(model, config: DecoderOnnxConfig, out_dir: Path, graph: str
     exported unquantized first (`base`, when the caller already has it; else in scratch space
     inside `out_dir`, removed after), then quantized by ORT's quantizer.
     """
-    from .exporter import ONNX_NAME
-    from .quantize import quantize
 
     if graph == "fused":
-        from .fused import export_fused, quantization_note
-
         export_fused(model, config, out_dir, quant=quant)
         return replace(quant, reason=f"{quant.reason}; {quantization_note(model, quant)}")
     with contextlib.ExitStack() as cleanup:

@@ -32,6 +32,7 @@ from ..concepts import metric as metric_named
 from ..errors import BadInputError
 from ..model.families import BUILTIN_MODELS, ModelShape, read_shape
 from ..profiler.stats import best_of
+from ..profiler.store import MEASUREMENTS_FILE, read_profile
 from ..space import SearchSpace, builtin_spaces, load_space
 from ..subnet_config import SubnetConfig
 
@@ -96,8 +97,6 @@ def load_profile_data(
     fewer than `min_subnets` usable sub-networks are refused (a transfer fit needs fewer than one from scratch).
     `drift`: "anchor" corrects timings by the profile's anchor measurements where it has them; "none" keeps them."""
     check_choice(drift, DRIFT_CORRECTIONS, "drift")
-    from ..profiler.store import MEASUREMENTS_FILE, read_profile
-
     metric = metric_named(metric).name
     profile = read_profile(path)
     source = f"{profile.path / MEASUREMENTS_FILE}"

@@ -29,17 +29,13 @@ scale-and-offset copy of the source and more of them add a correction. `benchmar
 predictor_transfer.py` chose this form (against a pure scale, the source rescaled by one
 sub-network, and fitting from scratch).
 
-Saved as one JSON file: metadata, the feature description, the prior, and XGBoost's own JSON
-model embedded as an object (no pickle), with a sha256 over all of it so corruption is caught.
-A transferred predictor embeds its source's file body (schema version 2) and records it by name and
-sha256 in `metadata["transfer"]`.
+Saved as one JSON file (`predictor_file.py`: the format, its reading and its checks); a transferred
+predictor embeds its source's file and records it by name and sha256 in `metadata["transfer"]`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,25 +45,16 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from .. import __version__
-from ..concepts import CLOCKS, METRICS, metric
+from ..concepts import metric
 from ..errors import BadInputError, LlamanasError
-from ..jsonfiles import (
-    checked_choice, checked_integer, checked_object, checked_positive_integers, dumps, field_error, is_finite_number,
-    is_integer, read_json, write_text,
-)  # fmt: skip
-from ..profiler.store import STATISTICS
 from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
-from ..profiler.base import SHAPE_FIELDS
+from . import predictor_file
 from .features import FEATURE_SCHEMA_VERSION, FeatureBuilder
+from .predictor_file import TUNED_HYPERPARAMETERS, PredictorFile
 
-FILE_FORMAT = "llamanas-latency-predictor"
-FILE_SCHEMA_VERSION = 1
-TRANSFER_SCHEMA_VERSION = 2  # a file that embeds its source predictor
-SCHEMA_VERSIONS = (FILE_SCHEMA_VERSION, TRANSFER_SCHEMA_VERSION)
 DEFAULT_GRID = {"max_depth": (2, 4), "num_boost_round": (10, 30, 100, 300)}
 TRANSFER_GRID = {"max_depth": (1, 2), "num_boost_round": (0, 10, 30, 100)}  # 0: the affine prior alone
-SOURCE_BASIS = "source_prediction"
 
 
 class NotFittedError(LlamanasError):
@@ -95,7 +82,6 @@ class TransferSource:
         name = Path(where).stem if where.endswith(".json") else where
         return cls(predictor, {"name": name, "path": where, "sha256": predictor.to_dict()["sha256"],
                                **{k: meta.get(k) for k in keys}, **reference})  # fmt: skip
-REQUIRED_METADATA = ("space_id", "metric", "shapes", "feature_schema_version", "hyperparameters")
 
 
 class LatencyPredictor(RegressorMixin, BaseEstimator):
@@ -294,51 +280,39 @@ class LatencyPredictor(RegressorMixin, BaseEstimator):
 
     # ---- files ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        self._check_fitted()
-        body = {
-            "format": FILE_FORMAT,
-            "schema_version": FILE_SCHEMA_VERSION if self.transfer_from is None else TRANSFER_SCHEMA_VERSION,
-            "metadata": self.metadata_,
-            "features": self.features.to_dict(),
-            "prior": {"basis": self._basis_names(), "coef": self.prior_coef_.tolist()},
-            "xgboost": json.loads(bytes(self.booster_.save_raw("json"))),
-        }
-        if self.transfer_from is not None:
-            body["transfer"] = {"reference": self.transfer_from.reference, "predictor": self.transfer_from.predictor.to_dict()}
-        return body | {"sha256": _digest(body)}
-
-    def _count_names(self) -> list[str]:
-        return [self.features.names[i] for i in self.features.count_columns]
-
-    def _basis_names(self) -> list[str]:
-        return ["intercept", SOURCE_BASIS] if self.transfer_from is not None else ["intercept", *self._count_names()]
+        """The predictor file's JSON object."""
+        return predictor_file.to_body(self._content())
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a failure leaves any existing file at `path` untouched."""
-        return write_text(path, dumps(self.to_dict(), indent=None))
+        return predictor_file.write(path, self._content())
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyPredictor":
-        path = Path(path)
-        return cls._from_body(_read_body(path), path)
+        return cls._from_content(predictor_file.read(path))
+
+    def _content(self) -> PredictorFile:
+        self._check_fitted()
+        transfer = None
+        if self.transfer_from is not None:
+            transfer = (self.transfer_from.reference, self.transfer_from.predictor._content())
+        return PredictorFile(self.metadata_, self.features, self.prior_coef_, self.booster_, transfer)
 
     @classmethod
-    def _from_body(cls, body: dict[str, Any], path: Path) -> "LatencyPredictor":
-        features = FeatureBuilder.from_dict(body["features"], str(path))
-        metadata = body["metadata"]
-        if features.space.id != metadata["space_id"]:
-            raise BadInputError(f"{path}: metadata.space_id {metadata['space_id']!r} is not the id of the space in "
-                                f"features.space ({features.space.id}); the file was edited")  # fmt: skip
-        hyper = metadata["hyperparameters"]
-        transfer = _read_transfer(body, path)
-        predictor = cls(features, metadata["metric"], learning_rate=hyper.get("learning_rate"), objective=hyper.get("objective"),
-                        transfer_from=transfer)  # fmt: skip
+    def _from_content(cls, content: PredictorFile) -> "LatencyPredictor":
+        metadata, hyper = content.metadata, content.metadata["hyperparameters"]
+        transfer = None
+        if content.transfer is not None:
+            reference, source = content.transfer
+            transfer = TransferSource(cls._from_content(source), reference)
+        predictor = cls(content.features, metadata["metric"], learning_rate=hyper.get("learning_rate"),
+                        objective=hyper.get("objective"), transfer_from=transfer)  # fmt: skip
         predictor.metadata_ = metadata
-        predictor.best_params_ = {k: metadata["hyperparameters"][k] for k in DEFAULT_GRID}
+        predictor.best_params_ = {k: hyper[k] for k in TUNED_HYPERPARAMETERS}
         predictor.cv_mape_pct_ = metadata.get("cv_mape_pct")
-        predictor.prior_coef_ = _read_prior(body["prior"], predictor._basis_names(), path)
-        predictor.booster_ = _read_booster(body["xgboost"], len(features.names), path)
-        predictor.source_ = str(path)
+        predictor.prior_coef_ = content.prior_coef
+        predictor.booster_ = content.booster
+        predictor.source_ = content.source
         if transfer is not None:
             predictor._check_source()
         return predictor
@@ -362,91 +336,7 @@ def _fit_prior(basis: np.ndarray, cost: np.ndarray, iterations: int = 30) -> np.
     return coef
 
 
-def _digest(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _versions() -> dict[str, str]:
     import xgboost
 
     return {"xgboost": xgboost.__version__, "llamanas_deploy": __version__}
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata of a predictor file (checked as `load` checks it) without loading its model."""
-    return _read_body(Path(path))["metadata"]
-
-
-def _read_body(path: Path) -> dict[str, Any]:
-    return _check_body(read_json(path, "predictor file"), path)
-
-
-def _check_body(body: Any, path: Path | str) -> dict[str, Any]:
-    if not isinstance(body, dict) or body.get("format") != FILE_FORMAT:
-        raise BadInputError(f"{path}: not a {FILE_FORMAT} file")
-    if body.get("schema_version") not in SCHEMA_VERSIONS:
-        raise BadInputError(f"{path}: schema_version {body.get('schema_version')} is not supported (expected one of {list(SCHEMA_VERSIONS)})")
-    if (body["schema_version"] == TRANSFER_SCHEMA_VERSION) != ("transfer" in body):
-        raise BadInputError(f"{path}: schema_version {body['schema_version']} and the 'transfer' section disagree")
-    missing = [k for k in ("metadata", "features", "prior", "xgboost", "sha256") if k not in body]
-    if missing:
-        raise BadInputError(f"{path}: predictor file is missing {missing}")
-    content = {key: value for key, value in body.items() if key != "sha256"}
-    if body["sha256"] != _digest(content):
-        raise BadInputError(f"{path}: content does not match its sha256; the file is corrupted")
-    _check_metadata(content["metadata"], str(path))
-    return content
-
-
-def _check_metadata(metadata: Any, source: str) -> None:
-    """What predicting, searching and exporting read of the metadata, checked when the file is read."""
-    checked_object(metadata, source, "metadata")
-    missing = [k for k in REQUIRED_METADATA if k not in metadata]
-    if missing:
-        raise BadInputError(f"{source}: predictor metadata is missing {missing}")
-    checked_choice(metadata["metric"], sorted(METRICS), source, "metadata.metric")
-    checked_positive_integers(metadata["shapes"], SHAPE_FIELDS, source, "metadata.shapes")
-    if metadata.get("threads") is not None:
-        checked_integer(metadata["threads"], source, "metadata.threads")
-    for field, choices in (("clock", CLOCKS), ("statistic", STATISTICS)):
-        if metadata.get(field) is not None:
-            checked_choice(metadata[field], choices, source, f"metadata.{field}")
-    hyper = metadata["hyperparameters"]
-    if not isinstance(hyper, dict) or not all(is_integer(hyper.get(k)) for k in DEFAULT_GRID):
-        raise field_error(source, "metadata.hyperparameters", f"an object with integer {list(DEFAULT_GRID)}", hyper)
-
-
-def _read_transfer(body: dict[str, Any], path: Path) -> TransferSource | None:
-    """The embedded source predictor of a transferred predictor (checked like a file of its own)."""
-    if "transfer" not in body:
-        return None
-    section = body["transfer"]
-    if not isinstance(section, dict) or not isinstance(section.get("reference"), dict) or "predictor" not in section:
-        raise BadInputError(f"{path}: the 'transfer' section needs 'reference' and 'predictor'")
-    where = f"{path} (its source predictor)"
-    source = LatencyPredictor._from_body(_check_body(section["predictor"], where), Path(where))
-    source.source_ = section["reference"].get("name", where)
-    return TransferSource(source, section["reference"])
-
-
-def _read_prior(prior: Any, basis_names: list[str], path: Path) -> np.ndarray:
-    basis = basis_names
-    if not isinstance(prior, dict) or prior.get("basis") != basis:
-        raise BadInputError(f"{path}: prior basis does not match the space's widths (expected {basis})")
-    coef = prior.get("coef")
-    if not isinstance(coef, list) or len(coef) != len(basis) or not all(is_finite_number(c) and c >= 0 for c in coef):
-        raise field_error(str(path), "prior.coef", f"a list of {len(basis)} non-negative numbers", coef)
-    return np.asarray(coef, dtype=np.float64)
-
-
-def _read_booster(model: Any, num_features: int, path: Path):
-    import xgboost as xgb
-
-    booster = xgb.Booster()
-    try:
-        booster.load_model(bytearray(json.dumps(model).encode()))
-    except xgb.core.XGBoostError as err:
-        raise BadInputError(f"{path}: embedded XGBoost model does not load ({str(err).splitlines()[0]})") from None
-    if booster.num_features() != num_features:
-        raise BadInputError(f"{path}: XGBoost model takes {booster.num_features()} features, expected {num_features}")
-    return booster

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..profiler.store import read_fingerprint
 from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
 from .estimator import LatencyPredictor
+from .shipped import load_latency_predictor
 
 SHOWN_METADATA = ("metric", "unit", "target", "fingerprint_id", "backend", "precision", "space_id", "shapes")
 
@@ -41,13 +43,10 @@ def predict_subnets(
     """Predict `subnets` (configs, or a sub-network argument: JSON lines file, inline JSON,
     FRONT.json#INDEX, 'largest' / 'smallest') with `predictor` (an object, a file, or a shipped
     name). `space` / `target_profile` (a profile directory) are refused when they are not the predictor's."""
-    from ..profiler.store import read_fingerprint
-    from .shipped import load_latency_predictor
-
     if not isinstance(predictor, LatencyPredictor):
         predictor = load_latency_predictor(predictor)
     if space is not None:
-        predictor.check_space(space if isinstance(space, SearchSpace) else load_space(space))
+        predictor.check_space(load_space(space))
     if target_profile is not None:
         predictor.check_target(read_fingerprint(target_profile))
     own = predictor.features.space

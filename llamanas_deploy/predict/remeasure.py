@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..profiler.base import Shapes
+from ..profiler.runner import ProfileSettings, profile
 from ..profiler.stats import Protocol
 from ..progress import Callback
 from ..subnet_config import SubnetConfig
@@ -44,8 +45,6 @@ def remeasure(data: ProfileData, configs: Sequence[SubnetConfig], first: np.ndar
               model: "SuperNetwork | str | Path", callback: Callback = None) -> Remeasurement:  # fmt: skip
     """Measure `configs` once more in `data`'s setting; compare `first` (their profile figures) and
     `predicted` with the new figures."""
-    from ..profiler.runner import ProfileSettings, profile
-
     setting = data.setting
     settings = ProfileSettings(backend=setting["backend"], precision=setting["precision"], device=setting["device"],
                                threads=setting["threads"], clock=setting["clock"], shapes=Shapes(**setting["shapes"]),

@@ -1,7 +1,7 @@
 """The shipped predictors (`predictors/*.json`), by name, as nn-Meter lists and loads its own.
 
 A predictor's name is its file's stem, `<target>-<backend>-<precision>-<metric>`. The folder is
-`predictors/` in the working directory, else the one in the repository next to the package.
+`predictors/` in the working directory if it exists, else the one shipped inside the package.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
-from .estimator import LatencyPredictor, read_metadata
+from ..shipped import shipped_predictors_dir
+from .estimator import LatencyPredictor
+from .predictor_file import read_metadata
 
-PREDICTOR_DIRS = (Path("predictors"), Path(__file__).resolve().parent.parent.parent / "predictors")
+PREDICTOR_DIRS = (Path("predictors"), shipped_predictors_dir())
 LISTED = ("target", "fingerprint_id", "backend", "precision", "device", "threads", "clock", "metric", "unit",
           "space_id", "shapes")  # fmt: skip
 

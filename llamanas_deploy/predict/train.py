@@ -95,8 +95,8 @@ def fit(
     metric: str = "decode_ms",
     settings: FitSettings = FitSettings(),
     *,
+    supernet: "SuperNetwork | str | Path | None" = None,
     space: SearchSpace | str | Path | None = None,
-    model: "SuperNetwork | str | Path | None" = None,
     backend: str | None = None,
     precision: str | None = None,
     transfer_from: Any = None,
@@ -105,13 +105,13 @@ def fit(
     """Fit an XGBoost predictor of `metric` on a profile directory (or its loaded `ProfileData`).
 
     `space`, `backend` and `precision` choose among what the directory holds (default: its one
-    built-in space, its one setting); `model` is the super-network it measured (default: the
+    built-in space, its one setting); `supernet` is the super-network it measured (default: the
     built-in model it names). Every model is scored on the same held-out split. `transfer_from`:
     a source predictor (object, file, shipped name) or a profile directory to transfer from.
     """
     minimum = MIN_SUBNETS if transfer_from is None else MIN_TRANSFER_SUBNETS
     data = _profile_data(profile, metric, space, backend, precision, minimum, settings.drift)
-    measured_model, shape = resolve_model(data, model)
+    measured_model, shape = resolve_model(data, supernet)
     features = FeatureBuilder(data.space, shape, data.setting["shapes"])
     source = None if transfer_from is None else resolve_source(transfer_from, data, features, settings.seed)
     estimator = LatencyPredictor(features, data.metric, random_state=settings.seed, transfer_from=source)

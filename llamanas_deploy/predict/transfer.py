@@ -7,7 +7,8 @@ both, or in neither, is refused: the first mixes two unknowns, the second has no
 
 `resolve_source` turns what the user names (a predictor object or file, a shipped predictor's name, a
 `TransferSource`, or a profile directory, fitted here on all its sub-networks) into a checked
-`TransferSource`; `transfer_rows` scores the alternatives a transfer has to beat on the same split.
+`TransferSource`; `transfer_rows` scores the alternatives a transfer has to beat on the same split;
+`find_transfer_source` picks, among the shipped predictors, another device's for a new device's fit.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BadInputError
+from ..profiler.base import Shapes
+from ..profiler.store import MEASUREMENTS_FILE, read_profile
+from ..space import SearchSpace
 from ..subnet_config import SubnetConfig
 from .compare import regression_metrics
 from .dataset import ProfileData, load_profile_data
 from .estimator import LatencyPredictor, TransferSource
 from .features import FeatureBuilder
+from .shipped import list_latency_predictors, load_latency_predictor
 
 MIN_TRANSFER_SUBNETS = 5  # 3 to fit, 2 held out
 SCRATCH = "xgboost + per-layer prior, from scratch (same samples)"
@@ -41,14 +46,31 @@ def resolve_source(transfer_from: Any, data: ProfileData, features: FeatureBuild
     elif isinstance(transfer_from, (str, Path)) and (Path(transfer_from) / "fingerprint.json").is_file():
         source = _source_from_profile(Path(transfer_from), data, features, seed)
     elif isinstance(transfer_from, (str, Path)):
-        from .shipped import load_latency_predictor
-
         source = TransferSource.of(load_latency_predictor(transfer_from))
     else:
         raise BadInputError(f"expected a predictor, its file or name, or a profile directory, got {type(transfer_from).__name__}",
                             param=PARAM)  # fmt: skip
     check_source(source, data)
     return source
+
+
+def find_transfer_source(
+    space: SearchSpace, metric: str, *, backend: str, precision: str, device: str, threads: int, clock: str
+) -> dict[str, Any] | None:
+    """The shipped predictor of another device (its `list_latency_predictors` row) for `space`, `metric`,
+    `backend`, `precision`, `device`, `threads`, `clock` and the default lengths: the one with the lowest
+    held-out MAPE; None when there is none."""
+    from ..profiler.fingerprint import current_fingerprint  # looked up when called: tests patch it
+
+    here = current_fingerprint()["fingerprint_id"]
+    wanted = {"space_id": space.id, "backend": backend, "precision": precision, "metric": metric, "device": device,
+              "threads": threads, "clock": clock, "shapes": Shapes().to_dict()}  # fmt: skip
+    try:
+        rows = list_latency_predictors()
+    except BadInputError:
+        return None
+    fits = [r for r in rows if r["fingerprint_id"] != here and all(r.get(k) == v for k, v in wanted.items())]
+    return min(fits, key=lambda r: (r["test_mape_pct"] is None, r["test_mape_pct"] or 0.0, r["name"]), default=None)
 
 
 def check_source(source: TransferSource, data: ProfileData) -> None:
@@ -86,8 +108,6 @@ def _source_from_profile(path: Path, data: ProfileData, features: FeatureBuilder
     """Fit the source on every usable sub-network of the profile at `path`: the target's backend and
     precision when it is another device; on the same device, another format (the one with the most
     sub-networks)."""
-    from ..profiler.store import MEASUREMENTS_FILE, read_profile
-
     profile = read_profile(path)
     same_device = profile.fingerprint.get("fingerprint_id") == data.fingerprint["fingerprint_id"]
     mine = (data.setting["backend"], data.setting["precision"])

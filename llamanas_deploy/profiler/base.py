@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from ..analytics import bandwidth_fraction
 from ..concepts import CLOCKS, check_choice
 from ..errors import BadInputError
 from ..subnet_config import SubnetConfig
@@ -140,8 +141,6 @@ class SubnetMeasurement:
         }
 
     def _bandwidth(self) -> dict[str, float]:
-        from ..analytics import bandwidth_fraction
-
         if "decode_bytes_per_step" not in self.extra or "peak_bandwidth_gb_s" not in self.extra:
             return {}
         fraction = bandwidth_fraction(

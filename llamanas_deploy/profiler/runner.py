@@ -26,6 +26,7 @@ from ..concepts import DEVICES, PROFILE_PRECISIONS, TIMED_FIGURES, WEIGHT_SOURCE
 from ..errors import BadInputError
 from ..model.families import ModelShape, read_shape
 from ..progress import Callback, Progress, report
+from ..shipped import shipped_profiles_dir
 from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
 from .backends import BACKENDS, get_backend
@@ -91,9 +92,9 @@ def _check_positive_int(value: Any, name: str) -> None:
 
 @dataclass(frozen=True)
 class ProfileResult:
-    """What one `profile` call did, and what the profile now holds for its setup."""
+    """What one `profile` call did, and what the profile now holds for its setup (in `directory`)."""
 
-    dir: Path
+    directory: Path
     target: str
     settings: ProfileSettings
     fingerprint_id: str
@@ -114,7 +115,7 @@ class ProfileResult:
         setup = self.settings.setup()
         return {
             "target": self.target,
-            "out": str(self.dir),
+            "out": str(self.directory),
             "fingerprint_id": self.fingerprint_id,
             "space_id": self.space_id,
             **{k: setup[k] for k in ("backend", "precision", "device", "threads", "clock", "shapes")},
@@ -134,7 +135,7 @@ class ProfileResult:
 
 
 def profile(
-    model: "SuperNetwork | str | Path",
+    supernet: "SuperNetwork | str | Path",
     space: SearchSpace | str | Path,
     settings: ProfileSettings = ProfileSettings(),
     *,
@@ -146,7 +147,7 @@ def profile(
 ) -> ProfileResult:
     """Measure the planned sub-networks that the profile of `target` does not hold yet.
 
-    `model` is a loaded `SuperNetwork` (its source directory and shape are used; latency does
+    `supernet` is a loaded `SuperNetwork` (its source directory and shape are used; latency does
     not depend on weight values, and one sub-network at a time is built from the source), a
     checkpoint directory, its `config.json`, or a built-in name. The profile goes to `out`
     (default `hardware_profiles/<target>`); `callback` receives one event per visit measured.
@@ -158,8 +159,8 @@ def profile(
     cancel the machine's drift in speed over the profile (`predict.dataset`).
     """
     check_target_name(target)
-    source, shape = _model_source(model)
-    space = space if isinstance(space, SearchSpace) else load_space(space)
+    source, shape = _model_source(supernet)
+    space = load_space(space)
     space.check_super_network(shape, str(source))
     get_backend(settings.backend).validate(settings.device, settings.precision)
     out_dir = Path(out) if out is not None else DEFAULT_PROFILES_DIR / target
@@ -199,16 +200,16 @@ def with_anchors(todo: list[tuple[int, SubnetConfig]], anchor: SubnetConfig, eve
 
 
 def profile_fleet(
-    model: "SuperNetwork | str | Path",
+    supernet: "SuperNetwork | str | Path",
     space: SearchSpace | str | Path,
     settings: ProfileSettings = ProfileSettings(),
     *,
     targets: Mapping[str, Node],
-    directory: str | Path = DEFAULT_PROFILES_DIR,
+    out: str | Path = DEFAULT_PROFILES_DIR,
     callback: Callback = None,
 ) -> list[ProfileResult]:
     """Profile every target at once, each on its node (`{target: RayNode(resource)}`), each into
-    `directory/<target>`. One target failing does not stop the others; its error is raised after."""
+    `out/<target>`. One target failing does not stop the others; its error is raised after."""
     from concurrent.futures import ThreadPoolExecutor
 
     for name in targets:
@@ -218,7 +219,7 @@ def profile_fleet(
         for node in targets.values():  # held for the whole fleet, not opened and closed by each target
             connections.enter_context(node.connection())
         futures = [
-            pool.submit(profile, model, space, settings, target=name, out=Path(directory) / name,
+            pool.submit(profile, supernet, space, settings, target=name, out=Path(out) / name,
                         callback=progress.for_target(name), node=node)  # fmt: skip
             for name, node in targets.items()
         ]
@@ -332,7 +333,7 @@ def _result(out_dir: Path, settings: ProfileSettings, common, planned: int, meas
         name: statistics.median(r.raw[name]["cv"] for r in same_setup) if same_setup else None for name in TIMED_FIGURES
     }
     return ProfileResult(
-        dir=out_dir,
+        directory=out_dir,
         target=common["target"],
         settings=settings,
         fingerprint_id=common["fingerprint_id"],
@@ -361,9 +362,15 @@ def _identity(raw: dict[str, Any]) -> dict[str, Any]:
             **{k: raw[k] for k in ("role", "anchor_index") if k in raw}}  # fmt: skip
 
 
-def list_targets(directory: str | Path = DEFAULT_PROFILES_DIR) -> list[dict[str, Any]]:
-    """The hardware profiles in `directory` (one sub-directory per target): device, setups, record counts."""
-    directory = Path(directory)
+def profiles_dir() -> Path:
+    """`hardware_profiles/` in the working directory if it exists, else the shipped profiles."""
+    return DEFAULT_PROFILES_DIR if DEFAULT_PROFILES_DIR.is_dir() else shipped_profiles_dir()
+
+
+def list_targets(directory: str | Path | None = None) -> list[dict[str, Any]]:
+    """The hardware profiles in `directory` (one sub-directory per target; default `profiles_dir()`):
+    device, setups, record counts."""
+    directory = Path(directory) if directory is not None else profiles_dir()
     if not directory.is_dir():
         raise BadInputError(f"{directory}: no such directory", param="directory")
     return [_describe_profile(path) for path in sorted(directory.iterdir()) if (path / FINGERPRINT_FILE).is_file()]

@@ -28,7 +28,7 @@ from ..concepts import TIMED_FIGURES, metric
 from ..errors import BadInputError
 from ..jsonfiles import check_creatable, dumps, lock_directory, parse_json, read_json, write_json
 from ..subnet_config import SubnetConfig
-from .fingerprint import current_fingerprint, describe
+from .fingerprint import IDENTITY_KEYS, current_fingerprint, describe
 from .load import was_loaded
 
 __all__ = [
@@ -349,8 +349,6 @@ def _check_fingerprint(path: Path, target: str, fingerprint: dict[str, Any]) -> 
 
 
 def _identity_diff(stored: dict[str, Any], here: dict[str, Any]) -> str:
-    from .fingerprint import IDENTITY_KEYS
-
     diffs = [f"{k} {stored.get(k)!r} vs {here.get(k)!r}" for k in IDENTITY_KEYS if stored.get(k) != here.get(k)]
     return "; ".join(diffs[:2]) or f"stored device {describe(stored)}"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..jsonfiles import read_json
+from ..model.families import read_config_dict
 from ..subnet_config import SubnetConfig
 
 
@@ -36,8 +37,6 @@ def checkpoint_files(model_dir: Path) -> dict[str, Path] | None:
 
 def weights_source(model: str | Path, weights: str) -> str:
     """"checkpoint" or "random": what `weights` means for this model directory."""
-    from ..model.families import read_config_dict
-
     _, config_path = read_config_dict(model)
     has_checkpoint = checkpoint_files(config_path.parent) is not None
     if weights == "checkpoint" and not has_checkpoint:
@@ -52,7 +51,6 @@ def subnet_model(model: str | Path, subnet: SubnetConfig, dtype, source: str, se
     there (`build.init_for_timing_`), checkpoint tensors are read one at a time and copied there.
     """
     from ..model.build import build_skeleton, hf_config_for
-    from ..model.families import read_config_dict
     from ..model.supernet import random_subnet_model
 
     if source == "random":

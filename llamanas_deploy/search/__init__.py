@@ -7,13 +7,15 @@ Objectives are objects (objectives.py): accuracy is measured on the super-networ
 from a device predictor, size is analytic; `SearchProblem` binds them to one super-network
 (problem.py); the algorithms are objects configured in their constructors (algorithms.py, with
 pymoo doing the genetic work); every real evaluation lands in a ledger on disk (ledger.py) so a
-search resumes; results.py writes the front, hypervolume history, plot and summary; `minimize`
-(run.py) ties them together and reports progress through `callback`.
+search resumes; results.py types the front's members (`FrontMember`, picked by `choose`) and writes
+the front, hypervolume history, plot and summary; `minimize` (run.py) ties them together and
+reports progress through `callback`.
 """
 
 from .algorithms import ALGORITHMS, LINAS, NSGA2, Algorithm, RandomSearch
 from .objectives import ModelSize, Objective, Perplexity, PredictedLatency, TaskAccuracy, objectives_from_specs
 from .problem import SearchProblem
+from .results import FrontMember, choose
 from .run import SearchResult, minimize
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "TaskAccuracy",
     "objectives_from_specs",
     "SearchProblem",
+    "FrontMember",
+    "choose",
     "SearchResult",
     "minimize",
 ]

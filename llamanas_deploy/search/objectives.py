@@ -10,7 +10,9 @@ Four ship, each configured in its constructor:
 `bind(problem)` turns one into a measure: an object with `name` (the record key, unit included),
 `direction` ("min"/"max"), `expensive` (measured for real: budgeted, cached, one sub-network at a
 time), `evaluate(configs)` and `describe()`. Any object with those five and no `bind` is a custom
-objective and is used as it is. `objectives_from_specs` reads the CLI's `--objective` strings.
+objective and is used as it is. `bind` reads only what `ProblemView` names (a `SearchProblem` has
+it), so objectives do not import the problem module, which imports them. `objectives_from_specs`
+reads the CLI's `--objective` strings.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import numpy as np
 
 from ..analytics import subnet_stats
+from ..concepts import metric
+from ..data import load_tokenizer, read_texts, tokenize
 from ..errors import BadInputError
+from ..evaluate import load_heldout, load_task, multiple_choice, perplexity
+from ..jsonfiles import dumps
 from ..model.families import ModelShape
 from ..subnet_config import SubnetConfig
 
 if TYPE_CHECKING:
+    from ..model.supernet import SuperNetwork
     from ..predict import LatencyPredictor
-    from .problem import SearchProblem
+    from ..space import SearchSpace
 
 
 class Objective(Protocol):
@@ -45,9 +52,26 @@ class Objective(Protocol):
         """What this objective is computed from; a resumed search must describe it identically."""
 
 
+class ProblemView(Protocol):
+    """What `bind` reads of the problem an objective is bound to (`SearchProblem`)."""
+
+    space: SearchSpace
+    model: str  # how records name the super-network
+    shape: ModelShape
+
+    @property
+    def supernet(self) -> SuperNetwork:
+        """The super-network, loaded on first use."""
+
+
 def sign(objective: Objective) -> float:
     """Multiplier that turns the objective into one to minimize."""
-    return -1.0 if objective.direction == "max" else 1.0
+    return direction_sign(objective.direction)
+
+
+def direction_sign(direction: str) -> float:
+    """Multiplier that turns a figure of `direction` ("min" or "max") into one to minimize."""
+    return -1.0 if direction == "max" else 1.0
 
 
 def file_sha256(path: str | Path) -> str:
@@ -68,7 +92,7 @@ class ModelSize:
 
     name, direction, expensive = "fp16_gib", "min", False
 
-    def bind(self, problem: SearchProblem) -> SizeMeasure:
+    def bind(self, problem: ProblemView) -> SizeMeasure:
         return SizeMeasure(problem.shape)
 
     def __repr__(self) -> str:
@@ -102,7 +126,6 @@ class PredictedLatency:
     expensive = False
 
     def __init__(self, predictor: LatencyPredictor | str | Path):
-        from ..concepts import metric
         from ..predict import LatencyPredictor, load_latency_predictor
 
         if not isinstance(predictor, LatencyPredictor):
@@ -116,7 +139,7 @@ class PredictedLatency:
             raise BadInputError(f"{self.predictor.source}: predictor {err}") from None
         self.name, self.direction = chosen.field, chosen.direction
 
-    def bind(self, problem: SearchProblem) -> PredictedLatency:
+    def bind(self, problem: ProblemView) -> PredictedLatency:
         self.predictor.check_space(problem.space)
         return self
 
@@ -130,8 +153,6 @@ class PredictedLatency:
     def _identity(self) -> dict[str, Any]:
         if self.file is not None:
             return {"kind": "predictor", "file": str(self.file), "sha256": file_sha256(self.file)}
-        from ..jsonfiles import dumps
-
         text = dumps(self.predictor.to_dict(), indent=None)  # the bytes `save` writes
         return {"kind": "predictor", "file": None, "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
@@ -155,10 +176,7 @@ class Perplexity:
         self.data = data
         self.max_tokens = _positive(max_tokens, "max_tokens")
 
-    def bind(self, problem: SearchProblem) -> AccuracyMeasure:
-        from ..data import load_tokenizer, read_texts, tokenize
-        from ..evaluate import load_heldout
-
+    def bind(self, problem: ProblemView) -> AccuracyMeasure:
         supernet = problem.supernet
         if self.data is None:
             ids, source = load_heldout(supernet.source), f"{problem.model}:heldout"
@@ -186,9 +204,7 @@ class TaskAccuracy:
         self.task = task
         self.max_examples = _positive(max_examples, "max_examples")
 
-    def bind(self, problem: SearchProblem) -> AccuracyMeasure:
-        from ..evaluate import load_task
-
+    def bind(self, problem: ProblemView) -> AccuracyMeasure:
         supernet = problem.supernet
         source = f"{problem.model}:task" if self.task is None else str(self.task)
         data = load_task(supernet.source, self.task)
@@ -210,8 +226,6 @@ class AccuracyMeasure:
         self._model_sha256 = supernet.weights_sha256()
 
     def evaluate(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
-        from ..evaluate import multiple_choice, perplexity
-
         if self.kind == "perplexity":
             return np.array([perplexity(self.supernet, c, self.data, max_tokens=self.limit).value for c in configs])
         return np.array([multiple_choice(self.supernet, c, self.data, max_examples=self.limit).value for c in configs])

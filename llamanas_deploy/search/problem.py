@@ -21,7 +21,7 @@ import numpy as np
 
 from ..concepts import METRICS
 from ..errors import BadInputError
-from ..model.families import BUILTIN_MODELS, ModelShape
+from ..model.families import BUILTIN_MODELS, ModelShape, read_shape
 from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
 from .objectives import Objective, SizeMeasure
@@ -46,7 +46,7 @@ class SearchProblem:
     ):
         self.max_latency_ms = _limit(max_latency_ms, "max_latency_ms")
         self.max_size_gib = _limit(max_size_gib, "max_size_gib")
-        self.space = space if isinstance(space, SearchSpace) else load_space(space)
+        self.space = load_space(space)
         self._supernet, self.model, self.shape = _model(supernet)
         self.space.check_super_network(self.shape, self.model)
         self.given = list(objectives)  # as the user built them: what a remote worker binds again
@@ -113,8 +113,6 @@ def _limit(value: float | None, param: str) -> float | None:
 def _model(supernet: Any) -> tuple[Any, str, ModelShape]:
     """(loaded super-network or None, how records name the model, its shape)."""
     if isinstance(supernet, (str, Path)):
-        from ..model.families import read_shape
-
         return None, str(supernet), read_shape(supernet)
     builtin = {path.resolve(): name for name, path in BUILTIN_MODELS.items()}
     return supernet, builtin.get(Path(supernet.source).resolve(), str(supernet.source)), supernet.shape

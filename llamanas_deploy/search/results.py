@@ -1,4 +1,5 @@
-"""What a search leaves in its output directory, all derived from the session:
+"""A search's front as typed records (`FrontMember`, `choose`), and what it leaves in its output
+directory, all derived from the session:
 
 - `evaluations.csv` — every evaluated sub-network with all its measures (the ledger is the JSONL);
 - `front.json` — the Pareto front, fastest first (`llamanas export --subnet DIR/front.json#3`);
@@ -11,16 +12,48 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import BadInputError
 from ..jsonfiles import save_figure, write_json, write_text
-from .objectives import Objective, sign
+from ..subnet_config import SubnetConfig
+from .objectives import Objective, direction_sign, sign
 from .session import SearchSession, pareto_indices
 
 FRONT_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FrontMember:
+    """One sub-network of a search's Pareto front and its measures (`objectives`: every measure the
+    search recorded, by name). `SearchSpace.validate`, and so `export`, `evaluate_subnet` and
+    `extract`, take a member for its `subnet`: `ln.export(supernet, space, result.front[0], ...)`."""
+
+    subnet: SubnetConfig
+    objectives: dict[str, float]
+
+    @property
+    def subnet_id(self) -> str:
+        return self.subnet.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its entry in `front.json`."""
+        return {"subnet": self.subnet.to_dict(), "subnet_id": self.subnet_id, "objectives": dict(self.objectives)}
+
+
+def choose(front: Sequence[FrontMember], accuracy: str, direction: str, latency: str, budget_ms: float) -> FrontMember:
+    """The most accurate member (by `accuracy`, `direction` "min" or "max") whose `latency` is within
+    `budget_ms`; of equally accurate ones the fastest."""
+    feasible = [m for m in front if m.objectives[latency] <= budget_ms]
+    if not feasible:
+        raise BadInputError(f"no sub-network found within the latency budget of {budget_ms:.3f} ms",
+                            param="max_latency_ms")  # fmt: skip
+    factor = direction_sign(direction)
+    return min(feasible, key=lambda m: (factor * m.objectives[accuracy], m.objectives[latency]))
 
 
 def evaluated_records(session: SearchSession) -> list[dict[str, Any]]:
@@ -43,12 +76,12 @@ def evaluated_records(session: SearchSession) -> list[dict[str, Any]]:
     return rows
 
 
-def front_entries(session: SearchSession, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def front_members(session: SearchSession, records: Sequence[dict[str, Any]]) -> list[FrontMember]:
     """Front members, ordered by the last objective (latency or size: fastest/smallest first)."""
     front = [r for r in records if r["on_front"]]
     last = session.objectives[-1]
     front.sort(key=lambda r: (sign(last) * r["values"][last.name], r["subnet_id"]))
-    return [{"subnet": r["subnet"], "subnet_id": r["subnet_id"], "objectives": r["values"]} for r in front]
+    return [FrontMember(session.visited[r["subnet_id"]], r["values"]) for r in front]
 
 
 def write_outputs(
@@ -62,7 +95,7 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write every result file; returns what the CLI reports."""
     records = evaluated_records(session)
-    front = front_entries(session, records)
+    front = front_members(session, records)
     full = session.ledger.records[full_id]["values"]
     summary = summary_lines(front, full, size_name, latency, accuracy)
     hv = {**session.normalization.to_dict(session.objectives), "history": session.history}
@@ -74,7 +107,7 @@ def write_outputs(
     return {"front": front, "summary": summary, "records": records, "full": {"subnet_id": full_id, "values": full}}
 
 
-def _front_file(session: SearchSession, settings: dict[str, Any], front: list[dict[str, Any]]) -> dict[str, Any]:
+def _front_file(session: SearchSession, settings: dict[str, Any], front: list[FrontMember]) -> dict[str, Any]:
     return {
         "schema_version": FRONT_SCHEMA_VERSION,
         "space_id": session.space.id,
@@ -82,12 +115,12 @@ def _front_file(session: SearchSession, settings: dict[str, Any], front: list[di
         "constraints": [c.to_dict() for c in session.constraints],
         "algorithm": settings["algorithm"],
         "evaluations": session.spent,
-        "front": front,
+        "front": [member.to_dict() for member in front],
     }
 
 
 def summary_lines(
-    front: Sequence[dict[str, Any]],
+    front: Sequence[FrontMember],
     full: dict[str, float],
     size_name: str,
     latency: Objective | None,
@@ -95,8 +128,8 @@ def summary_lines(
 ) -> list[str]:
     """'sub-network 3f2a…: 1.52x smaller, 1.31x faster (predicted), perplexity +0.84' per front member."""
     lines = []
-    for i, entry in enumerate(front):
-        v = entry["objectives"]
+    for i, member in enumerate(front):
+        v = member.objectives
         parts = [f"{full[size_name] / v[size_name]:.2f}x smaller"]
         if latency is not None:
             ratio = v[latency.name] / full[latency.name] if latency.direction == "max" else full[latency.name] / v[latency.name]
@@ -105,7 +138,7 @@ def summary_lines(
             delta = v[accuracy.name] - full[accuracy.name]
             scale = 100.0 if accuracy.direction == "max" else 1.0  # accuracy in points, as the paper
             parts.append(f"{accuracy.name} {delta * scale:+.2f}" + (" points" if scale == 100.0 else ""))
-        lines.append(f"#{i} sub-network {entry['subnet_id']} ({entry['subnet']['num_layers']} layers): " + ", ".join(parts))
+        lines.append(f"#{i} sub-network {member.subnet_id} ({member.subnet.num_layers} layers): " + ", ".join(parts))
     return lines
 
 

@@ -22,7 +22,7 @@ from ..progress import Callback
 from .algorithms import Algorithm
 from .ledger import Evaluate, Ledger, evaluate_here
 from .problem import SearchProblem
-from .results import write_outputs
+from .results import FrontMember, write_outputs
 from .session import SearchSession
 
 SETTINGS_SCHEMA_VERSION = 1
@@ -38,12 +38,12 @@ class Workers(Protocol):
 
 @dataclass
 class SearchResult:
-    out_dir: Path
+    directory: Path
     space_id: str
     settings: dict[str, Any]  # algorithm, population, evaluations, seed, limits, linas_inner_evaluations
     evaluations: int  # sub-networks evaluated by the search
     measured_now: int  # of those, measured in this run (the others came from the ledger)
-    front: list[dict[str, Any]]
+    front: list[FrontMember]  # fastest (or smallest) first, as in front.json
     history: list[dict[str, Any]]
     summary: list[str]
     full: dict[str, Any]
@@ -52,8 +52,9 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         """What `llamanas search --json` prints."""
-        out = asdict(self)
-        out["out_dir"] = str(self.out_dir)
+        fields = asdict(self)
+        out = {"out_dir": str(fields.pop("directory")), **fields}  # the key `search --json` has always printed
+        out["front"] = [member.to_dict() for member in self.front]
         return out
 
 
@@ -89,7 +90,7 @@ def minimize(
         space = problem.space
         report = write_outputs(out, session, identity, space.largest.id, problem.size.name, problem.latency, problem.accuracy)
     return SearchResult(
-        out_dir=out,
+        directory=out,
         space_id=space.id,
         settings=settings,
         evaluations=session.spent,

@@ -25,8 +25,13 @@ import numpy as np
 
 from ...concepts import EXPORT_PRECISIONS
 from ...errors import BadInputError
+from ...onnx_model.config import ONNX_NAME, onnx_config_for
+from ...onnx_model.graphs import check_precision, export_graph, export_quantized, graph_dtype, graph_for
+from ...onnx_model.quantize import settings_for
+from ...runtime import OrtDecoder
 from ...subnet_config import SubnetConfig
 from ..base import Backend, BackendUnavailable, Shapes, Workload
+from ..weights import subnet_model, weights_source
 
 DISK_RESERVE_BYTES = 2 * 1024**3  # free space an export cache leaves on its disk
 
@@ -65,14 +70,12 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def check_supported(cls, device: str, precision: str) -> None:
         """What `llamanas export` deploys on `device` (e.g. int8 on the CPU, fp16 / int4 on CUDA)."""
-        from ...onnx_model.graphs import check_precision
-
         super().check_supported(device, precision)
         check_precision(device, precision)
 
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
-        from ...runtime import check_device
+        from ...runtime import check_device  # looked up when called: tests patch it
 
         try:
             check_device(device)
@@ -87,15 +90,11 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def weights_source(self) -> str:
-        from ..weights import weights_source
-
         return weights_source(self.model, self.weights)
 
     # ---- one sub-network -------------------------------------------------------------------
     def load(self, subnet: SubnetConfig) -> int:
         """Export `subnet` unless an earlier visit did, then open a session."""
-        from ...onnx_model.exporter import ONNX_NAME
-        from ...runtime import OrtDecoder
 
         if self._exports is None:
             self._exports = ExportCache()
@@ -115,11 +114,6 @@ class OnnxRuntimeBackend(Backend):
         """The deployed graph of `subnet` at this precision, in `here/model.onnx` (unquantized scratch beside it)."""
         import torch
 
-        from ...onnx_model.config import onnx_config_for
-        from ...onnx_model.exporter import ONNX_NAME
-        from ...onnx_model.graphs import export_graph, export_quantized, graph_dtype, graph_for
-        from ...onnx_model.quantize import settings_for
-        from ..weights import subnet_model
 
         net = subnet_model(self.model, subnet, torch.float32, self.weights_source, self.seed)
         config = onnx_config_for(net.config.to_dict(), f"sub-network {subnet.id}")

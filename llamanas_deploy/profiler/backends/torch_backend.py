@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...analytics import decode_step_bytes
 from ...errors import LlamanasError
 from ...model.compat import forward_with_cache, returned_cache
+from ...model.families import read_shape
 from ...subnet_config import SubnetConfig
 from ..base import Backend, BackendUnavailable, MemoryProbe, Shapes, Workload
+from ..fingerprint import memory_bandwidth
 from ..weights import subnet_model, weights_source
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -76,10 +79,6 @@ class TorchBackend(Backend):
         if self.device != "cuda":
             return {}
         import torch
-
-        from ...analytics import decode_step_bytes
-        from ...model.families import read_shape
-        from ..fingerprint import memory_bandwidth
 
         value_bytes = torch.empty((), dtype=self._dtype).element_size()
         return {
