@@ -10,7 +10,7 @@ install:
 	$(PIP_INSTALL) -e . -c constraints-cpu.txt
 
 install-test:
-	$(PIP_INSTALL) -e ".[dev,genai,lm-eval,ray]" -c constraints-cpu.txt
+	$(PIP_INSTALL) -e ".[dev,genai,lm-eval,ray,llamacpp]" -c constraints-cpu.txt
 
 demo: install
 	llamanas run --out runs/demo
