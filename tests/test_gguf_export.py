@@ -83,12 +83,7 @@ def test_f16_logits_are_within_the_tight_tolerance(artifacts):
     assert logits["relative_max_diff"] <= gate.max_relative_logits_diff
 
 
-READS_DECI = pytest.mark.xfail(reason="model.gguf_import reads 'llama' files only; a 'deci' file has the same keys",
-                               raises=BadInputError, strict=True)  # fmt: skip
-
-
-@pytest.mark.parametrize("name, precision", [("uniform", "f16"), ("uniform", "q4_0"),
-                                             pytest.param("heterogeneous", "q4_0", marks=READS_DECI)])  # fmt: skip
+@pytest.mark.parametrize("name, precision", [("uniform", "f16"), ("uniform", "q4_0"), ("heterogeneous", "q4_0")])
 def test_import_gguf_round_trips_the_subnetwork(artifacts, tiny, tmp_path, name, precision):
     """The project's own GGUF importer reads the file back: the shape, and the weights (q/k rows included)."""
     from safetensors.numpy import load_file

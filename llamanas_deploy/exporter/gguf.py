@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from ..analytics import subnet_stats
-from ..concepts import GGUF_PRECISIONS, check_choice, check_threads, max_threads
+from ..concepts import GGUF_ARCHITECTURES, GGUF_PRECISIONS, check_choice, check_threads, max_threads
 from ..data import read_texts
 from ..errors import BadInputError
 from ..jsonfiles import check_out_dir, new_directory, read_json
-from ..onnx_model.artifact import GGUF_ARCHITECTURES, GGUF_KIND, write_manifest
+from ..onnx_model.artifact import GGUF_KIND, write_manifest
 from ..progress import Callback, report
 from ..runtime import Artifact
 from ..space import SearchSpace, load_space

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from ..concepts import GGUF_ARCHITECTURES
 from ..errors import BadInputError
 from ..jsonfiles import check_out_dir, new_directory, read_json, sha256_file, write_json
 from ..progress import Callback, report
 from .build import WEIGHTS_NAME, layer_widths
 from .families import ModelShape
 
-ARCHITECTURE = "llama"
 TOKENIZER_MODELS = ("gpt2", "llama")  # byte-level BPE with merges; SentencePiece
 LAYER_TENSORS = {
     "attn_norm": "input_layernorm",
@@ -142,9 +142,10 @@ def _real(reader, key: str, path: Path, default: Any = REQUIRED) -> float:
 def _hf_config(reader, path: Path) -> dict[str, Any]:
     """The transformers `config.json` of the LLaMA checkpoint a GGUF reader describes (no weights read)."""
     arch = _field(reader, "general.architecture", path)
-    if arch != ARCHITECTURE:
-        raise BadInputError(f"{path}: architecture '{arch}' is not supported (only '{ARCHITECTURE}' GGUF files)")
-    key = f"{ARCHITECTURE}."
+    if arch not in GGUF_ARCHITECTURES:  # deci: llama's keys and tensors, one MLP width per layer
+        raise BadInputError(f"{path}: architecture '{arch}' is not supported (only {' or '.join(GGUF_ARCHITECTURES)} "
+                            "GGUF files)")  # fmt: skip
+    key = f"{arch}."
     layers = _count(reader, key + "block_count", path)
     hidden = _count(reader, key + "embedding_length", path)
     heads = _count(reader, key + "attention.head_count", path)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..concepts import DEVICES, EXPORT_PRECISIONS, GGUF_PRECISIONS, TOKENIZER_FILES
+from ..concepts import DEVICES, EXPORT_PRECISIONS, GGUF_ARCHITECTURES, GGUF_PRECISIONS, TOKENIZER_FILES
 from ..errors import BadInputError
 from ..jsonfiles import (
     checked_choice, checked_integer, checked_object, dumps, field_error, is_integer, parse_json, sha256_file, write_text
@@ -48,7 +48,6 @@ SCHEMA_VERSION = 2  # 2: manifest.sha256 covers the manifest; every named path i
 KIND = "llamanas-onnx-artifact"
 GGUF_KIND = "llamanas-gguf-artifact"
 GGUF_TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
-GGUF_ARCHITECTURES = ("llama", "deci")  # llama.cpp's graph for uniform MLP widths; for per-layer widths
 MANIFEST = "manifest.json"
 MANIFEST_HASH = "manifest.sha256"
 SEALED = (MANIFEST, MANIFEST_HASH)  # the files `files` does not list: they cover it
