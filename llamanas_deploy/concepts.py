@@ -54,7 +54,7 @@ TORCH_PRECISIONS = ("fp32", "bf16")
 EXPORT_PRECISIONS = ("fp32", "int8", "int4", "fp16")  # per device: onnx_model.graphs.DEPLOYED_PRECISIONS
 GGUF_ARCHITECTURES = ("llama", "deci")  # llama.cpp's graph for uniform MLP widths; for per-layer widths
 GGUF_PRECISIONS = ("f16", "q8_0", "q4_0")  # what `exporter.gguf` writes: llama.cpp's type of the matrices
-PROFILE_PRECISIONS = tuple(dict.fromkeys(TORCH_PRECISIONS + EXPORT_PRECISIONS))
+PROFILE_PRECISIONS = tuple(dict.fromkeys(TORCH_PRECISIONS + EXPORT_PRECISIONS + GGUF_PRECISIONS))
 WEIGHT_SOURCES = ("auto", "random", "checkpoint")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 # what travels with a super-network's weights when a stage writes a new one (prepared, fine-tuned)

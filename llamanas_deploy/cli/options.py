@@ -149,7 +149,7 @@ NEW_DIRECTORY = "a new directory (it must not exist or be empty)."  # OUT's note
 
 # ---- where and how it runs -------------------------------------------------------------------
 PROFILE_PRECISION = Shared("--profile-precision", "Precision of the profiled backend: fp32 / bf16 (torch); "
-                           "fp32 / int8 / int4 (onnxruntime).", name="precision",
+                           "fp32 / int8 / int4 (onnxruntime); f16 / q8_0 / q4_0 (llamacpp).", name="precision",
                            type=click.Choice(PROFILE_PRECISIONS))  # fmt: skip
 EXPORT_PRECISION = Shared("--export-precision", "Precision of the ONNX artifact: cpu: fp32, int8, int4; cuda: fp16, "
                           "int4 (MatMulNBits over fp16).", name="precision",

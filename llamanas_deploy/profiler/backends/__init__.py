@@ -17,6 +17,7 @@ BACKENDS = {
     "torch-compile": "llamanas_deploy.profiler.backends.torch_compile_backend:TorchCompileBackend",
     "ipex": "llamanas_deploy.profiler.backends.ipex_backend:IpexBackend",
     "onnxruntime": "llamanas_deploy.profiler.backends.onnxruntime_backend:OnnxRuntimeBackend",
+    "llamacpp": "llamanas_deploy.profiler.backends.llamacpp_backend:LlamaCppBackend",
 }
 
 

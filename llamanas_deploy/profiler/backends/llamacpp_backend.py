@@ -1,0 +1,169 @@
+"""`llamacpp`: llama.cpp (llama-cpp-python) on the CPU, a GGUF file at f16 / q8_0 / q4_0, batch 1.
+
+`load` writes the sub-network as `llamanas export --format gguf` does (`exporter.gguf.write_gguf`:
+a `llama` file for uniform MLP widths, `deci` for per-layer ones) into a temporary directory, once
+per (sub-network, precision): the file stays across the visits of a profile (`ExportCache`, as the
+`onnxruntime` backend keeps its exports). The weights are the other backends' (`weights.subnet_model`:
+the checkpoint's, or random from config.json), but the file needs the model's tokenizer: a GGUF file
+carries its vocabulary, and `write_gguf` writes only the model's own (byte-level BPE `tokenizer.json`).
+
+llama.cpp runs with `threads` threads for prompt and generation alike, a context just large enough
+for the shapes (opened by the first workload of a sub-network), and logits for the last position
+only, as a llama.cpp generation computes them. Workloads match the other backends: prefill = one
+prompt from an empty cache; decode = one token against a cache of exactly `context_len` tokens (the
+cache is cut back after every step, untimed); generate = prefill, then `gen_len - 1` greedy steps.
+llama.cpp decodes one sequence here: `batch_size` must be 1.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...concepts import GGUF_PRECISIONS
+from ...errors import BadInputError, LlamanasError
+from ...exporter.gguf import GGUF_NAME, _require_llama_cpp, _tokenizer_metadata, write_gguf
+from ...model.families import read_config_dict
+from ...subnet_config import SubnetConfig
+from ..base import Backend, BackendUnavailable, MemoryProbe, Shapes, Workload
+from ..weights import subnet_model, weights_source
+from .onnxruntime_backend import ExportCache
+
+
+@dataclass(frozen=True)
+class _BuiltSubnet:
+    """What `write_gguf` reads of a super-network (`extract`, `source`), holding one sub-network already built."""
+
+    model: Any
+    source: Path
+
+    def extract(self, subnet: SubnetConfig, *, copy: bool = True) -> Any:
+        return self.model
+
+
+class LlamaCppBackend(Backend):
+    name = "llamacpp"
+    precisions = GGUF_PRECISIONS
+    devices = ("cpu",)
+
+    @classmethod
+    def check_available(cls, device: str, precision: str) -> None:
+        try:
+            _require_llama_cpp()
+        except BadInputError as err:
+            raise BackendUnavailable(err.detail) from None
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._source = weights_source(self.model, self.weights)
+        self._model_dir = _checked_tokenizer(self.model)
+        self._exports: ExportCache | None = None
+        self._path: Path | None = None  # the loaded sub-network's GGUF file
+        self._llm = None  # llama.cpp with that file, opened by the first workload
+        self._probe: MemoryProbe | None = None
+        self.exports_made = 0  # how many GGUF files this backend wrote (a sub-network's visits share one)
+
+    @property
+    def weights_source(self) -> str:
+        return self._source
+
+    def memory_probe(self) -> MemoryProbe:
+        # started again once `load` has written a file: building and quantizing the torch sub-network is
+        # not llama.cpp's memory, and the later visits, which reuse the file, would not see it
+        self._probe = super().memory_probe()
+        return self._probe
+
+    # ---- one sub-network -------------------------------------------------------------------
+    def load(self, subnet: SubnetConfig) -> int:
+        """Write `subnet`'s GGUF file unless an earlier visit did; returns its size."""
+        if self._exports is None:
+            self._exports = ExportCache()
+        key = f"{subnet.id}-{self.precision}"
+        self._path = self._exports.get(key, GGUF_NAME)
+        if self._path is None:
+            here = self._exports.directory(key)
+            shutil.rmtree(here, ignore_errors=True)  # what a failed write left
+            here.mkdir()
+            self._path = self._write(subnet, here / GGUF_NAME)
+            self.exports_made += 1
+            self._exports.add(key)
+            if self._probe is not None:
+                self._probe.start()
+        return self._path.stat().st_size
+
+    def _write(self, subnet: SubnetConfig, path: Path) -> Path:
+        import torch
+
+        net = subnet_model(self.model, subnet, torch.float32, self._source, self.seed)
+        write_gguf(_BuiltSubnet(net, self._model_dir), subnet, path, self.precision)
+        return path
+
+    def unload(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+        self._llm = self._path = None
+
+    # ---- workloads -------------------------------------------------------------------------
+    def prefill(self, shapes: Shapes) -> Workload:
+        llm = self._llama(shapes)
+        prompt = self._tokens(shapes.prompt_len)
+        return Workload(run=lambda: llm.eval(prompt), reset=llm.reset)
+
+    def decode(self, shapes: Shapes) -> Workload:
+        llm = self._llama(shapes)
+        llm.reset()
+        llm.eval(self._tokens(shapes.context_len))
+        step = self._tokens(1)
+
+        def cut_back() -> None:  # `eval` drops the cache beyond `n_tokens` before it runs
+            llm.n_tokens = shapes.context_len
+
+        return Workload(run=lambda: llm.eval(step), reset=cut_back)
+
+    def generate(self, shapes: Shapes) -> Workload:
+        import llama_cpp
+
+        llm = self._llama(shapes)
+        prompt, vocab = self._tokens(shapes.prompt_len), llm.n_vocab()
+
+        def run() -> None:
+            llm.eval(prompt)
+            for _ in range(shapes.gen_len - 1):
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
+                llm.eval([int(logits.argmax())])
+
+        return Workload(run=run, reset=llm.reset)
+
+    def _llama(self, shapes: Shapes):
+        """llama.cpp with the loaded file and a context for `shapes` (opened once per sub-network)."""
+        if shapes.batch_size != 1:
+            raise BadInputError(f"backend {self.name} decodes one sequence; got batch size {shapes.batch_size}",
+                                param="batch_size")  # fmt: skip
+        if self._llm is None:
+            from llama_cpp import Llama
+
+            context = max(shapes.prompt_len + shapes.gen_len, shapes.context_len + 1)
+            try:
+                self._llm = Llama(model_path=str(self._path), n_ctx=context, n_batch=context, n_threads=self.threads,
+                                  n_threads_batch=self.threads, verbose=False)  # fmt: skip
+            except ValueError as err:  # llama-cpp-python's one error for a file llama.cpp cannot load
+                raise LlamanasError(f"{self._path}: llama.cpp cannot load the GGUF file ({err})") from None
+        return self._llm
+
+    def _tokens(self, length: int) -> list[int]:
+        rng = np.random.default_rng(self.seed)
+        return rng.integers(0, self._llm.n_vocab(), length).tolist()
+
+
+def _checked_tokenizer(model: str | Path) -> Path:
+    """The model directory, once its tokenizer is one `write_gguf` can put in a GGUF file."""
+    config, config_path = read_config_dict(model)
+    try:
+        _tokenizer_metadata(config_path.parent, config["vocab_size"])
+    except BadInputError as err:
+        raise BadInputError(f"backend llamacpp: {err.detail}", param="model") from None
+    return config_path.parent

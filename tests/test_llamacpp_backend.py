@@ -1,0 +1,115 @@
+"""The `llamacpp` profiler backend on the built-in `tiny` model: GGUF files run by llama.cpp, end to end
+through `llamanas profile` and `llamanas fit`."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from llamanas_deploy.cli import main  # noqa: E402
+from llamanas_deploy.errors import BadInputError  # noqa: E402
+from llamanas_deploy.predict.dataset import MIN_SUBNETS  # noqa: E402
+from llamanas_deploy.profiler.backends import get_backend  # noqa: E402
+from llamanas_deploy.profiler.backends import llamacpp_backend  # noqa: E402
+from llamanas_deploy.profiler.base import BackendUnavailable  # noqa: E402
+
+FAST = ["--prompt-len", "8", "--context-len", "8", "--gen-len", "4", "--warmup", "1", "--repeats", "3", "--quiet"]
+SETTING = ["--backend", "llamacpp", "--precision", "q8_0", "--threads", "1", "--clock", "cpu"]
+SAMPLES = MIN_SUBNETS  # enough for a fit
+
+
+def profile_args(out: Path, *extra: str) -> list[str]:
+    return ["profile", "--model", "tiny", "--space", "tiny", "--target", "test", "--out", str(out), *SETTING, *FAST,
+            *extra]  # fmt: skip
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """`llamanas ARGS` in-process: exit code, stdout, stderr (module fixtures have no capsys)."""
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(SystemExit) as done, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        main(list(args))
+    return done.value.code, out.getvalue(), err.getvalue()
+
+
+def rows(profile_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (profile_dir / "measurements.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A q8_0 profile of `SAMPLES` sub-networks, two visits each, and the sub-networks written as GGUF, in order."""
+    written: list[str] = []
+    write = llamacpp_backend.write_gguf
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(llamacpp_backend, "write_gguf", lambda net, subnet, *a: written.append(subnet.id) or write(net, subnet, *a))
+        out = tmp_path_factory.mktemp("llamacpp") / "prof"
+        code, _, err = cli(*profile_args(out, "--samples", str(SAMPLES), "--visits", "2"))
+    assert code == 0, err
+    return out, written
+
+
+def test_profile_records_llamacpp_figures(profiled):
+    out, _ = profiled
+    records = rows(out)
+    planned = [r for r in records if r.get("role") != "anchor"]
+    assert len(planned) == 2 * SAMPLES and any(r.get("role") == "anchor" for r in records)
+    for r in records:
+        assert (r["backend"], r["precision"], r["device"], r["threads"], r["clock"]) == ("llamacpp", "q8_0", "cpu", 1, "cpu")
+        assert r["weights"] == "checkpoint" and r["model_bytes"] > 0
+        for figure in ("prefill_ms", "decode_ms", "throughput_tok_s"):
+            assert r[figure]["median"] > 0 and r[figure]["best"] > 0
+
+
+def test_each_subnetwork_is_written_once(profiled):
+    out, written = profiled
+    assert sorted(written) == sorted({r["subnet_id"] for r in rows(out)})  # not once per visit
+
+
+def test_profile_resumes(profiled, tmp_path):
+    out, _ = profiled
+    copy = tmp_path / "prof"
+    copy.mkdir()
+    lines = (out / "measurements.jsonl").read_text().splitlines(keepends=True)
+    last = max(i for i, line in enumerate(lines) if '"role"' not in line)  # the last planned visit
+    (copy / "measurements.jsonl").write_text("".join(lines[:last] + lines[last + 1 :]))
+    (copy / "fingerprint.json").write_text((out / "fingerprint.json").read_text())
+    code, stdout, err = cli(*profile_args(copy, "--samples", str(SAMPLES), "--visits", "2", "--json"))
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert (summary["measured_now"], summary["records"]) == (1, 2 * SAMPLES)
+    again = [r for r in rows(copy) if r.get("role") != "anchor"][-1]
+    removed = json.loads(lines[last])
+    assert (again["subnet_id"], again["visit"]) == (removed["subnet_id"], removed["visit"])
+
+
+def test_fit_on_a_llamacpp_profile(profiled, tmp_path):
+    out, _ = profiled
+    predictor = tmp_path / "llamacpp-decode_ms.json"
+    code, _, err = cli("fit", "--profile", str(out), "--metric", "decode_ms", "--out", str(predictor), "--json")
+    assert code == 0, err
+    metadata = json.loads(predictor.read_text())["metadata"]
+    assert (metadata["backend"], metadata["precision"], metadata["target"]) == ("llamacpp", "q8_0", "test")
+
+
+def test_batch_above_one_is_refused(tmp_path):
+    code, _, err = cli(*profile_args(tmp_path / "prof", "--samples", "1", "--batch-size", "2"))
+    assert code == 2 and "batch" in err and "llamacpp" in err and "Traceback" not in err, err
+
+
+def test_a_model_without_a_tokenizer_is_refused(small_checkpoint):
+    with pytest.raises(BadInputError, match="tokenizer.json"):
+        get_backend("llamacpp")(small_checkpoint, "q8_0", "cpu", 1)
+
+
+def test_unavailable_without_llama_cpp(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else find_spec(name, *a))
+    with pytest.raises(BackendUnavailable, match=r"llamanas-deploy\[llamacpp\]"):
+        get_backend("llamacpp").validate("cpu", "q8_0")
