@@ -241,13 +241,13 @@ def perplexity(decoder: OrtDecoder, token_ids: Sequence[int], seq_len: int = 128
     for start in range(0, rows, batch_size):
         batch = windows[start : start + batch_size]
         logits, _ = decoder.forward(batch, decoder.empty_past(len(batch)))
-        nll += _nll(logits[:, :-1], batch[:, 1:])
+        nll += summed_nll(logits[:, :-1], batch[:, 1:])
         count += batch[:, 1:].size
     loss = nll / count
     return PerplexityResult(math.exp(loss), loss, count)
 
 
-def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
+def summed_nll(logits: np.ndarray, targets: np.ndarray) -> float:
     """Summed negative log-likelihood of `targets` [B, T] under `logits` [B, T, V].
 
     The exponentials stay in the logits' dtype (shifted by the row's peak, each is in (0, 1]) and

@@ -14,7 +14,7 @@ from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.onnx_model.artifact import KIND, SCHEMA_VERSION, read_manifest, write_manifest
 from llamanas_deploy.exporter.measure import compare_with_prediction
 from llamanas_deploy.onnx_model.quantize import settings_for
-from llamanas_deploy.runtime import Sampling, _nll, pick_token
+from llamanas_deploy.runtime import Sampling, pick_token, summed_nll
 from llamanas_deploy.subnet_config import SubnetConfig
 
 
@@ -43,7 +43,7 @@ def test_nll_matches_log_softmax():
         for t in range(5):
             row = logits[b, t].astype(np.float64)
             expected -= row[targets[b, t]] - (row.max() + math.log(np.exp(row - row.max()).sum()))
-    assert _nll(logits, targets) == pytest.approx(expected, rel=1e-6)  # float32 logits: ~1e-7 each
+    assert summed_nll(logits, targets) == pytest.approx(expected, rel=1e-6)  # float32 logits: ~1e-7 each
 
 
 def test_sampling_stays_in_top_k_and_validates():

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..data import load_tokenizer
 from ..errors import VerificationError
-from ..runtime import _nll
+from ..runtime import summed_nll
 from .pipeline import EVAL_SEQ_LEN
 from .verify import Checks
 
@@ -175,8 +175,8 @@ class _Comparison:
         self.sum_abs_logit += float(size.sum(dtype=np.float64))
         self.values += diff.size
         targets = row[None, 1:]
-        self.nll_torch += _nll(reference[None, :-1], targets)
-        self.nll += _nll(logits[None, :-1], targets)
+        self.nll_torch += summed_nll(reference[None, :-1], targets)
+        self.nll += summed_nll(logits[None, :-1], targets)
         self.agree += int((logits[:-1].argmax(-1) == reference[:-1].argmax(-1)).sum())
         self.count += targets.size
 
