@@ -15,9 +15,10 @@ pytest.importorskip("llama_cpp")
 from gguf import GGUFReader  # noqa: E402 - after the skip: the llamacpp extra brings llama.cpp
 
 from llamanas_deploy.errors import BadInputError, VerificationError  # noqa: E402
-from llamanas_deploy.exporter import gguf as gguf_exporter  # noqa: E402
 from llamanas_deploy.exporter import gguf_verify  # noqa: E402
-from llamanas_deploy.exporter.gguf import GGUFSettings, export_gguf, write_gguf  # noqa: E402
+from llamanas_deploy.exporter.gguf import GGUFSettings, export_gguf  # noqa: E402
+from llamanas_deploy.model import gguf_write  # noqa: E402
+from llamanas_deploy.model.gguf_write import write_gguf  # noqa: E402
 from llamanas_deploy.model.gguf_import import import_gguf  # noqa: E402
 from llamanas_deploy.model.supernet import SuperNetwork  # noqa: E402
 from llamanas_deploy.onnx_model.artifact import GGUF_KIND, read_manifest, write_manifest  # noqa: E402
@@ -207,7 +208,7 @@ def test_digits_split_one_by_one_tokenize_alike(tmp_path, monkeypatch):
                            out=tmp_path / "out")  # fmt: skip
     assert artifact.manifest["gguf"]["tokenizer"]["pre"] == "smollm"
     assert artifact.manifest["verification"]["tokenizer"]["tokens"] > 500
-    monkeypatch.setitem(gguf_exporter.PRE_TOKENIZERS, ("digits", "byte_level"), "gpt-2")
+    monkeypatch.setitem(gguf_write.PRE_TOKENIZERS, ("digits", "byte_level"), "gpt-2")
     with pytest.raises(VerificationError, match="llama.cpp tokenizes text 0 differently from tokenizer.json from token 1"):
         export_gguf(supernet, "tiny", load_space("tiny").smallest, GGUFSettings("q8_0", data=str(data), **SETTINGS),
                     out=tmp_path / "refused")  # fmt: skip

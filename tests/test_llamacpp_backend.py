@@ -18,7 +18,9 @@ from llamanas_deploy.errors import BadInputError  # noqa: E402
 from llamanas_deploy.predict.dataset import MIN_SUBNETS  # noqa: E402
 from llamanas_deploy.profiler.backends import get_backend  # noqa: E402
 from llamanas_deploy.profiler.backends import llamacpp_backend  # noqa: E402
-from llamanas_deploy.profiler.base import BackendUnavailable  # noqa: E402
+from llamanas_deploy.profiler.base import BackendUnavailable, Shapes  # noqa: E402
+from llamanas_deploy.profiler.stats import Protocol  # noqa: E402
+from llamanas_deploy.space import load_space  # noqa: E402
 
 FAST = ["--prompt-len", "8", "--context-len", "8", "--gen-len", "4", "--warmup", "1", "--repeats", "3", "--quiet"]
 SETTING = ["--backend", "llamacpp", "--precision", "q8_0", "--threads", "1", "--clock", "cpu"]
@@ -44,11 +46,12 @@ def rows(profile_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory) -> tuple[Path, list[str]]:
-    """A q8_0 profile of `SAMPLES` sub-networks, two visits each, and the sub-networks written as GGUF, in order."""
+    """A q8_0 profile of `SAMPLES` sub-networks, two visits each, and the ids of the sub-networks written as GGUF."""
     written: list[str] = []
-    write = llamacpp_backend.write_gguf
+    write = llamacpp_backend.write_model_gguf
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(llamacpp_backend, "write_gguf", lambda net, subnet, *a: written.append(subnet.id) or write(net, subnet, *a))
+        patch.setattr(llamacpp_backend, "write_model_gguf",
+                      lambda net, subnet, *args: written.append(subnet.id) or write(net, subnet, *args))  # fmt: skip
         out = tmp_path_factory.mktemp("llamacpp") / "prof"
         code, _, err = cli(*profile_args(out, "--samples", str(SAMPLES), "--visits", "2"))
     assert code == 0, err
@@ -61,7 +64,8 @@ def test_profile_records_llamacpp_figures(profiled):
     planned = [r for r in records if r.get("role") != "anchor"]
     assert len(planned) == 2 * SAMPLES and any(r.get("role") == "anchor" for r in records)
     for r in records:
-        assert (r["backend"], r["precision"], r["device"], r["threads"], r["clock"]) == ("llamacpp", "q8_0", "cpu", 1, "cpu")
+        setting = (r["backend"], r["precision"], r["device"], r["threads"], r["clock"])
+        assert setting == ("llamacpp", "q8_0", "cpu", 1, "cpu")
         assert r["weights"] == "checkpoint" and r["model_bytes"] > 0
         for figure in ("prefill_ms", "decode_ms", "throughput_tok_s"):
             assert r[figure]["median"] > 0 and r[figure]["best"] > 0
@@ -98,9 +102,20 @@ def test_fit_on_a_llamacpp_profile(profiled, tmp_path):
     assert (metadata["backend"], metadata["precision"], metadata["target"]) == ("llamacpp", "q8_0", "test")
 
 
+@pytest.mark.parametrize("precision", ["f16", "q4_0"])
+def test_every_precision_measures(precision):
+    backend = get_backend("llamacpp")("tiny", precision, "cpu", 1, weights="random")
+    subnet, shapes = load_space("tiny").smallest, Shapes(prompt_len=8, context_len=8, gen_len=4)
+    backend.warm_up(subnet, shapes)
+    measured = backend.measure(subnet, shapes, Protocol(warmup=1, repeats=3, visits=1)).to_dict()
+    assert backend.exports_made == 1 and measured["weights"] == "random" and measured["model_bytes"] > 0
+    assert all(measured[figure]["median"] > 0 for figure in ("prefill_ms", "decode_ms", "throughput_tok_s"))
+
+
 def test_batch_above_one_is_refused(tmp_path):
     code, _, err = cli(*profile_args(tmp_path / "prof", "--samples", "1", "--batch-size", "2"))
-    assert code == 2 and "batch" in err and "llamacpp" in err and "Traceback" not in err, err
+    assert code == 2 and "--batch-size" in err and "llamacpp" in err and "Traceback" not in err, err
+    assert not (tmp_path / "prof").exists()
 
 
 def test_a_model_without_a_tokenizer_is_refused(small_checkpoint):
@@ -109,7 +124,7 @@ def test_a_model_without_a_tokenizer_is_refused(small_checkpoint):
 
 
 def test_unavailable_without_llama_cpp(monkeypatch):
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else find_spec(name, *a))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "llama_cpp" else real(name, *args))
     with pytest.raises(BackendUnavailable, match=r"llamanas-deploy\[llamacpp\]"):
         get_backend("llamacpp").validate("cpu", "q8_0")

@@ -1,24 +1,24 @@
 """`llamacpp`: llama.cpp (llama-cpp-python) on the CPU, a GGUF file at f16 / q8_0 / q4_0, batch 1.
 
-`load` writes the sub-network as `llamanas export --format gguf` does (`exporter.gguf.write_gguf`:
+`load` writes the sub-network as `llamanas export --format gguf` does (`model.gguf_write`:
 a `llama` file for uniform MLP widths, `deci` for per-layer ones) into a temporary directory, once
 per (sub-network, precision): the file stays across the visits of a profile (`ExportCache`, as the
 `onnxruntime` backend keeps its exports). The weights are the other backends' (`weights.subnet_model`:
 the checkpoint's, or random from config.json), but the file needs the model's tokenizer: a GGUF file
-carries its vocabulary, and `write_gguf` writes only the model's own (byte-level BPE `tokenizer.json`).
+carries its vocabulary, and `model.gguf_write` writes only the model's own (byte-level BPE `tokenizer.json`).
 
 llama.cpp runs with `threads` threads for prompt and generation alike, a context just large enough
 for the shapes (opened by the first workload of a sub-network), and logits for the last position
 only, as a llama.cpp generation computes them. Workloads match the other backends: prefill = one
 prompt from an empty cache; decode = one token against a cache of exactly `context_len` tokens (the
 cache is cut back after every step, untimed); generate = prefill, then `gen_len - 1` greedy steps.
-llama.cpp decodes one sequence here: `batch_size` must be 1.
+llama.cpp decodes one sequence here: `batch_size` must be 1. Peak memory is llama.cpp's alone: the
+probe starts again once a file is written, so a sub-network's first visit is measured as its others.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,12 @@ import numpy as np
 
 from ...concepts import GGUF_PRECISIONS
 from ...errors import BadInputError, LlamanasError
-from ...exporter.gguf import GGUF_NAME, _require_llama_cpp, _tokenizer_metadata, write_gguf
+from ...model.gguf_write import GGUF_NAME, require_llama_cpp, tokenizer_metadata, write_model_gguf
 from ...model.families import read_config_dict
 from ...subnet_config import SubnetConfig
 from ..base import Backend, BackendUnavailable, MemoryProbe, Shapes, Workload
 from ..weights import subnet_model, weights_source
 from .onnxruntime_backend import ExportCache
-
-
-@dataclass(frozen=True)
-class _BuiltSubnet:
-    """What `write_gguf` reads of a super-network (`extract`, `source`), holding one sub-network already built."""
-
-    model: Any
-    source: Path
-
-    def extract(self, subnet: SubnetConfig, *, copy: bool = True) -> Any:
-        return self.model
 
 
 class LlamaCppBackend(Backend):
@@ -53,7 +42,7 @@ class LlamaCppBackend(Backend):
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
         try:
-            _require_llama_cpp()
+            require_llama_cpp()
         except BadInputError as err:
             raise BackendUnavailable(err.detail) from None
 
@@ -99,7 +88,7 @@ class LlamaCppBackend(Backend):
         import torch
 
         net = subnet_model(self.model, subnet, torch.float32, self._source, self.seed)
-        write_gguf(_BuiltSubnet(net, self._model_dir), subnet, path, self.precision)
+        write_model_gguf(net, subnet, self._model_dir, path, self.precision)
         return path
 
     def unload(self) -> None:
@@ -160,10 +149,10 @@ class LlamaCppBackend(Backend):
 
 
 def _checked_tokenizer(model: str | Path) -> Path:
-    """The model directory, once its tokenizer is one `write_gguf` can put in a GGUF file."""
+    """The model directory, once its tokenizer is one `model.gguf_write` can put in a GGUF file."""
     config, config_path = read_config_dict(model)
     try:
-        _tokenizer_metadata(config_path.parent, config["vocab_size"])
+        tokenizer_metadata(config_path.parent, config["vocab_size"])
     except BadInputError as err:
         raise BadInputError(f"backend llamacpp: {err.detail}", param="model") from None
     return config_path.parent
