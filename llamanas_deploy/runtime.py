@@ -9,7 +9,8 @@
 - `perplexity`: next-token perplexity on non-overlapping windows of a token stream.
 - `open_artifact`: an artifact directory whose files still match its manifest, with its
   tokenizer (the `tokenizers` library reads `tokenizer.json`).
-- `generate_text`: prompt text in, `GeneratedText` out (the continuation and its timing).
+- `generate_text`: prompt text in, `GeneratedText` out (the continuation and its timing). A GGUF
+  artifact runs through llama.cpp instead (`gguf_runtime`, imported only then): same loop, same result.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from .concepts import DEVICES, check_choice, check_threads
 from .errors import BadInputError
 from .jsonfiles import checked_object, field_error, read_json
-from .onnx_model.artifact import GENAI_CONFIG, MANIFEST, inside, read_manifest
+from .onnx_model.artifact import GENAI_CONFIG, GGUF_KIND, MANIFEST, inside, read_manifest
 from .onnx_model.fp16 import kv_dtype
 
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -272,8 +273,17 @@ class Artifact:
         return {"artifact": str(self.directory), **self.manifest}
 
     @property
+    def is_gguf(self) -> bool:
+        """A GGUF artifact (llama.cpp), not an ONNX one (an ONNX export measures before its manifest has a kind)."""
+        return self.manifest.get("kind") == GGUF_KIND
+
+    @property
     def onnx_path(self) -> Path:
         return self._path(self.manifest["onnx"]["file"])
+
+    @property
+    def gguf_path(self) -> Path:
+        return self._path(self.manifest["gguf"]["file"])
 
     def _path(self, name: str) -> Path:
         """A file the manifest lists, inside the directory (`onnx_model.artifact.inside`); a manifest
@@ -298,14 +308,8 @@ class Artifact:
         return OrtDecoder(self.onnx_path, device or self.manifest["device"], threads)
 
     def chat_prompt(self, message: str) -> str:
-        """`message` as one user turn in the artifact's chat template, ready for the assistant's reply.
-
-        The template is artifact content: it is rendered in Jinja's sandbox, which gives it no access
-        to Python objects beyond the values passed in. `BadInputError` when the artifact has none.
-        """
-        from jinja2.exceptions import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+        """`message` as one user turn in the artifact's chat template (`render_chat`); `BadInputError`
+        when the artifact has none."""
         name = "tokenizer_config.json"
         source = str(self.directory / name)
         config = read_json(self._path(name), "tokenizer config") if name in self.manifest.get("files", {}) else {}
@@ -315,12 +319,7 @@ class Artifact:
         if not isinstance(template, str):
             raise field_error(source, "chat_template", "a string", template)
         specials = {key: config.get(key) if isinstance(config.get(key), str) else "" for key in ("bos_token", "eos_token")}
-        try:
-            return ImmutableSandboxedEnvironment().from_string(template).render(
-                messages=[{"role": "user", "content": message}], add_generation_prompt=True, **specials
-            )
-        except TemplateError as err:
-            raise BadInputError(f"{self.directory / name}: its chat template cannot be rendered ({err})") from None
+        return render_chat(template, message, specials, source)
 
     def tokenizer(self):
         """The artifact's `tokenizers.Tokenizer`; `BadInputError` when it ships none."""
@@ -329,6 +328,23 @@ class Artifact:
         if "tokenizer.json" not in self.manifest.get("files", {}):
             raise BadInputError(f"{self.directory}: the artifact has no tokenizer.json (its model directory had none)")
         return Tokenizer.from_file(str(self._path("tokenizer.json")))
+
+
+def render_chat(template: str, message: str, specials: dict[str, str], source: str) -> str:
+    """`message` as one user turn in the chat `template` (from `source`), ready for the assistant's reply.
+
+    The template is artifact content: it is rendered in Jinja's sandbox, which gives it no access
+    to Python objects beyond the values passed in (`specials`: `bos_token`, `eos_token`).
+    """
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        return ImmutableSandboxedEnvironment().from_string(template).render(
+            messages=[{"role": "user", "content": message}], add_generation_prompt=True, **specials
+        )
+    except TemplateError as err:
+        raise BadInputError(f"{source}: its chat template cannot be rendered ({err})") from None
 
 
 def open_artifact(directory: str | Path) -> Artifact:
@@ -354,8 +370,29 @@ class GeneratedText:
     tok_s: float
     stopped_at_eos: bool
 
+    @classmethod
+    def of(cls, out: Generation, text: str) -> GeneratedText:
+        """`out` with its tokens' `text`."""
+        return cls(
+            text=text,
+            prompt_tokens=out.prompt_tokens,
+            tokens=out.tokens,
+            new_tokens=len(out.tokens),
+            prefill_ms=out.prefill_s * 1e3,
+            decode_tok_s=out.decode_tok_s,
+            tok_s=out.total_tok_s,
+            stopped_at_eos=out.stopped_at_eos,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_room(prompt_tokens: int, max_new_tokens: int, positions: int) -> None:
+    """`BadInputError` when the prompt and the new tokens exceed the model's `positions`."""
+    if prompt_tokens + max_new_tokens > positions:
+        raise BadInputError(f"{max_new_tokens}: the prompt's {prompt_tokens} tokens and the new ones exceed the model's "
+                            f"{positions} positions", param="max_new_tokens")  # fmt: skip
 
 
 def generate_text(
@@ -366,27 +403,21 @@ def generate_text(
     threads: int | None = None,
     chat: bool = False,
 ) -> GeneratedText:
-    """Generate from `prompt` (text) with the artifact's own tokenizer, through ONNX Runtime alone.
+    """Generate from `prompt` (text) with the artifact's own tokenizer, through ONNX Runtime alone
+    (a GGUF artifact: through llama.cpp, `gguf_runtime`).
 
     `chat`: `prompt` is a user's message, put in the artifact's chat template first. The timing
-    covers the ORT calls only (prefill, then decode steps); `threads`: intra-op threads (None:
-    ORT's default).
+    covers the runtime's calls only (prefill, then decode steps); `threads`: intra-op threads (None:
+    the runtime's default).
     """
     opened = open_artifact(artifact_dir)
+    if opened.is_gguf:
+        from .gguf_runtime import generate_gguf_text
+
+        return generate_gguf_text(opened, prompt, max_new_tokens, sampling, threads, chat)
     prompt = opened.chat_prompt(prompt) if chat else prompt
     tokenizer = opened.tokenizer()
-    ids, positions = tokenizer.encode(prompt).ids, opened.context_length
-    if len(ids) + max_new_tokens > positions:
-        raise BadInputError(f"{max_new_tokens}: the prompt's {len(ids)} tokens and the new ones exceed the model's "
-                            f"{positions} positions", param="max_new_tokens")  # fmt: skip
+    ids = tokenizer.encode(prompt).ids
+    check_room(len(ids), max_new_tokens, opened.context_length)
     out = generate(opened.decoder(threads=threads), ids, max_new_tokens, sampling, opened.eos_ids)
-    return GeneratedText(
-        text=tokenizer.decode(out.tokens),
-        prompt_tokens=out.prompt_tokens,
-        tokens=out.tokens,
-        new_tokens=len(out.tokens),
-        prefill_ms=out.prefill_s * 1e3,
-        decode_tok_s=out.decode_tok_s,
-        tok_s=out.total_tok_s,
-        stopped_at_eos=out.stopped_at_eos,
-    )
+    return GeneratedText.of(out, tokenizer.decode(out.tokens))

@@ -1,6 +1,7 @@
 """`llamanas export`, `generate` and `bench`: the deployable artifact, run and measured.
 
-`generate` imports only onnxruntime, numpy and tokenizers (no torch): what a deployment needs.
+`generate` imports only onnxruntime, numpy and tokenizers (no torch): what a deployment needs; on a
+GGUF artifact, llama-cpp-python instead (`gguf_runtime`). Both commands run either kind.
 """
 
 from __future__ import annotations
@@ -153,11 +154,11 @@ def _render_export(m: dict[str, Any]) -> str:
 @click.option("--top-k", default=default_of(Sampling, "top_k"), show_default=True, type=click.IntRange(min=0),
               help="Sample among the k best (0: all).")
 @SEED(Sampling, note="of the sampling.")
-@THREADS(note="[ONNX Runtime's choice]")
+@THREADS(note="[the runtime's choice]")
 @JSON()
 def generate(artifact: Path, prompt: str | None, chat: str | None, max_new_tokens: int, temperature: float, top_k: int,
              seed: int, threads: int | None, as_json: bool) -> None:  # fmt: skip
-    """Generate text from an artifact through ONNX Runtime alone (no torch)."""
+    """Generate text from an artifact through ONNX Runtime alone (no torch), or llama.cpp for a GGUF one."""
     if (prompt is None) == (chat is None):
         raise click.UsageError("give --prompt (text to continue) or --chat (a message to answer), one of them")
     r = generate_text(artifact, prompt or chat, max_new_tokens, Sampling(temperature, top_k, seed), threads, chat is not None)

@@ -7,7 +7,8 @@ clock default to those the manifest's predictor was trained on, and the figure c
 its prediction is the statistic it learned (`store.kept_figure`), so the error in % compares
 like with like. A CUDA artifact is timed through IO binding (`runtime.OrtDecoder`): the KV cache
 stays on the GPU between steps, and each step moves only token ids up and logits down, as a
-deployment would (`io_binding` in the measured block says which way it ran).
+deployment would (`io_binding` in the measured block says which way it ran). A GGUF artifact is
+timed by the `llamacpp` backend's workloads on its own file (`llamacpp_backend.ArtifactBackend`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any, Mapping
 from ..concepts import CLOCKS, METRICS, check_choice, metric
 from ..errors import BadInputError
 from ..jsonfiles import checked_choice, checked_positive_integers, field_error, is_finite_number, is_integer
-from ..profiler.backends.onnxruntime_backend import ArtifactBackend
-from ..profiler.base import SHAPE_FIELDS, Shapes
+from ..profiler.backends import llamacpp_backend, onnxruntime_backend
+from ..profiler.base import SHAPE_FIELDS, Backend, Shapes
 from ..profiler.fingerprint import current_fingerprint
 from ..profiler.stats import Protocol
 from ..profiler.store import STATISTICS, kept_figure
@@ -103,7 +104,8 @@ def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSett
     shapes = settings.shapes_for(predicted)
     threads = settings.threads or predicted.get("threads") or 1
     clock = settings.clock or predicted.get("clock") or "wall"
-    backend = ArtifactBackend(Artifact(Path(directory), manifest), threads, clock=clock)
+    artifact = Artifact(Path(directory), manifest)
+    backend = _backend(artifact, threads, clock)
     subnet = SubnetConfig.from_dict(manifest["subnet"], f"{directory}/manifest.json")
     backend.warm_up(subnet, shapes)
     figures = backend.measure_visits([subnet], shapes, settings.protocol)[0].to_dict()
@@ -112,7 +114,7 @@ def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSett
         "backend": backend.name,
         "precision": manifest["precision"],
         "device": manifest["device"],
-        "io_binding": manifest["device"] in IO_BINDING_DEVICES,
+        **({} if artifact.is_gguf else {"io_binding": manifest["device"] in IO_BINDING_DEVICES}),
         "threads": threads,
         "clock": clock,
         "shapes": shapes.to_dict(),
@@ -123,6 +125,13 @@ def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSett
     if predicted:
         measured["vs_predicted"] = compare_with_prediction(measured, predicted)
     return measured
+
+
+def _backend(artifact: Artifact, threads: int, clock: str) -> Backend:
+    """The profiler backend that times this kind of artifact, once it can run here."""
+    backend = (llamacpp_backend if artifact.is_gguf else onnxruntime_backend).ArtifactBackend
+    backend.check_available(artifact.manifest["device"], artifact.manifest["precision"])
+    return backend(artifact, threads, clock=clock)
 
 
 MAX_BENCH_TOKENS = 1 << 16  # batch x (prompt + context + generated): far above any bench, far below a runaway allocation

@@ -345,3 +345,23 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass  # not Linux, or not allowed: VmHWM / ru_maxrss stays process-wide (an upper bound)
+
+
+class ArtifactTiming:
+    """Mixed into a backend (before it) that times an exported artifact, a `runtime.Artifact`: its own
+    file, precision and device, instead of building the sub-network; `load` first calls `check_holds`."""
+
+    def __init__(self, artifact: Any, threads: int, **kwargs: Any):
+        manifest = artifact.manifest
+        super().__init__(artifact.directory, manifest["precision"], manifest["device"], threads, **kwargs)
+        self.artifact = artifact
+
+    @property
+    def weights_source(self) -> str:
+        return "checkpoint"
+
+    def check_holds(self, subnet: SubnetConfig) -> None:
+        """`BadInputError` unless the artifact holds `subnet`."""
+        held = self.artifact.manifest["subnet_id"]
+        if subnet.id != held:
+            raise BadInputError(f"{self.artifact.directory}: holds sub-network {held}, not {subnet.id}")

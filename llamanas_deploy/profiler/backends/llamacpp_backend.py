@@ -14,6 +14,9 @@ prompt from an empty cache; decode = one token against a cache of exactly `conte
 cache is cut back after every step, untimed); generate = prefill, then `gen_len - 1` greedy steps.
 llama.cpp decodes one sequence here: `batch_size` must be 1. Peak memory is llama.cpp's alone: the
 probe starts again once a file is written, so a sub-network's first visit is measured as its others.
+
+`LlamaCppRunner` holds the workloads; `LlamaCppBackend` writes the files it runs, `ArtifactBackend`
+runs a GGUF artifact's own file instead (`llamanas bench`).
 """
 
 from __future__ import annotations
@@ -26,15 +29,18 @@ import numpy as np
 
 from ...concepts import GGUF_PRECISIONS
 from ...errors import BadInputError, LlamanasError
+from ...gguf_runtime import last_logits
 from ...model.gguf_write import GGUF_NAME, require_llama_cpp, tokenizer_metadata, write_model_gguf
 from ...model.families import read_config_dict
 from ...subnet_config import SubnetConfig
-from ..base import Backend, BackendUnavailable, MemoryProbe, Shapes, Workload
+from ..base import ArtifactTiming, Backend, BackendUnavailable, MemoryProbe, Shapes, Workload
 from ..weights import subnet_model, weights_source
 from .onnxruntime_backend import ExportCache
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppRunner(Backend):
+    """llama.cpp's workloads on the GGUF file a subclass's `load` names (`_path`)."""
+
     name = "llamacpp"
     precisions = GGUF_PRECISIONS
     devices = ("cpu",)
@@ -48,48 +54,8 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._source = weights_source(self.model, self.weights)
-        self._model_dir = _checked_tokenizer(self.model)
-        self._exports: ExportCache | None = None
         self._path: Path | None = None  # the loaded sub-network's GGUF file
         self._llm = None  # llama.cpp with that file, opened by the first workload
-        self._probe: MemoryProbe | None = None
-        self.exports_made = 0  # how many GGUF files this backend wrote (a sub-network's visits share one)
-
-    @property
-    def weights_source(self) -> str:
-        return self._source
-
-    def memory_probe(self) -> MemoryProbe:
-        # started again once `load` has written a file: building and quantizing the torch sub-network is
-        # not llama.cpp's memory, and the later visits, which reuse the file, would not see it
-        self._probe = super().memory_probe()
-        return self._probe
-
-    # ---- one sub-network -------------------------------------------------------------------
-    def load(self, subnet: SubnetConfig) -> int:
-        """Write `subnet`'s GGUF file unless an earlier visit did; returns its size."""
-        if self._exports is None:
-            self._exports = ExportCache()
-        key = f"{subnet.id}-{self.precision}"
-        self._path = self._exports.get(key, GGUF_NAME)
-        if self._path is None:
-            here = self._exports.directory(key)
-            shutil.rmtree(here, ignore_errors=True)  # what a failed write left
-            here.mkdir()
-            self._path = self._write(subnet, here / GGUF_NAME)
-            self.exports_made += 1
-            self._exports.add(key)
-            if self._probe is not None:
-                self._probe.start()
-        return self._path.stat().st_size
-
-    def _write(self, subnet: SubnetConfig, path: Path) -> Path:
-        import torch
-
-        net = subnet_model(self.model, subnet, torch.float32, self._source, self.seed)
-        write_model_gguf(net, subnet, self._model_dir, path, self.precision)
-        return path
 
     def unload(self) -> None:
         if self._llm is not None:
@@ -114,16 +80,13 @@ class LlamaCppBackend(Backend):
         return Workload(run=lambda: llm.eval(step), reset=cut_back)
 
     def generate(self, shapes: Shapes) -> Workload:
-        import llama_cpp
-
         llm = self._llama(shapes)
-        prompt, vocab = self._tokens(shapes.prompt_len), llm.n_vocab()
+        prompt = self._tokens(shapes.prompt_len)
 
         def run() -> None:
             llm.eval(prompt)
             for _ in range(shapes.gen_len - 1):
-                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
-                llm.eval([int(logits.argmax())])
+                llm.eval([int(last_logits(llm).argmax())])
 
         return Workload(run=run, reset=llm.reset)
 
@@ -146,6 +109,61 @@ class LlamaCppBackend(Backend):
     def _tokens(self, length: int) -> list[int]:
         rng = np.random.default_rng(self.seed)
         return rng.integers(0, self._llm.n_vocab(), length).tolist()
+
+
+class LlamaCppBackend(LlamaCppRunner):
+    """Writes each sub-network's GGUF file from the model's weights (the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._source = weights_source(self.model, self.weights)
+        self._model_dir = _checked_tokenizer(self.model)
+        self._exports: ExportCache | None = None
+        self._probe: MemoryProbe | None = None
+        self.exports_made = 0  # how many GGUF files this backend wrote (a sub-network's visits share one)
+
+    @property
+    def weights_source(self) -> str:
+        return self._source
+
+    def memory_probe(self) -> MemoryProbe:
+        # started again once `load` has written a file: building and quantizing the torch sub-network is
+        # not llama.cpp's memory, and the later visits, which reuse the file, would not see it
+        self._probe = super().memory_probe()
+        return self._probe
+
+    def load(self, subnet: SubnetConfig) -> int:
+        """Write `subnet`'s GGUF file unless an earlier visit did; returns its size."""
+        if self._exports is None:
+            self._exports = ExportCache()
+        key = f"{subnet.id}-{self.precision}"
+        self._path = self._exports.get(key, GGUF_NAME)
+        if self._path is None:
+            here = self._exports.directory(key)
+            shutil.rmtree(here, ignore_errors=True)  # what a failed write left
+            here.mkdir()
+            self._path = self._write(subnet, here / GGUF_NAME)
+            self.exports_made += 1
+            self._exports.add(key)
+            if self._probe is not None:
+                self._probe.start()
+        return self._path.stat().st_size
+
+    def _write(self, subnet: SubnetConfig, path: Path) -> Path:
+        import torch
+
+        net = subnet_model(self.model, subnet, torch.float32, self._source, self.seed)
+        write_model_gguf(net, subnet, self._model_dir, path, self.precision)
+        return path
+
+
+class ArtifactBackend(ArtifactTiming, LlamaCppRunner):
+    """Times a GGUF artifact instead of writing one."""
+
+    def load(self, subnet: SubnetConfig) -> int:
+        self.check_holds(subnet)
+        self._path = self.artifact.gguf_path
+        return self.artifact.manifest["size"]["gguf_bytes"]
 
 
 def _checked_tokenizer(model: str | Path) -> Path:

@@ -30,7 +30,7 @@ from ...onnx_model.graphs import check_precision, export_graph, export_quantized
 from ...onnx_model.quantize import settings_for
 from ...runtime import OrtDecoder
 from ...subnet_config import SubnetConfig
-from ..base import Backend, BackendUnavailable, Shapes, Workload
+from ..base import ArtifactTiming, Backend, BackendUnavailable, Shapes, Workload
 from ..weights import subnet_model, weights_source
 
 DISK_RESERVE_BYTES = 2 * 1024**3  # free space an export cache leaves on its disk
@@ -154,21 +154,11 @@ class OnnxRuntimeBackend(Backend):
         return rng.integers(0, self._decoder.vocab_size, (batch, length), dtype=np.int64)
 
 
-class ArtifactBackend(OnnxRuntimeBackend):
-    """Times an exported artifact (its own ONNX file, precision and device) instead of exporting."""
-
-    def __init__(self, artifact, threads: int, **kwargs: Any):
-        manifest = artifact.manifest
-        super().__init__(artifact.directory, manifest["precision"], manifest["device"], threads, **kwargs)
-        self.artifact = artifact
-
-    @property
-    def weights_source(self) -> str:
-        return "checkpoint"
+class ArtifactBackend(ArtifactTiming, OnnxRuntimeBackend):
+    """Times an exported ONNX artifact instead of exporting."""
 
     def load(self, subnet: SubnetConfig) -> int:
-        if subnet.id != self.artifact.manifest["subnet_id"]:
-            raise BadInputError(f"{self.artifact.directory}: holds sub-network {self.artifact.manifest['subnet_id']}, not {subnet.id}")
+        self.check_holds(subnet)
         self._decoder = self.artifact.decoder(threads=self.threads)
         return self.artifact.manifest["size"]["onnx_bytes"]
 

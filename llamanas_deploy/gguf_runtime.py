@@ -1,0 +1,85 @@
+"""Generation from a GGUF artifact through llama.cpp (llama-cpp-python, imported only here and lazily).
+
+`LlamaCppDecoder` answers `runtime.generate` as an `OrtDecoder` does (`empty_past`, `forward`), so
+the loop, its timing and the sampling (`runtime.Sampling`: temperature, top-k, seed; the token is
+picked from llama.cpp's logits by `runtime.pick_token`) are the ONNX path's. Text goes in and out
+through the tokenizer the file carries, and `chat` through the chat template it carries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .concepts import check_threads
+from .errors import BadInputError, LlamanasError
+from .runtime import Artifact, GeneratedText, Sampling, check_room, generate, render_chat
+
+
+def last_logits(llm) -> np.ndarray:
+    """The logits of the last position llama.cpp evaluated (a view of its buffer: copy to keep)."""
+    import llama_cpp
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+
+
+class LlamaCppDecoder:
+    """llama.cpp on a GGUF file, one sequence, with the context the file was made for; `threads` for
+    prompt and decode alike (None: llama-cpp-python's default)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        from llama_cpp import Llama
+
+        check_threads(threads)
+        self.path = path
+        try:
+            self.llm = Llama(model_path=str(path), n_ctx=0, n_threads=threads, n_threads_batch=threads, verbose=False)
+        except ValueError as err:  # llama-cpp-python's one error for a file llama.cpp cannot load
+            raise LlamanasError(f"{path}: llama.cpp cannot load the GGUF file ({err})") from None
+
+    @property
+    def context_length(self) -> int:
+        return self.llm.n_ctx()
+
+    def empty_past(self, batch: int) -> dict:
+        """A new sequence: llama.cpp keeps the cache itself, the 'past' passed around is empty."""
+        if batch != 1:
+            raise BadInputError(f"llama.cpp decodes one sequence here; got batch size {batch}")
+        self.llm.reset()
+        return {}
+
+    def forward(self, input_ids: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
+        """Evaluate `input_ids` [1, T] after the cache; returns the last position's logits [1, 1, V]
+        (all llama.cpp computes) and `past` unchanged."""
+        self.llm.eval(input_ids[0].tolist())
+        return last_logits(self.llm)[None, None].copy(), past
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`: the special tokens it spells are parsed, BOS added if the file says so."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids`, special tokens left out."""
+        return self.llm.detokenize(ids, special=False).decode("utf-8", errors="replace")
+
+    def chat_prompt(self, message: str) -> str:
+        """`message` as one user turn in the file's chat template (`runtime.render_chat`)."""
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if template is None:
+            raise BadInputError(f"{self.path}: the artifact has no chat template (its model had none); use --prompt")
+        specials = {"bos_token": self._text(self.llm.token_bos()), "eos_token": self._text(self.llm.token_eos())}
+        return render_chat(template, message, specials, str(self.path))
+
+    def _text(self, token: int) -> str:
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
+
+
+def generate_gguf_text(artifact: Artifact, prompt: str, max_new_tokens: int, sampling: Sampling,
+                       threads: int | None, chat: bool) -> GeneratedText:  # fmt: skip
+    """`runtime.generate_text` for a GGUF artifact."""
+    decoder = LlamaCppDecoder(artifact.gguf_path, threads)
+    ids = decoder.encode(decoder.chat_prompt(prompt) if chat else prompt)
+    check_room(len(ids), max_new_tokens, decoder.context_length)
+    out = generate(decoder, ids, max_new_tokens, sampling, artifact.eos_ids)
+    return GeneratedText.of(out, decoder.decode(out.tokens))
