@@ -17,6 +17,21 @@ from .errors import BadInputError, LlamanasError
 from .runtime import Artifact, GeneratedText, Sampling, check_room, generate, render_chat
 
 
+def load_llama(path: Path, threads: int | None, context: int = 0, *, logits_all: bool = False,
+               error: type[LlamanasError] = LlamanasError):  # fmt: skip
+    """llama-cpp-python's `Llama` on the GGUF file `path`: `threads` for prompt and decode alike, `context`
+    positions (0: the context the file was made for; else a prompt of up to that many is one batch),
+    logits of every position only with `logits_all`; `error`, in one line, when llama.cpp cannot load it."""
+    from llama_cpp import Llama
+
+    batch = {"n_batch": context} if context else {}
+    try:
+        return Llama(model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+                     logits_all=logits_all, verbose=False, **batch)  # fmt: skip
+    except ValueError as err:  # llama-cpp-python's one error for a file llama.cpp cannot load
+        raise error(f"{path}: llama.cpp cannot load the GGUF file ({err})") from None
+
+
 def last_logits(llm) -> np.ndarray:
     """The logits of the last position llama.cpp evaluated (a view of its buffer: copy to keep)."""
     import llama_cpp
@@ -29,14 +44,9 @@ class LlamaCppDecoder:
     prompt and decode alike (None: llama-cpp-python's default)."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        from llama_cpp import Llama
-
         check_threads(threads)
         self.path = path
-        try:
-            self.llm = Llama(model_path=str(path), n_ctx=0, n_threads=threads, n_threads_batch=threads, verbose=False)
-        except ValueError as err:  # llama-cpp-python's one error for a file llama.cpp cannot load
-            raise LlamanasError(f"{path}: llama.cpp cannot load the GGUF file ({err})") from None
+        self.llm = load_llama(path, threads)
 
     @property
     def context_length(self) -> int:

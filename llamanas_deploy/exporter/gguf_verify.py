@@ -29,6 +29,7 @@ import numpy as np
 
 from ..data import load_tokenizer
 from ..errors import VerificationError
+from ..gguf_runtime import load_llama
 from ..runtime import summed_nll
 from .pipeline import EVAL_SEQ_LEN
 from .verify import Checks
@@ -116,13 +117,7 @@ class LlamaCpp:
 def open_llama(path: Path, threads: int, context: int = CONTEXT) -> Iterator[LlamaCpp]:
     """`path` loaded by llama-cpp-python, `threads` threads for prompt and decode alike, logits kept
     for every position; `VerificationError` when llama.cpp refuses the file."""
-    from llama_cpp import Llama
-
-    try:
-        llm = Llama(model_path=str(path), n_ctx=context, n_batch=context, n_threads=threads,
-                    n_threads_batch=threads, logits_all=True, verbose=False)  # fmt: skip
-    except ValueError as err:  # llama-cpp-python's one error for a file llama.cpp cannot load
-        raise VerificationError(f"{path}: llama.cpp cannot load the GGUF file ({err})") from None
+    llm = load_llama(path, threads, context, logits_all=True, error=VerificationError)
     try:
         yield LlamaCpp(llm)
     finally:

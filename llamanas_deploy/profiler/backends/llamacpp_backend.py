@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ...concepts import GGUF_PRECISIONS
-from ...errors import BadInputError, LlamanasError
-from ...gguf_runtime import last_logits
+from ...errors import BadInputError
+from ...gguf_runtime import last_logits, load_llama
 from ...model.gguf_write import GGUF_NAME, require_llama_cpp, tokenizer_metadata, write_model_gguf
 from ...model.families import read_config_dict
 from ...subnet_config import SubnetConfig
@@ -96,14 +96,8 @@ class LlamaCppRunner(Backend):
             raise BadInputError(f"backend {self.name} decodes one sequence; got batch size {shapes.batch_size}",
                                 param="batch_size")  # fmt: skip
         if self._llm is None:
-            from llama_cpp import Llama
-
             context = max(shapes.prompt_len + shapes.gen_len, shapes.context_len + 1)
-            try:
-                self._llm = Llama(model_path=str(self._path), n_ctx=context, n_batch=context, n_threads=self.threads,
-                                  n_threads_batch=self.threads, verbose=False)  # fmt: skip
-            except ValueError as err:  # llama-cpp-python's one error for a file llama.cpp cannot load
-                raise LlamanasError(f"{self._path}: llama.cpp cannot load the GGUF file ({err})") from None
+            self._llm = load_llama(self._path, self.threads, context)
         return self._llm
 
     def _tokens(self, length: int) -> list[int]:
@@ -135,7 +129,7 @@ class LlamaCppBackend(LlamaCppRunner):
     def load(self, subnet: SubnetConfig) -> int:
         """Write `subnet`'s GGUF file unless an earlier visit did; returns its size."""
         if self._exports is None:
-            self._exports = ExportCache()
+            self._exports = ExportCache(prefix="llamanas-gguf-")
         key = f"{subnet.id}-{self.precision}"
         self._path = self._exports.get(key, GGUF_NAME)
         if self._path is None:

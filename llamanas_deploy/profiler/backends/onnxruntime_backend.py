@@ -43,8 +43,8 @@ class ExportCache:
     oldest others while free space is below the reserve.
     """
 
-    def __init__(self, reserve_bytes: int = DISK_RESERVE_BYTES):
-        self._tmp = tempfile.TemporaryDirectory(prefix="llamanas-ort-")  # removed when the backend is dropped
+    def __init__(self, reserve_bytes: int = DISK_RESERVE_BYTES, prefix: str = "llamanas-ort-"):
+        self._tmp = tempfile.TemporaryDirectory(prefix=prefix)  # removed when the backend is dropped
         self.root = Path(self._tmp.name)
         self.reserve_bytes = reserve_bytes
         self._order: list[str] = []
