@@ -52,6 +52,7 @@ DEVICES = ("cpu", "cuda")
 CLOCKS = ("wall", "cpu")  # elapsed time, or the measuring thread's CPU time (one thread, shared machine)
 TORCH_PRECISIONS = ("fp32", "bf16")
 EXPORT_PRECISIONS = ("fp32", "int8", "int4", "fp16")  # per device: onnx_model.graphs.DEPLOYED_PRECISIONS
+EXPORT_FORMATS = ("onnx", "gguf")  # an ONNX Runtime artifact (`exporter.pipeline`), a llama.cpp one (`exporter.gguf`)
 GGUF_ARCHITECTURES = ("llama", "deci")  # llama.cpp's graph for uniform MLP widths; for per-layer widths
 GGUF_PRECISIONS = ("f16", "q8_0", "q4_0")  # what `exporter.gguf` writes: llama.cpp's type of the matrices
 PROFILE_PRECISIONS = tuple(dict.fromkeys(TORCH_PRECISIONS + EXPORT_PRECISIONS + GGUF_PRECISIONS))

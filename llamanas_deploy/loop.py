@@ -2,11 +2,12 @@
 
     profile (reuse a shipped profile of this device; on a new device, measure a few sub-networks
     and transfer another device's predictor of the same space and backend; else measure)
-    -> fit the latency predictor -> the deployed format: profile a few sub-networks with
-    onnxruntime at the export precision and fit its predictor with transfer from the first -> search on the deployed format's latency under a budget -> export
-    the best sub-network within the budget -> verify and measure the artifact (predicted vs
-    measured is then like for like) -> measure the full network and the winner the way the
-    deployed-format profile was measured -> one summary table.
+    -> fit the latency predictor -> the deployed format: profile a few sub-networks with the
+    backend that runs the artifact (onnxruntime for ONNX, llamacpp for GGUF) at the export
+    precision and fit its predictor with transfer from the first -> search on the deployed
+    format's latency under a budget -> export the best sub-network within the budget -> verify
+    and measure the artifact (predicted vs measured is then like for like) -> measure the full
+    network and the winner the way the deployed-format profile was measured -> one summary table.
 
 Each stage reads the previous stage's files, so a rerun of the same command with the same
 `--out` skips the stages whose output is already there and resumes the interrupted one.
@@ -19,10 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .concepts import CLOCKS, DEVICES, EXPORT_PRECISIONS, check_choice, metric
+from .concepts import CLOCKS, DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, GGUF_PRECISIONS, check_choice, metric
 from .errors import BadInputError
 from .evaluate import load_heldout, perplexity
-from .exporter import BenchSettings, ExportSettings, export
+from .exporter import BenchSettings, ExportSettings, GGUFSettings, export, export_gguf
 from .jsonfiles import check_out_dir, read_json, write_json
 from .onnx_model.artifact import read_manifest
 from .onnx_model.graphs import check_precision
@@ -39,9 +40,10 @@ from .subnet_config import SubnetConfig
 
 LATENCY_METRIC = "decode_ms"
 STAGES = 7
-DEPLOYED_BACKEND = "onnxruntime"  # the profiler backend that times what `export` deploys
+DEPLOYED = {"onnx": ("onnxruntime", "int8"), "gguf": ("llamacpp", "q8_0")}  # format: the backend timing it, default precision
 HELDOUT_TOKENS = 4096  # the export's verification data: full, winner and artifact share one perplexity
 RUN_FILE, SUMMARY_FILE = "run.json", "summary.json"
+_ADDED_SINCE_0_1 = {"export_format": "onnx", "max_cv": Protocol.max_cv}
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class RunSettings:
     space: str = "tiny"
     backend: str = "torch"  # the profiler backend the latency predictor models
     backend_precision: str = "fp32"  # that backend's precision
-    export_precision: str = "int8"
+    export_format: str = "onnx"
+    export_precision: str | None = None  # None: the format's default (`DEPLOYED`)
     device: str = "cpu"
     max_latency_ms: float | None = None
     speedup: float = 1.5  # without max_latency_ms: budget = full network's predicted latency / speedup
@@ -60,6 +63,7 @@ class RunSettings:
     transfer_samples: int = 12  # ... when another device's predictor of the same space and backend exists (2 held out)
     deployed_samples: int = 8  # deployed-format sub-networks profiled in the run (2 held out); 0: search on `backend`
     visits: int = 3
+    max_cv: float = Protocol.max_cv  # a figure noisier than this is re-measured, then flagged (and left out of fits)
     min_profile_subnets: int = 40
     algorithm: str = "nsga2"
     population: int = 20
@@ -70,13 +74,13 @@ class RunSettings:
     clock: str = "cpu"
 
     def __post_init__(self) -> None:
-        check_choice(self.export_precision, EXPORT_PRECISIONS, "export_precision")
-        try:
-            check_precision(self.device, self.export_precision)  # before any stage runs, not at the export
-        except BadInputError as err:
-            raise BadInputError(err.detail, param="export_precision") from None
         check_choice(self.device, DEVICES, "device")
+        check_choice(self.export_format, EXPORT_FORMATS, "export_format")
+        if self.export_precision is None:
+            object.__setattr__(self, "export_precision", DEPLOYED[self.export_format][1])
+        self._check_export_precision()  # before any stage runs, not at the export
         check_choice(self.clock, CLOCKS, "clock")
+        Protocol(visits=self.visits, max_cv=self.max_cv)  # refused now, not when the first stage measures
         if self.max_latency_ms is not None and not (math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0):
             raise BadInputError(f"must be a positive finite number of ms, got {self.max_latency_ms}", param="max_latency_ms")
         if not (math.isfinite(self.speedup) and self.speedup >= 1):
@@ -87,6 +91,28 @@ class RunSettings:
             raise BadInputError(f"must be >= {MIN_TRANSFER_SUBNETS}, got {self.transfer_samples}", param="transfer_samples")
         if self.deployed_samples and self.deployed_samples < MIN_TRANSFER_SUBNETS:
             raise BadInputError(f"must be 0 or >= {MIN_TRANSFER_SUBNETS}, got {self.deployed_samples}", param="deployed_samples")
+
+    def _check_export_precision(self) -> None:
+        if self.export_format == "gguf":
+            check_choice(self.export_precision, GGUF_PRECISIONS, "export_precision")
+            if self.device != "cpu":
+                raise BadInputError(f"a GGUF artifact runs in llama.cpp on the CPU, not on {self.device}", param="device")
+            return
+        check_choice(self.export_precision, EXPORT_PRECISIONS, "export_precision")
+        try:
+            check_precision(self.device, self.export_precision)
+        except BadInputError as err:
+            raise BadInputError(err.detail, param="export_precision") from None
+
+    @property
+    def protocol(self) -> Protocol:
+        """How every stage measures: `visits` turns, figures noisier than `max_cv` flagged."""
+        return Protocol(visits=self.visits, max_cv=self.max_cv)
+
+    @property
+    def deployed_backend(self) -> str:
+        """The profiler backend that times the artifact this run exports."""
+        return DEPLOYED[self.export_format][0]
 
 
 @dataclass(frozen=True)
@@ -174,7 +200,7 @@ def _measure_profile(settings: RunSettings, out: Path, space, backend: str, prec
         seed=settings.seed,
         threads=settings.threads,
         clock=settings.clock,
-        protocol=Protocol(visits=settings.visits),
+        protocol=settings.protocol,
     )
     target = target_name_from(f"run-{out.resolve().name}")  # "runs/my run" profiles target run-my-run
     profile(settings.model, space, profile_settings, target=target, out=profile_dir, callback=stage.callback)
@@ -206,7 +232,7 @@ def _log_fit(stage: _Stages, result) -> None:
 
 def _stage_deployed(settings: RunSettings, out: Path, space, supernet, backend_predictor: Path,
                     stage: _Stages) -> dict[str, Any] | None:  # fmt: skip
-    """The deployed format's predictor (onnxruntime at the export precision): `deployed_samples`
+    """The deployed format's predictor (its backend at the export precision): `deployed_samples`
     sub-networks measured now, in this run directory, with this installation's exporter, and a fit
     with transfer from the backend's predictor. None when `deployed_samples` is 0 (or the backend
     already is the deployed format).
@@ -215,8 +241,8 @@ def _stage_deployed(settings: RunSettings, out: Path, space, supernet, backend_p
     made the graphs they timed, and a faster exporter (fused attention, another quantizer setting)
     changes the deployed latency without changing the device fingerprint — the dev machine's
     shipped int8 profile (0.8-2.2 ms) predicted 0.95 ms for an artifact measured at 0.32 ms."""
-    precision = settings.export_precision
-    if not settings.deployed_samples or (settings.backend, settings.backend_precision) == (DEPLOYED_BACKEND, precision):
+    backend, precision = settings.deployed_backend, settings.export_precision
+    if not settings.deployed_samples or (settings.backend, settings.backend_precision) == (backend, precision):
         stage(3, "deployed format: searching on the profiled backend's latency")
         return None
     path = out / f"predictor-deployed-{LATENCY_METRIC}.json"
@@ -227,15 +253,15 @@ def _stage_deployed(settings: RunSettings, out: Path, space, supernet, backend_p
     from .predict import FitSettings, fit
 
     profile_dir = out / "profile-deployed"
-    stage(3, f"deployed format: measuring {settings.deployed_samples} sub-networks with {DEPLOYED_BACKEND} {precision} "
+    stage(3, f"deployed format: measuring {settings.deployed_samples} sub-networks with {backend} {precision} "
              f"into {profile_dir}, then fitting with transfer from {backend_predictor.name}")  # fmt: skip
-    _measure_profile(settings, out, space, DEPLOYED_BACKEND, precision, settings.deployed_samples, profile_dir, stage)
+    _measure_profile(settings, out, space, backend, precision, settings.deployed_samples, profile_dir, stage)
     result = fit(profile_dir, LATENCY_METRIC, FitSettings(seed=settings.seed, learning_curve=False), space=space,
-                 supernet=supernet, backend=DEPLOYED_BACKEND, precision=precision, transfer_from=backend_predictor,
+                 supernet=supernet, backend=backend, precision=precision, transfer_from=backend_predictor,
                  callback=stage.callback)  # fmt: skip
     _log_fit(stage, result)
     result.predictor.save(path)
-    info = {"dir": str(profile_dir), "reused": False, "backend": DEPLOYED_BACKEND, "precision": precision,
+    info = {"dir": str(profile_dir), "reused": False, "backend": backend, "precision": precision,
             "n_subnets": result.data_summary["n_subnets"], "predictor": str(path),
             "transfer_from": str(backend_predictor)}  # fmt: skip
     write_json(info_path, info)
@@ -264,12 +290,17 @@ def _stage_export(settings: RunSettings, out: Path, space, supernet, chosen: Sub
             stage(5, f"export: reusing {artifact}")
             return manifest
         raise BadInputError(f"{artifact}: holds another artifact; use a new run directory")
-    stage(5, f"export: {chosen.id} ({chosen.num_layers} layers) to ONNX {settings.export_precision}, verify, bench")
-    export_settings = ExportSettings(precision=settings.export_precision, device=settings.device,
-                                     max_eval_tokens=HELDOUT_TOKENS)  # fmt: skip
-    bench = BenchSettings(protocol=Protocol(visits=settings.visits), threads=settings.threads, clock=settings.clock)
-    result = export(supernet, space, chosen, export_settings, out=artifact, predictor=predictor_path, bench=bench,
-                    callback=stage.callback)  # fmt: skip
+    stage(5, f"export: {chosen.id} ({chosen.num_layers} layers) to {settings.export_format.upper()} "
+             f"{settings.export_precision}, verify, bench")  # fmt: skip
+    bench = BenchSettings(protocol=settings.protocol, threads=settings.threads, clock=settings.clock)
+    if settings.export_format == "gguf":
+        how = GGUFSettings(precision=settings.export_precision, max_eval_tokens=HELDOUT_TOKENS)
+        result = export_gguf(supernet, space, chosen, how, out=artifact, predictor=predictor_path, bench=bench,
+                             callback=stage.callback)  # fmt: skip
+    else:
+        how = ExportSettings(precision=settings.export_precision, device=settings.device, max_eval_tokens=HELDOUT_TOKENS)
+        result = export(supernet, space, chosen, how, out=artifact, predictor=predictor_path, bench=bench,
+                        callback=stage.callback)  # fmt: skip
     return result.manifest
 
 
@@ -281,7 +312,7 @@ def _stage_measure(settings: RunSettings, predictor, subnets: list[SubnetConfig]
     stage(6, f"measure: full network and winner with the {meta['backend']} {meta['precision']} backend (the profile's protocol)")
     how = ProfileSettings(backend=meta["backend"], precision=meta["precision"], device=meta["device"],
                           threads=meta["threads"], seed=settings.seed, clock=meta["clock"], shapes=Shapes(**meta["shapes"]),
-                          protocol=Protocol(visits=settings.visits))  # fmt: skip
+                          protocol=settings.protocol)  # fmt: skip
     corrected = meta.get("drift_corrected_by")
     measured = subnets + [anchor] if corrected else subnets
     figures = [m.to_dict() for m in measure_subnets(settings.model, measured, how)]
@@ -305,6 +336,8 @@ def _check_run_dir(settings: RunSettings, out: Path) -> None:
     wanted = asdict(settings)
     if path.is_file():
         stored = read_json(path, "run settings file")
+        if isinstance(stored, dict):  # a setting added since the directory was made: it ran with the default
+            stored = {**_ADDED_SINCE_0_1, **stored}
         if stored != wanted:
             changed = sorted(k for k in wanted if not isinstance(stored, dict) or stored.get(k) != wanted[k])
             raise BadInputError(f"{out}: holds a run with other settings ({', '.join(changed)}); use a new run directory")

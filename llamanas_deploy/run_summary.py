@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .analytics import subnet_stats
+from .onnx_model.artifact import GGUF_KIND
 from .profiler.load import was_loaded
 from .profiler.store import kept_figure
 from .subnet_config import SubnetConfig
@@ -128,11 +129,13 @@ def _predictor_info(predictor) -> dict[str, Any]:
 
 def _artifact_info(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     measured = manifest.get("measured") or {}
-    size = sum(p.stat().st_size for p in path.iterdir() if p.name.startswith("model.onnx"))
+    gguf = manifest.get("kind") == GGUF_KIND
+    size = sum(p.stat().st_size for p in path.iterdir() if p.name.startswith("model.gguf" if gguf else "model.onnx"))
     return {
         "dir": str(path),
+        "format": "gguf" if gguf else "onnx",
         "precision": manifest.get("precision"),
-        "onnx_mib": size / 2**20,
+        "file_mib": size / 2**20,
         "measured": {k: measured.get(k) for k in ("backend", "decode_ms", "prefill_ms", "throughput_tok_s")},
         "verification": manifest.get("verification"),
         "predicted": manifest.get("predicted"),

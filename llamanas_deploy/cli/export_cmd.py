@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from ..concepts import EXPORT_PRECISIONS, GGUF_PRECISIONS
 from ..errors import BadInputError
 from ..exporter.gguf import GGUFSettings, export_gguf
 from ..exporter.measure import BenchSettings
@@ -27,12 +26,11 @@ from ..runtime import DEFAULT_MAX_NEW_TOKENS, Artifact, Sampling, generate_text
 from ..space import load_space
 from .common import emit, log, progress_printer, table
 from .options import (
-    ARTIFACT, CLOCK, DATA, DEVICE, EXPORT_PRECISION, JSON, MODEL, NEW_DIRECTORY, OUT, PREDICTOR, QUIET, SEED, SPACE,
+    ARTIFACT, CLOCK, DATA, DEVICE, EXPORT_FORMAT, EXPORT_PRECISION, JSON, MODEL, NEW_DIRECTORY, OUT, PREDICTOR, QUIET, SEED, SPACE,
     SUBNET, THREADS, FiniteFloat, default_of, protocol_options, settings_from, shape_options, stack,
 )  # fmt: skip
 from .subnet_cmd import resolve_subnet
 
-FORMATS = ("onnx", "gguf")
 DEFAULTS_BY_DEVICE = ", ".join(f"{device}: {precision}" for device, precision in DEFAULT_PRECISIONS.items())
 
 
@@ -59,10 +57,8 @@ def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
 @MODEL()
 @SPACE()
 @SUBNET(required=True)
-@click.option("--format", "export_format", type=click.Choice(FORMATS), default="onnx", show_default=True,
-              help="onnx: an ONNX Runtime artifact. gguf: a GGUF file llama.cpp runs (the llamacpp extra).")
-@EXPORT_PRECISION(ExportSettings, flag="--precision", type=click.Choice(EXPORT_PRECISIONS + GGUF_PRECISIONS),
-                  note=f"gguf: {', '.join(GGUF_PRECISIONS)}. [{DEFAULTS_BY_DEVICE}; gguf: f16]")
+@EXPORT_FORMAT()
+@EXPORT_PRECISION(ExportSettings, flag="--precision", note=f"[{DEFAULTS_BY_DEVICE}; gguf: f16]")
 @DEVICE(ExportSettings)
 @OUT(required=True, note=NEW_DIRECTORY)
 @PREDICTOR(type=click.Path(dir_okay=False, path_type=Path), note="Its prediction is recorded.")
@@ -76,7 +72,8 @@ def _bench_settings(opts: dict[str, Any]) -> BenchSettings:
 @click.option("--max-ppl-increase", "max_ppl_increase_pct", type=FiniteFloat(min=0),
               help="Fail a quantized export whose held-out perplexity rises by more (%) "
                    f"[{', '.join(f'{p}: {v:g}' for p, v in DEFAULT_MAX_PPL_INCREASE_PCT.items())}].")
-@click.option("--bench/--no-bench", default=None, help="Measure the artifact on this device [onnx: yes].")
+@click.option("--bench/--no-bench", default=True, show_default=True,
+              help="Measure the artifact on this device (a GGUF one with llama.cpp).")
 @_bench_options
 @QUIET()
 @JSON()
@@ -89,19 +86,21 @@ def export(**opts: Any) -> None:
         return
     result = export_artifact(
         opts["model"], space, subnet, settings_from(ExportSettings, opts), out=opts["out"], predictor=opts["predictor"],
-        bench=_bench_settings(opts) if opts["bench"] is not False else None, callback=progress_printer(opts["quiet"]),
+        bench=_bench_settings(opts) if opts["bench"] else None, callback=progress_printer(opts["quiet"]),
     )  # fmt: skip
     emit(result.to_dict(), opts["as_json"], _render_export)
 
 
 def _export_gguf(opts: dict[str, Any], space, subnet) -> Artifact:
-    onnx_only = {"--predictor": opts["predictor"], "--block-size": opts["block_size"], "--bench": opts["bench"],
-                 "--accuracy-level": opts["accuracy_level"], "--device cuda": opts["device"] == "cuda"}  # fmt: skip
+    onnx_only = {"--block-size": opts["block_size"], "--accuracy-level": opts["accuracy_level"],
+                 "--device cuda": opts["device"] == "cuda"}  # fmt: skip
     given = [name for name, value in onnx_only.items() if value]
-    if given:  # a GGUF artifact is not measured or predicted yet, and llama.cpp runs it on the CPU
+    if given:  # llama.cpp runs the file on the CPU, quantized by its own types
         raise BadInputError(f"{', '.join(given)}: ONNX exports only, not with --format gguf")
     settings = settings_from(GGUFSettings, opts, precision=opts["precision"] or "f16")
-    return export_gguf(opts["model"], space, subnet, settings, out=opts["out"], callback=progress_printer(opts["quiet"]))
+    return export_gguf(opts["model"], space, subnet, settings, out=opts["out"], predictor=opts["predictor"],
+                       bench=_bench_settings(opts) if opts["bench"] else None,
+                       callback=progress_printer(opts["quiet"]))  # fmt: skip
 
 
 def _render_gguf_export(m: dict[str, Any]) -> str:
@@ -114,6 +113,7 @@ def _render_gguf_export(m: dict[str, Any]) -> str:
         f"verified: llama.cpp vs torch, logits max diff {logits['relative_max_diff']:.2e} of the largest, "
         f"perplexity {quality['perplexity_change_pct']:+.2f}%, next-token agreement {quality['next_token_agreement']:.0%} "
         f"({v['data']})",
+        *_latency_lines(m),
     ])  # fmt: skip
 
 
@@ -135,12 +135,16 @@ def _render_export(m: dict[str, Any]) -> str:
             f"{m['precision']}: perplexity {q['perplexity']:.4g} vs {base} {q[f'perplexity_{base}']:.4g} "
             f"({q['perplexity_change_pct']:+.2f}%), greedy agreement {q['greedy_agreement']:.0%} ({v['data']})"
         )
-    if m.get("measured"):
-        lines.append(_render_bench(m["measured"]))
+    return "\n".join(lines + _latency_lines(m))
+
+
+def _latency_lines(m: dict[str, Any]) -> list[str]:
+    """What an export's manifest says of the artifact's latency: measured here, and predicted."""
+    lines = [_render_bench(m["measured"])] if m.get("measured") else []
     if m.get("predicted"):
         p = m["predicted"]
         lines.append(f"predicted {p['metric']}: {p['value']:.4g} ({p['predictor']})")
-    return "\n".join(lines)
+    return lines
 
 
 # ---- generate ---------------------------------------------------------------------------------

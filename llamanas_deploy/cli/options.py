@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import click
 
-from ..concepts import CLOCKS, DEVICES, EXPORT_PRECISIONS, PROFILE_PRECISIONS, max_threads
+from ..concepts import CLOCKS, DEVICES, EXPORT_FORMATS, EXPORT_PRECISIONS, GGUF_PRECISIONS, PROFILE_PRECISIONS, max_threads
 
 T = TypeVar("T")
 
@@ -149,11 +149,13 @@ NEW_DIRECTORY = "a new directory (it must not exist or be empty)."  # OUT's note
 
 # ---- where and how it runs -------------------------------------------------------------------
 PROFILE_PRECISION = Shared("--profile-precision", "Precision of the profiled backend: fp32 / bf16 (torch); "
-                           "fp32 / int8 / int4 (onnxruntime); f16 / q8_0 / q4_0 (llamacpp).", name="precision",
-                           type=click.Choice(PROFILE_PRECISIONS))  # fmt: skip
-EXPORT_PRECISION = Shared("--export-precision", "Precision of the ONNX artifact: cpu: fp32, int8, int4; cuda: fp16, "
-                          "int4 (MatMulNBits over fp16).", name="precision",
-                          type=click.Choice(EXPORT_PRECISIONS))  # fmt: skip
+                           f"fp32 / int8 / int4 (onnxruntime); {' / '.join(GGUF_PRECISIONS)} (llamacpp).",
+                           name="precision", type=click.Choice(PROFILE_PRECISIONS))  # fmt: skip
+EXPORT_PRECISION = Shared("--export-precision", "Precision of the artifact: ONNX on cpu: fp32, int8, int4; on cuda: "
+                          f"fp16, int4 (MatMulNBits over fp16); GGUF: {', '.join(GGUF_PRECISIONS)}.", name="precision",
+                          type=click.Choice(EXPORT_PRECISIONS + GGUF_PRECISIONS))  # fmt: skip
+EXPORT_FORMAT = Shared("--format", "onnx: an ONNX Runtime artifact. gguf: a GGUF file llama.cpp runs (the llamacpp "
+                       "extra).", name="export_format", type=click.Choice(EXPORT_FORMATS), default="onnx")  # fmt: skip
 DEVICE = Shared("--device", "Device that runs the model.", type=click.Choice(DEVICES))
 THREADS = Shared("--threads", "Intra-op threads, at most the logical cores of the machine that runs them.",
                  type=ThreadCount())  # fmt: skip

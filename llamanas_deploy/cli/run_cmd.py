@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from ..loop import RunSettings
+from ..loop import DEPLOYED, RunSettings
 from ..loop import run as run_loop
 from ..profiler.store import kept_figure
 from .common import emit, progress_printer, table
 from .options import (
-    CLOCK, DEVICE, EVAL_TOKENS, EVALUATIONS, EXPORT_PRECISION, JSON, MAX_LATENCY, MODEL, OUT, POPULATION,
+    CLOCK, DEVICE, EVAL_TOKENS, EVALUATIONS, EXPORT_FORMAT, EXPORT_PRECISION, JSON, MAX_CV, MAX_LATENCY, MODEL, OUT, POPULATION,
     PROFILE_PRECISION, QUIET, SAMPLES, SEED, SPACE, THREADS, VISITS, FiniteFloat, default_of, settings_from,
 )  # fmt: skip
 from .registry_options import ALGORITHM, BACKEND
@@ -23,7 +23,9 @@ from .registry_options import ALGORITHM, BACKEND
 @SPACE(RunSettings, name="space")
 @BACKEND(RunSettings, note="The latency predictor models it.")
 @PROFILE_PRECISION(RunSettings, name="backend_precision", old=("--backend-precision",))
-@EXPORT_PRECISION(RunSettings, name="export_precision", old=("--precision",))
+@EXPORT_FORMAT(RunSettings, flag="--export-format", note="The search's latency is the format's runtime's.")
+@EXPORT_PRECISION(RunSettings, name="export_precision", old=("--precision",),
+                  note=f"[{', '.join(f'{f}: {p}' for f, (_, p) in DEPLOYED.items())}]")
 @DEVICE(RunSettings)
 @MAX_LATENCY(note="[full network's predicted latency / SPEEDUP]")
 @click.option("--speedup", default=default_of(RunSettings, "speedup"), show_default=True, type=FiniteFloat(min=1),
@@ -35,9 +37,10 @@ from .registry_options import ALGORITHM, BACKEND
                    "profiled (2 held out) and that predictor transferred.")
 @click.option("--deployed-samples", default=default_of(RunSettings, "deployed_samples"), show_default=True,
               type=click.IntRange(min=0),
-              help="Sub-networks profiled in the deployed format (onnxruntime at the export precision) in the run "
+              help="Sub-networks profiled in the deployed format (onnxruntime or llamacpp at the export precision) in the run "
                    "directory; its predictor is transferred from the backend's. 0: search on the backend's latency.")
 @VISITS(RunSettings, note="Also the turns measuring the full network and the winner.")
+@MAX_CV(RunSettings, note="Flagged figures are left out of the fits.")
 @ALGORITHM(RunSettings)
 @POPULATION(RunSettings)
 @EVALUATIONS(RunSettings)
@@ -67,7 +70,7 @@ def render_summary(s: dict) -> str:
     rows = [_row(r) for r in (full, sub)]
     rows.append(
         (
-            f"  artifact ONNX {art['precision']} ({art['onnx_mib']:.1f} MiB)",
+            f"  artifact {art['format'].upper()} {art['precision']} ({art['file_mib']:.1f} MiB)",
             "",
             "",
             "",
@@ -146,6 +149,7 @@ def _kept(figure, statistic: str) -> str:
 
 def _artifact_ppl(art: dict) -> str:
     verification = art.get("verification") or {}
-    quantized = next((v for k, v in verification.items() if k.startswith("quantized_vs_")), {})  # fp32 or fp16 base
-    value = quantized.get("perplexity")
+    # ONNX: the quantized graph against its fp32 / fp16 one; GGUF: llama.cpp against torch
+    quality = next((v for k, v in verification.items() if k.startswith(("quantized_vs_", "quality_vs_"))), {})
+    value = quality.get("perplexity")
     return f"{value:.4g}" if isinstance(value, (int, float)) else ""

@@ -1,11 +1,13 @@
 """GGUF export: a sub-network as a file llama.cpp runs, verified, in an artifact directory.
 
     model.gguf        the sub-network's weights, its architecture keys and its tokenizer
-    manifest.json     what it is, how it was verified, sha256 of every file (`onnx_model.artifact`)
+    manifest.json     what it is, how it was verified, its predicted and measured latency, sha256 of every file
+                      (`onnx_model.artifact`)
     manifest.sha256   sha256 of manifest.json
 
-`model.gguf_write` writes the file; `export_gguf` builds the artifact beside `out` (`jsonfiles.new_directory`) and moves it into place
-only after llama.cpp passed the verification gate (`gguf_verify`).
+`model.gguf_write` writes the file; `export_gguf` builds the artifact beside `out` (`jsonfiles.new_directory`),
+and moves it into place only after llama.cpp passed the verification gate (`gguf_verify`) and, when asked,
+measured it with the `llamacpp` backend's workloads (`measure.bench_decoder`, as `llamanas bench` does).
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from ..runtime import Artifact
 from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
 from .gguf_verify import DEFAULT_MAX_PPL_INCREASE_PCT, verify_gguf
+from .measure import BenchSettings, bench_decoder
 from .pipeline import check_eval_tokens, checked_ppl_limit, eval_tokens
+from .prediction import predicted_block
 
 if TYPE_CHECKING:
     from ..model.supernet import SuperNetwork
+    from ..predict.estimator import LatencyPredictor
     from ..search.results import FrontMember
 
 
@@ -66,12 +71,16 @@ def export_gguf(
     settings: GGUFSettings = GGUFSettings(),
     *,
     out: str | Path,
+    predictor: LatencyPredictor | str | Path | None = None,
+    bench: BenchSettings | None = BenchSettings(),
     callback: Callback = None,
 ) -> Artifact:
     """Export `subnet` of `supernet` as a verified GGUF artifact in the new directory `out`.
 
-    Arguments as `exporter.export` takes them. `VerificationError` when llama.cpp does not pass
-    the gate; then nothing is left behind. Returns the artifact (`.directory`, `.manifest`).
+    Arguments as `exporter.export` takes them: `predictor`'s prediction for `subnet` is recorded,
+    `bench` says how llama.cpp measures the artifact on this CPU (`None`: not measured). `VerificationError`
+    when llama.cpp does not pass the gate; then nothing is left behind. Returns the artifact
+    (`.directory`, `.manifest`).
     """
     from ..model.supernet import load_supernet
 
@@ -80,7 +89,8 @@ def export_gguf(
     require_llama_cpp()
     space = load_space(space)
     subnet = space.resolve(subnet)
-    steps = ("load", "write", "verify", "artifact")
+    predicted = predicted_block(predictor, space, subnet, bench)
+    steps = ("load", "write", "verify", "artifact", *(("bench",) if bench is not None else ()))
     with new_directory(out) as artifact_dir:
         report(callback, "export", 0, len(steps), "step", status="load")
         supernet = load_supernet(supernet, space)
@@ -90,6 +100,10 @@ def export_gguf(
         verification = _verify(supernet, subnet, artifact_dir / GGUF_NAME, settings)
         report(callback, "export", 3, len(steps), "step", status="artifact")
         manifest = _manifest(supernet, space, subnet, settings, written, verification, artifact_dir)
+        manifest["predicted"] = predicted
+        if bench is not None:
+            report(callback, "export", 4, len(steps), "step", status="bench")
+            manifest["measured"] = bench_decoder(artifact_dir, manifest, bench)
         manifest = write_manifest(artifact_dir, manifest, kind=GGUF_KIND)
         report(callback, "export", len(steps), len(steps), "step", status="done")
     return Artifact(out, manifest)
@@ -110,6 +124,7 @@ def _manifest(supernet: SuperNetwork, space: SearchSpace, subnet: SubnetConfig, 
 
     stats = subnet_stats(supernet.shape, subnet)
     return {
+        "kind": GGUF_KIND,  # what `bench` reads before the manifest is sealed
         "subnet": subnet.to_dict(),
         "subnet_id": subnet.id,
         "space_id": space.id,

@@ -39,7 +39,8 @@ from ..progress import Callback, report
 from ..runtime import PROVIDERS, Artifact, OrtDecoder
 from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
-from .measure import BenchSettings, bench_decoder, checked_prediction
+from .measure import BenchSettings, bench_decoder
+from .prediction import predicted_block
 from .verify import DEFAULT_MAX_PPL_INCREASE_PCT, quality_reference, torch_reference, verify_fp32, verify_quantized
 
 if TYPE_CHECKING:
@@ -129,9 +130,7 @@ def export(
     provider = check_device(settings.device)
     space = load_space(space)
     subnet = space.resolve(subnet)
-    predicted = _predicted(*_load_predictor(predictor, space), subnet) if predictor is not None else None
-    if predicted is not None and bench is not None:  # what bench will read of it, refused now naming the predictor
-        checked_prediction(predicted, f"{predicted['predictor']} (the prediction it gives)")
+    predicted = predicted_block(predictor, space, subnet, bench)
     quantized = settings.precision in QUANTIZED
     steps = ["load", "export", *(["quantize"] if quantized else []), "verify", *(["verify quantized"] if quantized else []),
              "artifact"]  # fmt: skip
@@ -299,23 +298,3 @@ def _manifest(settings: ExportSettings, space, origin: _Origin, subnet: SubnetCo
         "predicted": None,
         "measured": None,
     }
-
-
-def _load_predictor(predictor: LatencyPredictor | str | Path, space: SearchSpace) -> tuple[LatencyPredictor, str]:
-    """The predictor (loaded when given as a path) checked against `space`, and how the manifest names it."""
-    from ..predict.estimator import LatencyPredictor
-
-    if isinstance(predictor, (str, Path)):
-        name, predictor = str(predictor), LatencyPredictor.load(predictor)
-    else:
-        name = predictor.source
-    predictor.check_space(space)
-    return predictor, name
-
-
-def _predicted(predictor, name: str, subnet: SubnetConfig) -> dict[str, Any]:
-    meta = predictor.metadata_
-    keys = (
-        "metric", "unit", "statistic", "target", "fingerprint_id", "backend", "precision", "device", "threads", "clock", "shapes"
-    )  # fmt: skip
-    return {"predictor": name, "value": float(predictor.predict([subnet])[0]), **{k: meta.get(k) for k in keys}}
