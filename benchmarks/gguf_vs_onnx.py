@@ -57,11 +57,11 @@ from llamanas_deploy.cli.common import table
 from llamanas_deploy.errors import BadInputError
 from llamanas_deploy.evaluate import perplexity as torch_perplexity
 from llamanas_deploy.exporter.gguf import GGUFSettings, export_gguf
+from llamanas_deploy.exporter.measure import artifact_backend
 from llamanas_deploy.exporter.pipeline import EVAL_SEQ_LEN, ExportSettings, eval_tokens, export
 from llamanas_deploy.jsonfiles import check_out_dir
 from llamanas_deploy.model.supernet import SuperNetwork, load_supernet
-from llamanas_deploy.profiler.backends import llamacpp_backend, onnxruntime_backend
-from llamanas_deploy.profiler.base import Backend, Shapes, check_clock
+from llamanas_deploy.profiler.base import Shapes, check_clock
 from llamanas_deploy.profiler.fingerprint import describe, device_info
 from llamanas_deploy.profiler.stats import Protocol
 from llamanas_deploy.profiler.store import kept_figure
@@ -226,7 +226,7 @@ def measure(entries: list[Entry], args: argparse.Namespace) -> dict[str, list[di
     """{entry key: [its `measure_visits` figures, one per round]}: every artifact once per round, in a
     new random order each round, after one warm-up each."""
     shapes, protocol = Shapes(), Protocol(visits=1)
-    backends = {e.key: artifact_backend(e.artifact, args.threads, args.clock) for e in entries}
+    backends = {e.key: artifact_backend(e.artifact, args.threads, args.clock, shapes) for e in entries}
     for e in entries:
         log(f"warm-up {e.key}")
         backends[e.key].warm_up(e.subnet, shapes)
@@ -238,13 +238,6 @@ def measure(entries: list[Entry], args: argparse.Namespace) -> dict[str, list[di
             e = entries[i]
             rounds[e.key].append(backends[e.key].measure_visits([e.subnet], shapes, protocol)[0].to_dict())
     return rounds
-
-
-def artifact_backend(artifact: Artifact, threads: int, clock: str) -> Backend:
-    """The profiler backend `llamanas bench` times this kind of artifact with (`exporter.measure.bench_decoder`)."""
-    backend = (llamacpp_backend if artifact.is_gguf else onnxruntime_backend).ArtifactBackend
-    backend.check_available(artifact.manifest["device"], artifact.manifest["precision"])
-    return backend(artifact, threads, clock=clock)
 
 
 def median_over_rounds(figures: list[dict[str, Any]], field: str) -> float:

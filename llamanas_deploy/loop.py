@@ -191,9 +191,10 @@ def _stage_profile(settings: RunSettings, out: Path, space, stage: _Stages) -> d
 
 
 def _measure_profile(settings: RunSettings, out: Path, space, backend: str, precision: str, samples: int, profile_dir: Path,
-                     stage: _Stages) -> None:  # fmt: skip
+                     stage: _Stages, shapes: Shapes = Shapes()) -> None:  # fmt: skip
     profile_settings = ProfileSettings(
         backend=backend,
+        shapes=shapes,
         precision=precision,
         device=settings.device,
         samples=samples,
@@ -255,7 +256,9 @@ def _stage_deployed(settings: RunSettings, out: Path, space, supernet, backend_p
     profile_dir = out / "profile-deployed"
     stage(3, f"deployed format: measuring {settings.deployed_samples} sub-networks with {backend} {precision} "
              f"into {profile_dir}, then fitting with transfer from {backend_predictor.name}")  # fmt: skip
-    _measure_profile(settings, out, space, backend, precision, settings.deployed_samples, profile_dir, stage)
+    # at the lengths the source predictor learned (a reused profile's may not be the default ones): a transfer needs them
+    shapes = Shapes(**_load_predictor(backend_predictor, space).metadata_["shapes"])
+    _measure_profile(settings, out, space, backend, precision, settings.deployed_samples, profile_dir, stage, shapes)
     result = fit(profile_dir, LATENCY_METRIC, FitSettings(seed=settings.seed, learning_curve=False), space=space,
                  supernet=supernet, backend=backend, precision=precision, transfer_from=backend_predictor,
                  callback=stage.callback)  # fmt: skip

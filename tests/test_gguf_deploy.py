@@ -96,6 +96,17 @@ def test_export_gguf_refuses_a_predictor_of_another_space_before_writing(tmp_pat
     assert not out.exists()
 
 
+def test_export_gguf_refuses_a_bench_llama_cpp_cannot_run_before_writing(tmp_path, monkeypatch):
+    from llamanas_deploy.exporter import gguf
+
+    monkeypatch.setattr(gguf, "write_gguf", lambda *args: pytest.fail("written before the shapes were checked"))
+    out = tmp_path / "artifact"
+    code, stdout, err = cli("export", "--format", "gguf", "--model", "tiny", "--space", "tiny", "--subnet", "smallest",
+                            "--batch-size", "2", "--out", str(out))  # fmt: skip
+    assert (code, stdout) == (2, "") and err.startswith("error: --batch-size: backend llamacpp decodes one sequence"), err
+    assert not out.exists()
+
+
 def test_export_gguf_without_bench_measures_nothing(tmp_path):
     out = tmp_path / "artifact"
     code, _, err = cli("export", "--format", "gguf", "--model", "tiny", "--space", "tiny", "--subnet", "smallest",

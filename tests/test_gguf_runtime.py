@@ -12,9 +12,11 @@ pytest.importorskip("llama_cpp")
 
 from conftest import run_cli  # noqa: E402
 
+from llamanas_deploy import gguf_runtime  # noqa: E402
 from llamanas_deploy.errors import BadInputError  # noqa: E402
 from llamanas_deploy.exporter.gguf import GGUFSettings, export_gguf  # noqa: E402
-from llamanas_deploy.gguf_runtime import LlamaCppDecoder  # noqa: E402
+from llamanas_deploy.gguf_runtime import GGUFText, LlamaCppDecoder  # noqa: E402
+from llamanas_deploy.profiler.backends import llamacpp_backend  # noqa: E402
 from llamanas_deploy.model.families import resolve_model_path  # noqa: E402
 from llamanas_deploy.runtime import Sampling, generate, generate_text, open_artifact  # noqa: E402
 
@@ -58,6 +60,28 @@ def test_bench_measures_the_gguf_with_llamacpp(artifact, capsys):
     assert code == 0 and out.startswith("llamacpp q8_0 on cpu") and "decode ms/token" in out
 
 
+def test_bench_refuses_a_batch_above_one_before_measuring(artifact, capsys, monkeypatch):
+    loaded: list[str] = []
+    monkeypatch.setattr(llamacpp_backend.ArtifactBackend, "load", lambda self, subnet: loaded.append(subnet.id))
+    code, out, err = run_cli(capsys, "bench", "--artifact", str(artifact), *QUICK_BENCH, "--batch-size", "2")
+    assert_one_line_error(code, err, "--batch-size: backend llamacpp decodes one sequence: expected 1, got 2")
+    assert out == "" and loaded == []
+
+
+def test_generation_holds_the_prompt_and_new_tokens_not_the_trained_context(artifact, monkeypatch):
+    decoders: list[LlamaCppDecoder] = []
+    real = gguf_runtime.generate
+    monkeypatch.setattr(gguf_runtime, "generate", lambda decoder, *args: decoders.append(decoder) or real(decoder, *args))
+    small = generate_text(artifact, PROMPT, 8, Sampling(), threads=1)
+    path = open_artifact(artifact).gguf_path
+    full = LlamaCppDecoder(path, threads=1)  # the context the file was made for, as generation opened it before
+    prompt = full.encode(PROMPT)
+    assert full.context_length == GGUFText(path).trained_context
+    assert small.prompt_tokens + 8 <= decoders[0].context_length < full.context_length  # llama.cpp rounds up
+    greedy = real(full, prompt, 8)
+    assert (small.tokens, small.text) == (greedy.tokens, full.decode(greedy.tokens))
+
+
 def test_generate_continues_the_prompt(artifact, capsys):
     args = ("generate", "--artifact", str(artifact), "--prompt", PROMPT, "--max-new-tokens", "8")
     code, out, err = run_cli(capsys, *args)
@@ -97,7 +121,7 @@ def test_chat_goes_through_the_template_in_the_file(artifact, capsys):
 
 
 def test_too_many_new_tokens_for_the_context_are_refused(artifact, capsys):
-    context = LlamaCppDecoder(open_artifact(artifact).gguf_path).context_length
+    context = GGUFText(open_artifact(artifact).gguf_path).trained_context
     code, _, err = run_cli(capsys, "generate", "--artifact", str(artifact), "--prompt", PROMPT,
                            "--max-new-tokens", str(context))  # fmt: skip
     assert_one_line_error(code, err, "--max-new-tokens", f"{context} positions")

@@ -112,10 +112,22 @@ def test_every_precision_measures(precision):
     assert all(measured[figure]["median"] > 0 for figure in ("prefill_ms", "decode_ms", "throughput_tok_s"))
 
 
-def test_batch_above_one_is_refused(tmp_path):
-    code, _, err = cli(*profile_args(tmp_path / "prof", "--samples", "1", "--batch-size", "2"))
-    assert code == 2 and "--batch-size" in err and "llamacpp" in err and "Traceback" not in err, err
-    assert not (tmp_path / "prof").exists()
+def test_batch_above_one_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    written: list[str] = []
+    monkeypatch.setattr(llamacpp_backend, "write_model_gguf", lambda net, subnet, *args: written.append(subnet.id))
+    code, out, err = cli(*profile_args(tmp_path / "prof", "--samples", "1", "--batch-size", "2"))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: --batch-size: backend llamacpp decodes one sequence: expected 1, got 2"), err
+    assert out == "" and written == [] and not (tmp_path / "prof").exists()
+
+
+def test_the_profile_records_llama_cpp_python_s_version(profiled):
+    import llama_cpp
+
+    out, _ = profiled
+    fingerprint = json.loads((out / "fingerprint.json").read_text())
+    assert fingerprint["device"]["llama_cpp_python"] == llama_cpp.__version__
+    assert {r["fingerprint_id"] for r in rows(out)} == {fingerprint["fingerprint_id"]}
 
 
 def test_a_model_without_a_tokenizer_is_refused(small_checkpoint):

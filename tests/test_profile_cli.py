@@ -184,6 +184,13 @@ def test_targets_lists_profiles(capsys, tmp_path, small_checkpoint, small_space_
 
 
 # ---- bad input: exit 2, one line --------------------------------------------------------------
+def test_settings_refuse_shapes_the_backend_cannot_run():
+    with pytest.raises(BadInputError, match="backend llamacpp decodes one sequence: expected 1, got 2") as refused:
+        ProfileSettings(backend="llamacpp", precision="q8_0", shapes=Shapes(batch_size=2))
+    assert refused.value.param == "batch_size"
+    assert ProfileSettings(shapes=Shapes(batch_size=2)).shapes.batch_size == 2  # torch runs any batch
+
+
 def test_unknown_backend(capsys, tmp_path, small_checkpoint, small_space_file):
     result = run(capsys, *profile_args(small_checkpoint, small_space_file, tmp_path / "p", "--backend", "tvm"))
     assert_bad_input(result, "--backend", "'tvm'", "torch-compile")

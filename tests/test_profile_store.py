@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 
 import pytest
 
 from llamanas_deploy.errors import BadInputError
+from llamanas_deploy.profiler.fingerprint import fingerprint_id
 from llamanas_deploy.profiler.store import (
     FINGERPRINT_FILE,
     MEASUREMENTS_FILE,
@@ -145,3 +147,14 @@ def test_missing_or_broken_fingerprint_is_named(tmp_path):
     (tmp_path / FINGERPRINT_FILE).write_text("[1, 2]")
     with pytest.raises(BadInputError, match="not a fingerprint file"):
         read_profile(tmp_path)
+
+
+def test_the_fingerprint_describes_llama_cpp_python_without_hashing_it(fingerprint):
+    try:
+        installed = metadata.version("llama_cpp_python")
+    except metadata.PackageNotFoundError:
+        installed = None
+    device = fingerprint["device"]
+    assert device["llama_cpp_python"] == installed
+    # another llama-cpp-python leaves the id as it was: profiles and predictors taken before it stay this device's
+    assert fingerprint_id(device | {"llama_cpp_python": "0.0.1"}) == fingerprint["fingerprint_id"]

@@ -28,7 +28,7 @@ from ..runtime import Artifact
 from ..space import SearchSpace, load_space
 from ..subnet_config import SubnetConfig
 from .gguf_verify import DEFAULT_MAX_PPL_INCREASE_PCT, verify_gguf
-from .measure import BenchSettings, bench_decoder
+from .measure import BenchSettings, artifact_backend_class, bench_decoder
 from .pipeline import check_eval_tokens, checked_ppl_limit, eval_tokens
 from .prediction import predicted_block
 
@@ -90,6 +90,8 @@ def export_gguf(
     space = load_space(space)
     subnet = space.resolve(subnet)
     predicted = predicted_block(predictor, space, subnet, bench)
+    if bench is not None:  # refused now, not once the file is written and verified
+        artifact_backend_class(gguf=True).check_shapes(bench.shapes_for(predicted or {}))
     steps = ("load", "write", "verify", "artifact", *(("bench",) if bench is not None else ()))
     with new_directory(out) as artifact_dir:
         report(callback, "export", 0, len(steps), "step", status="load")

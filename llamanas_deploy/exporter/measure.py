@@ -105,7 +105,7 @@ def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSett
     threads = settings.threads or predicted.get("threads") or 1
     clock = settings.clock or predicted.get("clock") or "wall"
     artifact = Artifact(Path(directory), manifest)
-    backend = _backend(artifact, threads, clock)
+    backend = artifact_backend(artifact, threads, clock, shapes)
     subnet = SubnetConfig.from_dict(manifest["subnet"], f"{directory}/manifest.json")
     backend.warm_up(subnet, shapes)
     figures = backend.measure_visits([subnet], shapes, settings.protocol)[0].to_dict()
@@ -127,11 +127,17 @@ def bench_decoder(directory: Path, manifest: dict[str, Any], settings: BenchSett
     return measured
 
 
-def _backend(artifact: Artifact, threads: int, clock: str) -> Backend:
-    """The profiler backend that times this kind of artifact, once it can run here."""
-    backend = (llamacpp_backend if artifact.is_gguf else onnxruntime_backend).ArtifactBackend
+def artifact_backend(artifact: Artifact, threads: int, clock: str, shapes: Shapes) -> Backend:
+    """The profiler backend that times this kind of artifact, once it can run here at `shapes`."""
+    backend = artifact_backend_class(artifact.is_gguf)
+    backend.check_shapes(shapes)
     backend.check_available(artifact.manifest["device"], artifact.manifest["precision"])
     return backend(artifact, threads, clock=clock)
+
+
+def artifact_backend_class(gguf: bool) -> type[Backend]:
+    """The backend class timing a GGUF artifact (llama.cpp) or an ONNX one."""
+    return (llamacpp_backend if gguf else onnxruntime_backend).ArtifactBackend
 
 
 MAX_BENCH_TOKENS = 1 << 16  # batch x (prompt + context + generated): far above any bench, far below a runaway allocation

@@ -15,9 +15,10 @@ A backend subclass implements five things, and nothing about timing or statistic
         def generate(self, shapes) -> Workload: ...        # prompt, then gen_len tokens at batch_size
         def unload(self): ...                              # drop the sub-network (one in memory at a time)
 
-then adds one line to `backends.BACKENDS`. A `Workload` is `run` (timed) plus an optional
-`reset` (untimed, called before every run — e.g. cut the KV cache back to `context_len`
-so every decode step sees the same cache). `Backend.measure(subnet, shapes, protocol)`
+then adds one line to `backends.BACKENDS` (and overrides `check_shapes` when it cannot run some
+shapes on any machine: refused with the settings, before anything is built). A `Workload` is `run`
+(timed) plus an optional `reset` (untimed, called before every run — e.g. cut the KV cache back to
+`context_len` so every decode step sees the same cache). `Backend.measure(subnet, shapes, protocol)`
 owns the rest: warm-up, repeats, re-measuring noisy figures (`stats`), peak memory, and
 the figures of one record. Devices other than the CPU override `synchronize` (wait for
 queued work before a clock is read), or `time_ms` and `memory_probe` as a whole.
@@ -183,6 +184,10 @@ class Backend:
     @classmethod
     def check_available(cls, device: str, precision: str) -> None:
         """Raise `BackendUnavailable` (one line) when this backend cannot run here."""
+
+    @classmethod
+    def check_shapes(cls, shapes: Shapes) -> None:
+        """Raise `BadInputError` (one line) for shapes this backend cannot run on any machine (none by default)."""
 
     def load(self, subnet: SubnetConfig) -> int:
         raise NotImplementedError

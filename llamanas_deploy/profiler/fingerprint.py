@@ -4,7 +4,9 @@
 stable identity (`IDENTITY_KEYS`: CPU model, cores, ISA flags, total memory, GPUs, OS,
 Python / torch / transformers / onnxruntime versions), never free memory or thread
 settings, so the same machine always gets the same id and a profile taken elsewhere is
-recognized as foreign.
+recognized as foreign. llama-cpp-python's version (the `llamacpp` backend's runtime) is described
+too, read from the installed package's metadata (llama_cpp is not imported), but not hashed: the id
+predates it, and hashing it would make every profile and predictor already taken foreign.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ IDENTITY_KEYS = (
     "cpu_model", "cpu_physical_cores", "cpu_logical_cores", "isa_flags", "memory_gib", "gpus",
     "os", "machine", "python", "torch", "transformers", "onnxruntime",
 )  # fmt: skip
-PACKAGES = ("torch", "transformers", "onnxruntime")
+PACKAGES = ("torch", "transformers", "onnxruntime", "llama_cpp_python")  # distribution names; None when not installed
 
 
 def current_fingerprint() -> dict[str, Any]:

@@ -77,7 +77,9 @@ class ProfileSettings:
         if not isinstance(self.protocol, Protocol):
             raise BadInputError(f"must be a Protocol, got {type(self.protocol).__name__}", param="protocol")
         check_clock(self.clock, self.device, self.threads)
-        get_backend(self.backend).check_supported(self.device, self.precision)
+        backend = get_backend(self.backend)
+        backend.check_supported(self.device, self.precision)
+        backend.check_shapes(self.shapes)
 
     def setup(self) -> dict[str, Any]:
         """The fields every record and the summary repeat."""

@@ -12,8 +12,9 @@ for the shapes (opened by the first workload of a sub-network), and logits for t
 only, as a llama.cpp generation computes them. Workloads match the other backends: prefill = one
 prompt from an empty cache; decode = one token against a cache of exactly `context_len` tokens (the
 cache is cut back after every step, untimed); generate = prefill, then `gen_len - 1` greedy steps.
-llama.cpp decodes one sequence here: `batch_size` must be 1. Peak memory is llama.cpp's alone: the
-probe starts again once a file is written, so a sub-network's first visit is measured as its others.
+llama.cpp decodes one sequence here: `batch_size` must be 1 (`check_shapes`, refused with the settings).
+Peak memory is llama.cpp's alone: the probe starts again once a file is written, so a sub-network's
+first visit is measured as its others.
 
 `LlamaCppRunner` holds the workloads; `LlamaCppBackend` writes the files it runs, `ArtifactBackend`
 runs a GGUF artifact's own file instead (`llamanas bench`).
@@ -51,6 +52,12 @@ class LlamaCppRunner(Backend):
             require_llama_cpp()
         except BadInputError as err:
             raise BackendUnavailable(err.detail) from None
+
+    @classmethod
+    def check_shapes(cls, shapes: Shapes) -> None:
+        if shapes.batch_size != 1:
+            raise BadInputError(f"backend {cls.name} decodes one sequence: expected 1, got {shapes.batch_size}",
+                                param="batch_size")  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -92,9 +99,6 @@ class LlamaCppRunner(Backend):
 
     def _llama(self, shapes: Shapes):
         """llama.cpp with the loaded file and a context for `shapes` (opened once per sub-network)."""
-        if shapes.batch_size != 1:
-            raise BadInputError(f"backend {self.name} decodes one sequence; got batch size {shapes.batch_size}",
-                                param="batch_size")  # fmt: skip
         if self._llm is None:
             context = max(shapes.prompt_len + shapes.gen_len, shapes.context_len + 1)
             self._llm = load_llama(self._path, self.threads, context)
