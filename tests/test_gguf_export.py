@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,9 @@ SUBNETS = {
     "uniform": SubnetConfig(8, (768,) * 8),
     "heterogeneous": SubnetConfig(6, (768, 192, 576, 384, 768, 192)),
 }
-PRECISIONS = ("f16", "q8_0", "q4_0")
-MATRIX_TYPE = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+PRECISIONS = ("f16", "q8_0", "q4_0", "q4_k_m")
+MATRIX_TYPE = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K"}
+OUTPUT_TYPE = MATRIX_TYPE | {"q4_0": "Q8_0", "q4_k_m": "Q6_K"}  # the output matrix (token_embd: tied)
 SETTINGS = {"threads": 1, "max_eval_tokens": 1024}  # 8 windows of 128 held-out tokens: quick, still a gate
 
 
@@ -71,9 +73,14 @@ def test_export_passes_the_gate_and_reads_back(artifacts, name, precision):
     assert widths == (list(subnet.intermediate_sizes) if name == "heterogeneous" else 768)
     assert field(reader, f"{architecture}.block_count") == subnet.num_layers
     types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert manifest["gguf"]["tensor_types"] == dict(sorted(Counter(types.values()).items()))
     assert "output.weight" not in types  # tied: llama.cpp reads the output matrix from token_embd
-    assert types["blk.0.attn_norm.weight"] == "F32" and types["blk.1.ffn_down.weight"] == MATRIX_TYPE[precision]
-    assert types["token_embd.weight"] == ("Q8_0" if precision == "q4_0" else MATRIX_TYPE[precision])
+    # q4_k_m: llama.cpp's quantizer gives layer 1's rows of 192 (not whole Q4_K blocks of 256) Q5_0
+    ffn_down = "Q5_0" if (name, precision) == ("heterogeneous", "q4_k_m") else MATRIX_TYPE[precision]
+    assert types["blk.0.attn_norm.weight"] == "F32" and types["blk.1.ffn_down.weight"] == ffn_down
+    assert types["blk.1.attn_q.weight"] == MATRIX_TYPE[precision]
+    assert types["token_embd.weight"] == OUTPUT_TYPE[precision]
+    assert not any(path.name.endswith(".f32") for path in artifact.directory.parent.rglob("*"))  # no intermediate
 
 
 def test_f16_logits_are_within_the_tight_tolerance(artifacts):
@@ -84,7 +91,8 @@ def test_f16_logits_are_within_the_tight_tolerance(artifacts):
     assert logits["relative_max_diff"] <= gate.max_relative_logits_diff
 
 
-@pytest.mark.parametrize("name, precision", [("uniform", "f16"), ("uniform", "q4_0"), ("heterogeneous", "q4_0")])
+@pytest.mark.parametrize("name, precision", [("uniform", "f16"), ("uniform", "q4_0"), ("heterogeneous", "q4_0"),
+                                             ("heterogeneous", "q4_k_m")])
 def test_import_gguf_round_trips_the_subnetwork(artifacts, tiny, tmp_path, name, precision):
     """The project's own GGUF importer reads the file back: the shape, and the weights (q/k rows included)."""
     from safetensors.numpy import load_file
@@ -125,7 +133,7 @@ def test_a_resealed_manifest_still_has_its_gguf_checked(artifacts, tmp_path):
     write_manifest(copy, manifest | {"gguf": manifest["gguf"] | {"file": "../model.gguf"}})
     with pytest.raises(BadInputError, match="'../model.gguf' is not a plain relative path"):
         read_manifest(copy)
-    for architecture, qtype in (("bert", gguf.GGMLQuantizationType.F32), ("llama", gguf.GGMLQuantizationType.Q5_0)):
+    for architecture, qtype in (("bert", gguf.GGMLQuantizationType.F32), ("llama", gguf.GGMLQuantizationType.Q5_1)):
         writer = gguf.GGUFWriter(copy / "model.gguf", architecture)
         writer.add_tensor("token_embd.weight", gguf.quants.quantize(np.ones((2, 32), np.float32), qtype), raw_dtype=qtype)
         writer.write_header_to_file()
@@ -133,7 +141,7 @@ def test_a_resealed_manifest_still_has_its_gguf_checked(artifacts, tmp_path):
         writer.write_tensors_to_file()
         writer.close()
         write_manifest(copy, manifest)
-        with pytest.raises(BadInputError, match="model.gguf: (general.architecture is 'bert'|tensor token_embd.weight has type Q5_0)"):
+        with pytest.raises(BadInputError, match="model.gguf: (general.architecture is 'bert'|tensor token_embd.weight has type Q5_1)"):
             read_manifest(copy)
 
 
@@ -161,11 +169,21 @@ def test_bad_settings_are_refused(fields, param):
     assert error.value.param == param
 
 
-def test_writing_is_deterministic(tiny, tmp_path):
+@pytest.mark.parametrize("precision", ["q4_0", "q4_k_m"])
+def test_writing_is_deterministic(tiny, tmp_path, precision):
     subnet = SUBNETS["heterogeneous"]
-    first, second = write_gguf(tiny, subnet, tmp_path / "a.gguf", "q4_0"), write_gguf(tiny, subnet, tmp_path / "b.gguf", "q4_0")
+    first, second = (write_gguf(tiny, subnet, tmp_path / f"{file}.gguf", precision) for file in "ab")
     assert first == second | {"file": "a.gguf"} and first["f16_fallback"] == []
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.gguf", "b.gguf"]  # q4_k_m's F32 file is gone
+
+
+def test_a_failed_llama_cpp_quantizer_leaves_no_intermediate(tiny, tmp_path):
+    """The quantizer fails for real: its target is a directory (the F32 file beside it is written)."""
+    (tmp_path / "model.gguf").mkdir()
+    with pytest.raises(BadInputError, match=r"model\.gguf: llama\.cpp's quantizer failed \(llama_model_quantize: failed"):
+        write_gguf(tiny, SUBNETS["heterogeneous"], tmp_path / "model.gguf", "q4_k_m")
+    assert [path.name for path in tmp_path.iterdir()] == ["model.gguf"]
 
 
 def tiny_copy(tmp_path: Path, **tokenizer_config) -> SuperNetwork:
@@ -231,15 +249,18 @@ def odd_checkpoint(path: Path) -> SuperNetwork:
     return SuperNetwork.load(path)
 
 
-def test_untied_output_and_rows_that_are_not_whole_blocks(tmp_path):
+# rows of 128 and 96: whole Q4_0 blocks; not whole Q4_K / Q6_K blocks, which llama.cpp's quantizer
+# replaces by Q5_0 / Q8_0 (its last layer's ffn_down gets more bits)
+@pytest.mark.parametrize("precision, ffn_down", [("q4_0", ("Q4_0", "Q4_0")), ("q4_k_m", ("Q5_0", "Q8_0"))])
+def test_untied_output_and_rows_that_are_not_whole_blocks(tmp_path, precision, ffn_down):
     import torch
 
     supernet = odd_checkpoint(tmp_path / "model")
     subnet = SubnetConfig(3, (128, 64, 96))
-    written = write_gguf(supernet, subnet, tmp_path / "odd.gguf", "q4_0")
+    written = write_gguf(supernet, subnet, tmp_path / "odd.gguf", precision)
     types = {t.name: t.tensor_type.name for t in GGUFReader(tmp_path / "odd.gguf").tensors}
     assert types["output.weight"] == types["token_embd.weight"] == types["blk.0.attn_q.weight"] == "F16"
-    assert types["blk.0.ffn_down.weight"] == types["blk.2.ffn_down.weight"] == "Q4_0"  # rows of 128 and 96
+    assert (types["blk.0.ffn_down.weight"], types["blk.2.ffn_down.weight"]) == ffn_down
     assert set(written["f16_fallback"]) == {name for name, kind in types.items() if kind == "F16"}
     ids = np.arange(5, 69, dtype=np.int64)
     with torch.no_grad():
@@ -273,7 +294,7 @@ def test_the_export_command_writes_a_verified_gguf_artifact(tmp_path, capsys):
     assert code == 0 and "GGUF q8_0 (deci), llama.cpp" in out, err
 
 
-@pytest.mark.parametrize("extra", [["--bench"], ["--block-size", "32"], ["--device", "cuda"], ["--precision", "int8"]])
+@pytest.mark.parametrize("extra", [["--block-size", "32"], ["--device", "cuda"], ["--precision", "int8"]])
 def test_the_export_command_refuses_onnx_only_options_with_gguf_in_one_line(tmp_path, capsys, extra):
     code, _, err = run_cli(capsys, "export", "--format", "gguf", "--subnet", "largest", "--out", str(tmp_path / "a"),
                            *extra)  # fmt: skip

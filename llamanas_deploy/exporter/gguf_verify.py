@@ -53,8 +53,12 @@ class Gate:
 #   +63 % (the 22 x 768 sub-network; the largest +31 %), agreement 0.97 / 0.47. The ONNX int4 gate's
 #   60 % would refuse that sub-network's q4_0, which is what llama.cpp users get; a broken file
 #   (a wrong permutation, a wrong block layout) multiplies the perplexity and agrees on few tokens.
-DEFAULT_MAX_PPL_INCREASE_PCT = {"f16": 0.5, "q8_0": 2.0, "q4_0": 100.0}
-GATES = {"f16": Gate(5e-2, 3e-3, 0.98), "q8_0": Gate(None, None, 0.85), "q4_0": Gate(None, None, 0.35)}
+# - q4_k_m (llama.cpp's quantizer; SmolLM2's rows of 576 are not whole Q4_K blocks, so most of its
+#   matrices are Q5_0): SmolLM2's largest / 22 x 768 +10.9 % / +9.4 %, agreement 0.84 / 0.70 (q4_0
+#   on the same run: +31.1 % / +63.4 %, 0.69 / 0.47).
+DEFAULT_MAX_PPL_INCREASE_PCT = {"f16": 0.5, "q8_0": 2.0, "q4_0": 100.0, "q4_k_m": 20.0}
+GATES = {"f16": Gate(5e-2, 3e-3, 0.98), "q8_0": Gate(None, None, 0.85), "q4_0": Gate(None, None, 0.35),
+         "q4_k_m": Gate(None, None, 0.6)}
 TORCH_BATCH = 4  # windows per torch call
 CONTEXT = 2 * EVAL_SEQ_LEN  # llama.cpp's context: one window, with room
 

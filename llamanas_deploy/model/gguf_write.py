@@ -14,7 +14,10 @@ stay F32; every matrix takes the precision's type (F16, Q8_0 or Q4_0), except th
 keeps its output matrix (the embedding when tied) at Q8_0 (`llama-quantize` keeps it at Q6_K,
 which the `gguf` package cannot write; Q8_0 is what it falls back to for rows Q6_K cannot block),
 and a matrix whose rows are not a whole number of blocks (32 values) falls back to F16, as the
-converter does. Q4_K is not offered: the `gguf` package dequantizes K-quants but cannot write them.
+converter does. The `gguf` package cannot write K-quants: q4_k_m is written at F32 beside the target,
+then quantized by llama.cpp's own quantizer (`llama_model_quantize`, as `llama-quantize` does), which
+picks every tensor's type itself (Q4_K and Q6_K; a matrix whose rows are not whole blocks of 256
+falls back to Q5_0 or Q8_0), so the types the manifest lists are read back from the file.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import functools
 import importlib.util
 import json
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from ..concepts import GGUF_ARCHITECTURES, GGUF_PRECISIONS, check_choice
+from ..concepts import GGUF_ARCHITECTURES, GGUF_PRECISIONS, check_choice, max_threads
 from ..errors import BadInputError
 from ..jsonfiles import read_json
 from ..subnet_config import SubnetConfig
@@ -38,10 +42,14 @@ if TYPE_CHECKING:
 
 GGUF_NAME = "model.gguf"
 UNIFORM_ARCHITECTURE, PER_LAYER_ARCHITECTURE = GGUF_ARCHITECTURES
-MATRIX_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}  # GGMLQuantizationType names
+# what the `gguf` package writes: GGMLQuantizationType names (f32: only as the input of llama.cpp's quantizer)
+MATRIX_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "f32": "F32"}
 OUTPUT_TYPES = {"q4_0": "Q8_0"}  # the output matrix, where it differs (module docstring)
 FALLBACK_TYPE = "F16"
-FILE_TYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}  # LlamaFileType names
+FILE_TYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "f32": "ALL_F32"}  # LlamaFileType
+LLAMA_QUANTIZED = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}  # precisions llama.cpp's quantizer makes: its ftype name
+QUANTIZER_INPUT = "f32"  # what it quantizes: the weights unrounded, as the converter's --outtype f32 gives them
+LLAMA_LOG_ERROR = 4  # ggml_log_level GGML_LOG_LEVEL_ERROR (llama_cpp._logger still maps the older numbering)
 # llama.cpp's pre-tokenizer for each tokenizer.json pre-tokenizer it matches: the GPT-2 split, and
 # the same after each digit is split off (llama.cpp's "smollm", as SmolLM2's own tokenizer.json has it)
 PRE_TOKENIZERS = {("byte_level",): "gpt-2", ("digits", "byte_level"): "smollm"}
@@ -63,15 +71,30 @@ def write_gguf(supernet: SuperNetwork, subnet: SubnetConfig, path: str | Path, p
 def write_model_gguf(model, subnet: SubnetConfig, model_dir: Path, path: str | Path, precision: str) -> dict[str, Any]:
     """Write `model` (the built sub-network `subnet`; its tokenizer in `model_dir`) as the GGUF file `path`.
 
-    Tensors are quantized and written one at a time (the header first: every size is known).
-    Returns what the manifest says of the file: its name, tensor types, the matrices that fell back
-    to F16, `feed_forward_length` and the tokenizer. `BadInputError` for a model llama.cpp's llama
-    architecture cannot hold (biases, rope scaling) or a tokenizer it cannot reproduce.
+    Returns what the manifest says of the file: its name, architecture, `feed_forward_length`, the
+    tensor types and the matrices that fell back to F16 (both as read back from the file), and the
+    tokenizer. `BadInputError` for a model llama.cpp's llama architecture cannot hold (biases, rope
+    scaling), a tokenizer it cannot reproduce, or a file llama.cpp's quantizer fails on.
     """
-    from gguf import GGUFWriter
-
     check_choice(precision, GGUF_PRECISIONS, "precision")
     path = Path(path)
+    if precision not in LLAMA_QUANTIZED:
+        written = _write(model, subnet, model_dir, path, precision)
+    else:
+        intermediate = path.with_name(f".{path.name}.{QUANTIZER_INPUT}")
+        try:
+            written = _write(model, subnet, model_dir, intermediate, QUANTIZER_INPUT)
+            _llama_quantize(intermediate, path, LLAMA_QUANTIZED[precision])
+        finally:
+            intermediate.unlink(missing_ok=True)
+    return {"file": path.name, **written, **_tensor_types(path, precision)}
+
+
+def _write(model, subnet: SubnetConfig, model_dir: Path, path: Path, precision: str) -> dict[str, Any]:
+    """The file written with the `gguf` package, tensors quantized and written one at a time (the
+    header first: every size is known); returns its architecture, widths and tokenizer."""
+    from gguf import GGUFWriter
+
     _check_supported(model.config, str(model_dir))
     tokenizer = tokenizer_metadata(model_dir, model.config.vocab_size)
     plan = list(_plan(model, precision))
@@ -89,14 +112,52 @@ def write_model_gguf(model, subnet: SubnetConfig, model_dir: Path, path: str | P
             writer.write_tensor_data(_quantized(name, tensor, qtype, model.config))
     finally:
         writer.close()
-    return {
-        "file": path.name,
-        "architecture": writer.arch,
-        "feed_forward_length": widths,
-        "tensor_types": dict(sorted(Counter(qtype.name for _, _, qtype in plan).items())),
-        "f16_fallback": [name for name, _, qtype in plan if qtype.name == FALLBACK_TYPE != MATRIX_TYPES[precision]],
-        "tokenizer": {"model": tokenizer["model"], "pre": tokenizer["pre"]},
-    }
+    return {"architecture": writer.arch, "feed_forward_length": widths,
+            "tokenizer": {"model": tokenizer["model"], "pre": tokenizer["pre"]}}  # fmt: skip
+
+
+def _tensor_types(path: Path, precision: str) -> dict[str, Any]:
+    """{type name: count} of the file's tensors, and the matrices at F16 in a file of another precision."""
+    from gguf import GGUFReader
+
+    types = {tensor.name: tensor.tensor_type.name for tensor in GGUFReader(path).tensors}
+    f16_fallback = [] if precision == "f16" else [name for name, qtype in types.items() if qtype == FALLBACK_TYPE]
+    return {"tensor_types": dict(sorted(Counter(types.values()).items())), "f16_fallback": f16_fallback}
+
+
+def _llama_quantize(source: Path, target: Path, ftype: str) -> None:
+    """`source` quantized by llama.cpp's own quantizer to `target` (llama.cpp's file type `ftype`),
+    on every core; `BadInputError` with llama.cpp's last error when it fails."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = getattr(llama_cpp, ftype), max_threads()
+    with _llama_errors() as errors:
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    if failed:
+        detail = errors[-1].strip() if errors else f"return code {failed}"  # the last: what failed, with the cause
+        raise BadInputError(f"{target}: llama.cpp's quantizer failed ({detail})")
+
+
+@contextmanager
+def _llama_errors() -> Iterator[list[str]]:
+    """llama.cpp's log while inside: its errors kept in the list, the rest (a line per tensor) dropped;
+    then llama-cpp-python's own logger again."""
+    import llama_cpp
+    from llama_cpp._logger import llama_log_callback
+
+    errors: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def keep_errors(level: int, text: bytes, _user_data) -> None:
+        if level == LLAMA_LOG_ERROR:
+            errors.append(text.decode("utf-8", errors="replace"))
+
+    llama_cpp.llama_log_set(keep_errors, None)
+    try:
+        yield errors
+    finally:
+        llama_cpp.llama_log_set(llama_log_callback, None)
 
 
 def _add_architecture(writer, config, subnet: SubnetConfig, precision: str) -> int | list[int]:

@@ -47,7 +47,7 @@ from .config import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 SCHEMA_VERSION = 2  # 2: manifest.sha256 covers the manifest; every named path is checked
 KIND = "llamanas-onnx-artifact"
 GGUF_KIND = "llamanas-gguf-artifact"
-GGUF_TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
+GGUF_TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K", "Q5_0")  # Q4_K to Q5_0: llama.cpp's q4_k_m
 MANIFEST = "manifest.json"
 MANIFEST_HASH = "manifest.sha256"
 SEALED = (MANIFEST, MANIFEST_HASH)  # the files `files` does not list: they cover it
