@@ -140,3 +140,21 @@ def test_unavailable_without_llama_cpp(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "llama_cpp" else real(name, *args))
     with pytest.raises(BackendUnavailable, match=r"llamanas-deploy\[llamacpp\]"):
         get_backend("llamacpp").validate("cpu", "q8_0")
+
+
+def test_decode_holds_its_context_whatever_ran_before():
+    """The prefill (8 tokens) runs between the decode's set-up and its steps, as `warm_up` and `measure` run
+    them: every timed step still sees a cache of exactly `context_len` of the decode's own tokens."""
+    backend = get_backend("llamacpp")("tiny", "q8_0", "cpu", 1, weights="random")
+    subnet, shapes = load_space("tiny").smallest, Shapes(prompt_len=8, context_len=16, gen_len=4)
+    backend.load(subnet)
+    prefill, decode = backend.prefill(shapes), backend.decode(shapes)
+    for workload in (prefill, decode, prefill, decode):
+        workload.reset()
+        workload.run()
+    llm = backend._llm
+    assert llm.n_tokens == shapes.context_len + 1
+    decode.reset()
+    assert llm.n_tokens == shapes.context_len
+    assert llm.input_ids[: shapes.context_len].tolist() == backend._tokens(shapes.context_len)
+    backend.unload()
