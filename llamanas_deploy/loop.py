@@ -80,7 +80,7 @@ class RunSettings:
             object.__setattr__(self, "export_precision", DEPLOYED[self.export_format][1])
         self._check_export_precision()  # before any stage runs, not at the export
         check_choice(self.clock, CLOCKS, "clock")
-        Protocol(visits=self.visits, max_cv=self.max_cv)  # refused now, not when the first stage measures
+        self.protocol  # noqa: B018 -- a bad visits / max_cv refused now, not when the first stage measures
         if self.max_latency_ms is not None and not (math.isfinite(self.max_latency_ms) and self.max_latency_ms > 0):
             raise BadInputError(f"must be a positive finite number of ms, got {self.max_latency_ms}", param="max_latency_ms")
         if not (math.isfinite(self.speedup) and self.speedup >= 1):

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from ..analytics import subnet_stats
 from ..concepts import GGUF_PRECISIONS, check_choice, check_threads, max_threads
 from ..data import read_texts
@@ -101,8 +100,7 @@ def export_gguf(
         report(callback, "export", 2, len(steps), "step", status="verify")
         verification = _verify(supernet, subnet, artifact_dir / GGUF_NAME, settings)
         report(callback, "export", 3, len(steps), "step", status="artifact")
-        manifest = _manifest(supernet, space, subnet, settings, written, verification, artifact_dir)
-        manifest["predicted"] = predicted
+        manifest = _manifest(supernet, space, subnet, settings, written, verification, predicted, artifact_dir)
         if bench is not None:
             report(callback, "export", 4, len(steps), "step", status="bench")
             manifest["measured"] = bench_decoder(artifact_dir, manifest, bench)
@@ -121,7 +119,8 @@ def _verify(supernet: SuperNetwork, subnet: SubnetConfig, path: Path, settings: 
 
 
 def _manifest(supernet: SuperNetwork, space: SearchSpace, subnet: SubnetConfig, settings: GGUFSettings,
-              written: dict[str, Any], verification: dict[str, Any], artifact_dir: Path) -> dict[str, Any]:  # fmt: skip
+              written: dict[str, Any], verification: dict[str, Any], predicted: dict[str, Any] | None,
+              artifact_dir: Path) -> dict[str, Any]:  # fmt: skip
     import llama_cpp
 
     stats = subnet_stats(supernet.shape, subnet)
@@ -139,6 +138,6 @@ def _manifest(supernet: SuperNetwork, space: SearchSpace, subnet: SubnetConfig, 
         "gguf": written,
         "tokens": {k: supernet.config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")},
         "verification": verification,
-        "predicted": None,
+        "predicted": predicted,
         "measured": None,
     }
